@@ -1,0 +1,3 @@
+from krishna_ai.cli import main
+
+raise SystemExit(main())

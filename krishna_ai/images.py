@@ -1,0 +1,92 @@
+"""Uploaded images: validated by content (never by file name), converted to 8-bit RGB.
+
+Every rejection raises `ImageError` with a message a user can act on; unusual but valid images
+(CMYK, 16-bit, palette, transparency, EXIF rotation) are converted correctly instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from krishna_ai.errors import ImageError
+
+MAX_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+MIN_SIDE = 8
+FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
+
+
+def load_image(source: str | Path | Any, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Any:
+    """Open, check and convert an image file (or pass a PIL image through the same checks)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(source, Image.Image):
+        return _to_rgb(source)
+    path = Path(source)
+    name = path.name
+    if not path.is_file():
+        raise ImageError(f"image {name!r} not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageError(f"image {name!r} is empty (0 bytes)")
+    if size > max_bytes:
+        raise ImageError(f"image {name!r} is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{name!r} is not an image this app can read (its content is not "
+            f"{', '.join(sorted(FORMATS - {'MPO'}))}, whatever its name says)"
+        ) from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"image {name!r} has too many pixels (limit {max_pixels:,})") from None
+    except OSError as exc:
+        raise ImageError(f"image {name!r} could not be opened: {exc}") from None
+    with img:
+        if img.format not in FORMATS:
+            raise ImageError(f"{name!r} is a {img.format} image; send JPEG, PNG, WebP, GIF, BMP or TIFF")
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageError(f"image {name!r} is {w}×{h} = {w * h:,} pixels; the limit is {max_pixels:,}")
+        if min(w, h) < MIN_SIDE:
+            raise ImageError(f"image {name!r} is only {w}×{h} pixels; send at least {MIN_SIDE}×{MIN_SIDE}")
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1 and img.format != "MPO":
+            raise ImageError(f"image {name!r} is animated ({frames} frames); send a still photo")
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"image {name!r} is truncated or corrupt ({exc})") from None
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # noqa: BLE001 - broken EXIF: keep the pixels as they are
+            pass
+        return _to_rgb(img)
+
+
+def _to_rgb(img: Any) -> Any:
+    """Convert any PIL mode to 8-bit RGB: CMYK, 16/32-bit integer, float, palette, alpha."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype("uint8"), "L")
+    elif mode == "F":
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(scaled.astype("uint8"), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img.copy()

@@ -1,0 +1,297 @@
+"""Model tiers and loading: the embedded light tier, Gemma 3n E2B/E4B, or any local folder / hub id.
+
+One code path serves the real `google/gemma-3n-*` checkpoints and the tiny random ones the tests
+build: the family is read from `config.json`, never guessed from the name. Weights load from
+safetensors only and remote code is never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from krishna_ai.errors import ModelUnavailable
+
+Quantize = Literal["auto", "4bit", "none"]
+
+
+@dataclass(frozen=True)
+class Tier:
+    id: str
+    label: str
+    source: str
+    """Hub id, or "embedded" for the packaged light model."""
+    multimodal: bool
+
+
+TIERS: dict[str, Tier] = {
+    "light": Tier("light", "Light · Gemma 3 270M (embedded, CPU)", "embedded", False),
+    "e2b": Tier("e2b", "Gemma 3n E2B (google/gemma-3n-E2B-it)", "google/gemma-3n-E2B-it", True),
+    "e4b": Tier("e4b", "Gemma 3n E4B (google/gemma-3n-E4B-it)", "google/gemma-3n-E4B-it", True),
+}
+
+# Modules bitsandbytes must not quantise: AltUp's tiny routers/coefficient matrices have too few
+# output features for 4-bit blocks, and the output head stays in full precision.
+SKIP_4BIT = ["lm_head", "modality_router", "correction_coefs", "prediction_coefs"]
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    processor: Any | None
+    family: Literal["gemma3", "gemma3n", "other"]
+    name: str
+    source: str
+    multimodal: bool
+    context_length: int
+    quantized: bool = False
+    adapter: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def describe_tiers() -> str:
+    return ", ".join(f"{t.id} ({t.source})" for t in TIERS.values())
+
+
+def image_tiers_hint() -> str:
+    names = [t.id for t in TIERS.values() if t.multimodal]
+    return (f"Images work on the Gemma 3n tiers ({', '.join(names)}) or any Gemma 3n folder "
+            "loaded with --model.")
+
+
+def resolve_source(spec: str) -> tuple[str, str, bool]:
+    """Map a tier id / folder / hub id to (name, source, is_local). Raises ModelUnavailable."""
+    if spec == "light":
+        from krishna_ai.light import ensure_light_checkpoint
+
+        return "light", str(ensure_light_checkpoint()), True
+    if spec in TIERS:
+        return spec, TIERS[spec].source, False
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelUnavailable(f"model path {spec!r} is a file; give the folder that holds config.json")
+        return path.name, str(path), True
+    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+    if looks_like_hub_id:
+        return spec, spec, False
+    raise ModelUnavailable(
+        f"no model {spec!r}: it is not a tier ({describe_tiers()}), not an existing folder, "
+        "and not a Hugging Face hub id (owner/name)"
+    )
+
+
+def _check_local_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise ModelUnavailable(f"{folder} has no config.json: give a Hugging Face model folder")
+    if not any(folder.glob("*.safetensors")):
+        found = sorted(p.name for p in folder.glob("*.bin")) or ["no weight files"]
+        raise ModelUnavailable(
+            f"{folder} has no *.safetensors weights (found: {', '.join(found)}); this app loads "
+            "safetensors only, never pickled .bin files (convert them with transformers' save_pretrained)"
+        )
+
+
+def _hub_hint(source: str, exc: Exception) -> ModelUnavailable:
+    reason = (str(exc).splitlines() or [""])[0][:200]
+    return ModelUnavailable(
+        f"could not load {source!r} from the Hugging Face Hub ({type(exc).__name__}: {reason}).\n"
+        "Tried: a local folder of that name (none) and the Hub (unreachable, gated or missing).\n"
+        "To fix: on a machine with internet, accept the Gemma licence on the model page, run "
+        f"`huggingface-cli login` and `huggingface-cli download {source} --local-dir DIR`, "
+        "then start with `--model DIR`; or use the light tier, which runs offline."
+    )
+
+
+def check_adapter(adapter: str | Path) -> Path:
+    """A LoRA adapter folder saved by peft, with safetensors weights. Raises ModelUnavailable."""
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        raise ModelUnavailable(f"adapter folder {str(adapter)!r} does not exist")
+    if not (path / "adapter_config.json").is_file():
+        raise ModelUnavailable(f"{path} has no adapter_config.json: not a peft LoRA adapter folder")
+    if not (path / "adapter_model.safetensors").is_file():
+        found = sorted(p.name for p in path.iterdir() if p.name.startswith("adapter_model")) or ["nothing"]
+        raise ModelUnavailable(
+            f"{path} has no adapter_model.safetensors (found: {', '.join(found)}); adapters load from "
+            "safetensors only"
+        )
+    return path
+
+
+def _family(config: Any) -> Literal["gemma3", "gemma3n", "other"]:
+    model_type = getattr(config, "model_type", "")
+    if model_type.startswith("gemma3n"):
+        return "gemma3n"
+    if model_type.startswith("gemma3"):
+        return "gemma3"
+    return "other"
+
+
+def _context_length(config: Any) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(getattr(text, "max_position_embeddings", 8192) or 8192)
+
+
+def _bnb_config(dtype: Any) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        llm_int8_skip_modules=SKIP_4BIT,
+    )
+
+
+def merged_cache_dir(source: str, adapter: Path) -> Path:
+    """Cache folder for base+adapter merged in bf16 (reused by later 4-bit loads)."""
+    from krishna_ai.light import cache_root
+
+    h = hashlib.sha256(source.encode())
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        h.update((adapter / name).read_bytes())
+    return cache_root() / "merged" / h.hexdigest()[:16]
+
+
+def load_model(
+    spec: str = "light",
+    *,
+    adapter: str | Path | None = None,
+    quantize: Quantize = "auto",
+    text_only: bool = False,
+    device: str | None = None,
+) -> LoadedModel:
+    """Load a tier, folder or hub id, optionally merge a LoRA adapter, optionally in 4-bit nf4.
+
+    quantize="auto" means 4-bit for Gemma 3n when CUDA is present, full precision otherwise.
+    Raises ModelUnavailable with what was tried and what to do.
+    """
+    import torch
+    from transformers import AutoConfig
+
+    name, source, is_local = resolve_source(spec)
+    adapter_path = check_adapter(adapter) if adapter else None
+    if is_local:
+        _check_local_folder(Path(source))
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        if is_local:
+            raise ModelUnavailable(f"{source}: cannot read config.json ({exc})") from None
+        raise _hub_hint(source, exc) from None
+
+    family = _family(config)
+    cuda = _cuda() if device is None else device.startswith("cuda")
+    device = device or ("cuda" if cuda else "cpu")
+    four_bit = quantize == "4bit" or (quantize == "auto" and cuda and family == "gemma3n")
+    if family == "gemma3n":
+        dtype = torch.bfloat16  # fp16 overflows in Gemma 3n; bf16 on CPU keeps E4B in memory
+    else:
+        dtype = torch.bfloat16 if cuda else torch.float32
+
+    notes: list[str] = []
+    load_from = source
+    if adapter_path is not None and four_bit:
+        # Merging into 4-bit weights rounds the update away: merge in bf16 once, cache, then quantise.
+        load_from = str(_merge_to_cache(source, adapter_path, family, text_only))
+        notes.append(f"adapter merged in bf16 and cached at {load_from}")
+
+    model = _load_weights(load_from, family, dtype, four_bit, text_only, device, is_local or load_from != source)
+    if adapter_path is not None and not four_bit:
+        model = _merge_adapter(model, adapter_path)
+    model.eval()
+
+    tokenizer, processor = _load_tokenizer(source, family, text_only)
+    multimodal = family == "gemma3n" and not text_only and processor is not None
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, processor=processor if multimodal else None, family=family,
+        name=name, source=source, multimodal=multimodal, context_length=_context_length(config),
+        quantized=four_bit, adapter=str(adapter_path) if adapter_path else None, notes=notes,
+    )
+
+
+def _model_class(family: str, text_only: bool) -> Any:
+    import transformers
+
+    if family == "gemma3n":
+        return transformers.Gemma3nForCausalLM if text_only else transformers.Gemma3nForConditionalGeneration
+    return transformers.AutoModelForCausalLM
+
+
+def _load_weights(source: str, family: str, dtype: Any, four_bit: bool, text_only: bool,
+                  device: str, is_local: bool) -> Any:
+    cls = _model_class(family, text_only)
+    kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    if four_bit:
+        kwargs["quantization_config"] = _bnb_config(dtype)
+        kwargs["device_map"] = {"": device}
+    try:
+        model = cls.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        if is_local:
+            raise ModelUnavailable(f"cannot load the weights in {source}: {exc}") from None
+        raise _hub_hint(source, exc) from None
+    except ImportError as exc:  # bitsandbytes / accelerate missing
+        raise ModelUnavailable(f"4-bit loading needs bitsandbytes and accelerate: {exc}") from None
+    if not four_bit:
+        model = model.to(device)
+    return model
+
+
+def _merge_adapter(model: Any, adapter: Path) -> Any:
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelUnavailable(f"adapter {adapter} does not fit this model: {exc}") from None
+    return peft_model.merge_and_unload()
+
+
+def _merge_to_cache(source: str, adapter: Path, family: str, text_only: bool) -> Path:
+    import torch
+
+    target = merged_cache_dir(source, adapter)
+    if (target / "config.json").is_file():
+        return target
+    model = _load_weights(source, family, torch.bfloat16, False, text_only, "cpu", True)
+    model = _merge_adapter(model, adapter)
+    tmp = target.with_name(target.name + f".partial-{os.getpid()}")
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_tokenizer(source: str, family: str, text_only: bool) -> tuple[Any, Any | None]:
+    from transformers import AutoProcessor, AutoTokenizer
+
+    processor = None
+    try:
+        if family == "gemma3n" and not text_only:
+            processor = AutoProcessor.from_pretrained(source)
+            tokenizer = processor.tokenizer
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"cannot load the tokenizer/processor of {source}: {exc}") from None
+    return tokenizer, processor

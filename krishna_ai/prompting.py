@@ -1,0 +1,124 @@
+"""Prompt building: persona system part + history + new message, in the model's own chat format.
+
+Messages use the Hugging Face shape, ``{"role": "system"|"user"|"assistant", "content": str | blocks}``
+with blocks ``{"type": "text", "text": ...}`` / ``{"type": "image", "image": PIL.Image}``.
+Gemma has no system role: its chat templates (and `render_gemma_turns` for Gemma 3 checkpoints
+that carry no template) put the system text at the top of the first user turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from krishna_ai.errors import GenerationError
+from krishna_ai.personas import Persona
+
+Message = dict[str, Any]
+
+
+def system_text(persona: Persona, personality: str | None = None) -> str:
+    """The persona's system prompt, its stated constraints and its story instruction."""
+    parts = [persona.system_prompt.strip()]
+    if persona.constraints:
+        parts.append("Rules:\n" + "\n".join(f"- {c}" for c in persona.constraints))
+    story = persona.story_instruction(personality)
+    if story:
+        parts.append(story)
+    return "\n\n".join(parts)
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content, whether a plain string or a list of blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return "" if content is None else str(content)
+
+
+def has_image(messages: list[Message]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(b.get("type") == "image" for b in m["content"])
+               for m in messages)
+
+
+def clean_history(history: list[Message]) -> list[Message]:
+    """History as the model should see it: user/assistant turns only, strictly alternating from a user turn.
+
+    Leading assistant turns (the persona's greeting) are dropped, empty turns are skipped and
+    consecutive turns of one role are merged, because Gemma's turn format needs alternation.
+    """
+    out: list[Message] = []
+    for msg in history:
+        role = msg.get("role")
+        if role not in ("user", "assistant"):
+            continue
+        text = text_of(msg.get("content")).strip()
+        if not text or (not out and role == "assistant"):
+            continue
+        if out and out[-1]["role"] == role:
+            out[-1] = {"role": role, "content": out[-1]["content"] + "\n\n" + text}
+        else:
+            out.append({"role": role, "content": text})
+    if out and out[-1]["role"] == "user":  # an unanswered question (e.g. a stopped reply): drop it
+        out.pop()
+    return out
+
+
+def build_messages(
+    persona: Persona,
+    history: list[Message],
+    message: str,
+    *,
+    personality: str | None = None,
+    image: Any | None = None,
+) -> list[Message]:
+    """System part, cleaned history and the new user message (with its image block, if any)."""
+    content: str | list[dict[str, Any]] = message
+    if image is not None:
+        content = [{"type": "image", "image": image}, {"type": "text", "text": message}]
+    return [
+        {"role": "system", "content": system_text(persona, personality)},
+        *clean_history(history),
+        {"role": "user", "content": content},
+    ]
+
+
+def render_gemma_turns(messages: list[Message], add_generation_prompt: bool = True) -> str:
+    """Gemma's turn format, for Gemma 3 checkpoints without a chat template (no BOS: the tokenizer adds it)."""
+    system = ""
+    out = []
+    for msg in messages:
+        role, text = msg["role"], text_of(msg["content"]).strip()
+        if role == "system":
+            system = text
+            continue
+        if role == "user" and system:
+            text, system = f"{system}\n\n{text}", ""
+        out.append(f"<start_of_turn>{'model' if role == 'assistant' else 'user'}\n{text}<end_of_turn>\n")
+    if add_generation_prompt:
+        out.append("<start_of_turn>model\n")
+    return "".join(out)
+
+
+def fit_history(
+    messages: list[Message],
+    count_tokens: Callable[[list[Message]], int],
+    budget: int,
+) -> list[Message]:
+    """Drop the oldest history turns (a user/assistant pair at a time) until the prompt fits `budget` tokens.
+
+    `messages` is [system, *history, new user message]; the system part and the new message are never cut.
+    """
+    system, history, last = messages[0], list(messages[1:-1]), messages[-1]
+    while True:
+        candidate = [system, *history, last]
+        n = count_tokens(candidate)
+        if n <= budget:
+            return candidate
+        if not history:
+            raise GenerationError(
+                f"the message is too long: the prompt needs {n} tokens but the context leaves {budget} "
+                "for it (shorten the message, or lower 'max new tokens')"
+            )
+        del history[:2]

@@ -1,0 +1,166 @@
+"""The chat service behind the UI and the `/chat` API: personas, loaded engines, per-session stop.
+
+Gradio handlers only wire widgets to a `Studio`; everything here is plain Python that tests can
+drive without a browser (and with a scripted engine in place of a model).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from krishna_ai.errors import ImageError, ModelUnavailable
+from krishna_ai.generation import ChatEngine, Reply, ReplyStats, SamplingParams
+from krishna_ai.images import load_image
+from krishna_ai.models import image_tiers_hint, load_model
+from krishna_ai.personas import Persona, get_persona, load_personas
+from krishna_ai.prompting import Message, build_messages
+from krishna_ai.style import Violation, check_reply
+
+EngineLoader = Callable[[str, str | None], ChatEngine]
+
+
+def default_loader(spec: str, adapter: str | None) -> ChatEngine:
+    return ChatEngine(load_model(spec, adapter=adapter))
+
+
+@dataclass
+class Update:
+    """One step of a streamed reply: the text so far, and (at the end) stats and style check."""
+
+    text: str
+    done: bool = False
+    stats: ReplyStats | None = None
+    violations: list[Violation] | None = None
+    personality: str | None = None
+
+
+class Studio:
+    """Shared by all sessions: the personas, an LRU of loaded engines, and stop flags per session."""
+
+    def __init__(
+        self,
+        personas: dict[str, Persona] | None = None,
+        *,
+        default_model: str = "light",
+        adapters: dict[str, str] | None = None,
+        loader: EngineLoader = default_loader,
+        max_loaded: int = 2,
+    ):
+        self.personas = personas if personas is not None else load_personas()
+        self.default_model = default_model
+        self.adapters = dict(adapters or {})
+        """Adapter merged at load, per model spec (e.g. {"light": "adapters/krishna-light"})."""
+        self._loader = loader
+        self._engines: OrderedDict[str, ChatEngine] = OrderedDict()
+        self._max_loaded = max_loaded
+        self._load_lock = threading.Lock()
+        self._stops: dict[str, threading.Event] = {}
+        self._stops_lock = threading.Lock()
+
+    # -- models -----------------------------------------------------------------------------
+    def engine(self, spec: str | None = None) -> ChatEngine:
+        """The engine for `spec` (default: the startup model), loading it on first use.
+
+        A failed load raises ModelUnavailable and leaves the engines already loaded untouched.
+        """
+        spec = (spec or self.default_model).strip()
+        with self._load_lock:
+            if spec in self._engines:
+                self._engines.move_to_end(spec)
+                return self._engines[spec]
+            engine = self._loader(spec, self.adapters.get(spec))
+            self._engines[spec] = engine
+            while len(self._engines) > self._max_loaded:
+                self._engines.popitem(last=False)
+            return engine
+
+    def loaded(self) -> list[str]:
+        return list(self._engines)
+
+    # -- stop -------------------------------------------------------------------------------
+    def new_stop(self, session: str) -> threading.Event:
+        event = threading.Event()
+        with self._stops_lock:
+            self._stops[session] = event
+        return event
+
+    def stop(self, session: str) -> bool:
+        """Stop the reply being generated for `session`; True if one was running."""
+        with self._stops_lock:
+            event = self._stops.pop(session, None)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def _release(self, session: str, event: threading.Event) -> None:
+        with self._stops_lock:
+            if self._stops.get(session) is event:
+                del self._stops[session]
+
+    # -- chat -------------------------------------------------------------------------------
+    def persona(self, persona_id: str) -> Persona:
+        return get_persona(self.personas, persona_id)
+
+    def start_reply(
+        self,
+        persona_id: str,
+        history: list[Message],
+        message: str,
+        *,
+        image: str | Path | None = None,
+        model: str | None = None,
+        personality: str | None = None,
+        stop_event: threading.Event | None = None,
+        rng: random.Random | None = None,
+        **sampling: Any,
+    ) -> tuple[Reply, Persona, str | None]:
+        """Validate the request and start generating. Raises domain errors before any generation."""
+        persona = self.persona(persona_id)
+        params = SamplingParams.for_persona(persona, **sampling)
+        message = (message or "").strip()
+        if not message and image is None:
+            raise ValueError("the message is empty: type a question (or attach an image)")
+        engine = self.engine(model)
+        if image is not None:
+            if not engine.loaded.multimodal:
+                raise ImageError(f"The model {engine.name!r} reads text only. {image_tiers_hint()}")
+            if not persona.accepts_images:
+                raise ImageError(f"The persona {persona.name!r} does not take images; "
+                                 f"try one that does: {', '.join(self.image_personas()) or 'none'}.")
+            image = load_image(image)
+        who = persona.pick_personality(message, personality, rng)
+        messages = build_messages(persona, history, message or "What do you see in this image?",
+                                  personality=who, image=image)
+        return engine.stream(messages, params, stop_event), persona, who
+
+    def image_personas(self) -> list[str]:
+        return [p.id for p in self.personas.values() if p.accepts_images]
+
+    def chat(self, persona_id: str, history: list[Message], message: str, *, session: str = "",
+             **kwargs: Any) -> Iterator[Update]:
+        """Stream a reply as `Update`s; the last one has done=True, stats and the style check.
+
+        Closing the iterator (the client went away) or `stop(session)` stops generation.
+        """
+        stop_event = self.new_stop(session)
+        try:
+            reply, persona, who = self.start_reply(persona_id, history, message, stop_event=stop_event, **kwargs)
+            with reply:
+                for _ in reply:
+                    yield Update(reply.text, personality=who)
+            yield Update(reply.text, done=True, stats=reply.stats,
+                         violations=check_reply(reply.text, persona), personality=who)
+        finally:
+            stop_event.set()
+            self._release(session, stop_event)
+
+
+def describe_load_error(spec: str, exc: ModelUnavailable) -> str:
+    return f"Could not load model {spec!r}: {exc}"

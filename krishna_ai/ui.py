@@ -1,0 +1,238 @@
+"""The Gradio Blocks UI. It only wires widgets to a `Studio`; no model is loaded at import or build.
+
+API for programs (documented in the README):
+    Client(url).submit("question", "krishna", api_name="/chat")              # streams the growing reply
+    Client(url).submit("what is this?", "maize", handle_file("leaf.jpg"), api_name="/chat")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from krishna_ai.errors import KrishnaError
+from krishna_ai.models import TIERS
+from krishna_ai.studio import Studio
+from krishna_ai.style import badge
+
+GENERATE = "generate"  # one concurrency group: the UI and the API share the model one request at a time
+
+
+def _files(content: Any) -> list[str]:
+    if isinstance(content, dict) and content.get("type") == "file":
+        return [content["file"]["path"]]
+    if isinstance(content, dict) and "path" in content:
+        return [content["path"]]
+    if isinstance(content, list):
+        return [p for block in content for p in _files(block)]
+    return []
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict) and content.get("type") == "text":
+        return content.get("text", "")
+    if isinstance(content, list):
+        return "\n".join(t for t in (_text(b) for b in content) if t)
+    return ""
+
+
+def split_pending(history: list[dict]) -> tuple[list[dict], str, str | None]:
+    """(earlier turns, the trailing user text, the trailing user image) of a Chatbot history."""
+    i = len(history)
+    while i > 0 and history[i - 1]["role"] == "user":
+        i -= 1
+    pending = history[i:]
+    text = "\n".join(t for t in (_text(m["content"]) for m in pending) if t).strip()
+    images = [f for m in pending for f in _files(m["content"])]
+    earlier = [{"role": m["role"], "content": _text(m["content"])} for m in history[:i]]
+    return earlier, text, images[-1] if images else None
+
+
+def _greeting(studio: Studio, persona_id: str) -> list[dict]:
+    return [{"role": "assistant", "content": studio.persona(persona_id).greeting}]
+
+
+def _error(exc: Exception) -> gr.Error:
+    return gr.Error(str(exc), print_exception=False)
+
+
+def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
+    """Build the Blocks app around `studio`. Loads nothing; the first request loads the model."""
+    personas = studio.personas
+    if persona not in personas:
+        persona = next(iter(personas))
+    model_choices = [(t.label, t.id) for t in TIERS.values()]
+    default_model = studio.default_model
+    if default_model not in TIERS:
+        model_choices.append((f"Custom · {default_model}", default_model))
+
+    with gr.Blocks(title="krishna_ai studio") as demo:
+        gr.Markdown("# krishna_ai studio\nChat with persona-specialised Gemma models.")
+        with gr.Row():
+            persona_dd = gr.Dropdown([(p.name, p.id) for p in personas.values()], value=persona,
+                                     label="Persona", scale=2)
+            model_dd = gr.Dropdown(model_choices, value=default_model, label="Model tier",
+                                   allow_custom_value=True, scale=2,
+                                   info="light runs offline on CPU; e2b/e4b need Gemma 3n weights; "
+                                        "or type a local folder / hub id")
+        description = gr.Markdown(personas[persona].description)
+        chatbot = gr.Chatbot(value=_greeting(studio, persona), label="Chat", height=480,
+                             buttons=["copy"], feedback_options=None)
+        textbox = gr.MultimodalTextbox(placeholder="Ask a question (attach a maize-leaf photo on a Gemma 3n tier)",
+                                       file_types=["image"], file_count="single", show_label=False,
+                                       sources=["upload"])
+        with gr.Row():
+            stop_btn = gr.Button("⏹ Stop", variant="stop", scale=1)
+            retry_btn = gr.Button("↻ Retry", scale=1)
+            undo_btn = gr.Button("↶ Undo", scale=1)
+            clear_btn = gr.Button("🗑 Clear", scale=1)
+        stats_md = gr.Markdown("", elem_id="reply-stats")
+        badge_md = gr.Markdown("", elem_id="style-badge")
+        examples = gr.Dataset(components=[gr.Textbox(visible=False)], label="Example questions",
+                              samples=[[q] for q in personas[persona].examples])
+        with gr.Accordion("Settings", open=False):
+            p = personas[persona].sampling
+            temperature = gr.Slider(0.0, 2.0, value=p.temperature, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1.0, value=p.top_p, step=0.01, label="top_p")
+            top_k = gr.Slider(0, 200, value=p.top_k, step=1, label="top_k (0 = off)")
+            max_new = gr.Slider(16, 1024, value=p.max_new_tokens, step=16, label="Max new tokens")
+            personality = gr.Textbox(label="Story about (optional)",
+                                     placeholder="a famous person; empty = chosen from the persona's list")
+        sampling_inputs = [temperature, top_p, top_k, max_new]
+
+        def on_persona(persona_id: str):
+            pr = studio.persona(persona_id)
+            s = pr.sampling
+            return (_greeting(studio, persona_id), pr.description, gr.Dataset(samples=[[q] for q in pr.examples]),
+                    s.temperature, s.top_p, s.top_k, s.max_new_tokens, "", "")
+
+        persona_dd.change(on_persona, persona_dd,
+                          [chatbot, description, examples, *sampling_inputs, stats_md, badge_md], queue=False)
+
+        def on_model(spec: str, progress=gr.Progress()):
+            spec = (spec or "").strip()
+            if not spec:
+                raise gr.Error("Type a tier id, a local model folder or a hub id.")
+            progress(0, desc=f"Loading {spec}…")
+            try:
+                engine = studio.engine(spec)
+            except KrishnaError as exc:
+                raise _error(exc) from None
+            vision = "reads images" if engine.loaded.multimodal else "text only"
+            return f"Model **{engine.name}** ready ({vision})."
+
+        model_dd.input(on_model, model_dd, stats_md, concurrency_id=GENERATE)
+
+        def on_example(sample: list[str]):
+            return {"text": sample[0], "files": []}
+
+        examples.click(on_example, examples, textbox, queue=False)
+
+        def add_user(history: list[dict], value: dict | None):
+            value = value or {}
+            text = (value.get("text") or "").strip()
+            files = value.get("files") or []
+            if not text and not files:
+                raise gr.Error("The message is empty: type a question (or attach an image).")
+            history = list(history or [])
+            for f in files[-1:]:
+                path = f if isinstance(f, str) else f.get("path")
+                history.append({"role": "user", "content": {"path": path}})
+            if text:
+                history.append({"role": "user", "content": text})
+            return history, gr.MultimodalTextbox(value=None, interactive=False)
+
+        def respond(history: list[dict], persona_id: str, model: str, t: float, tp: float, tk: int, mn: int,
+                    who: str, request: gr.Request) -> Iterator[tuple]:
+            earlier, text, image = split_pending(history)
+            if not text and image is None:
+                return
+            session = request.session_hash or ""
+            history = list(history) + [{"role": "assistant", "content": ""}]
+            try:
+                for update in studio.chat(persona_id, earlier, text, session=session, image=image, model=model,
+                                          personality=who or None, temperature=t, top_p=tp, top_k=int(tk),
+                                          max_new_tokens=int(mn)):
+                    history[-1] = {"role": "assistant", "content": update.text}
+                    if update.done:
+                        yield history, update.stats.line(), badge(update.violations or [])
+                    else:
+                        yield history, "⏳ generating…", ""
+            except KrishnaError as exc:
+                raise _error(exc) from None
+            except ValueError as exc:
+                raise _error(exc) from None
+
+        respond_inputs = [chatbot, persona_dd, model_dd, *sampling_inputs, personality]
+        respond_outputs = [chatbot, stats_md, badge_md]
+        unlock = dict(fn=lambda: gr.MultimodalTextbox(interactive=True), outputs=textbox, queue=False)
+
+        submit_event = (textbox.submit(add_user, [chatbot, textbox], [chatbot, textbox], queue=False)
+                        .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
+                              concurrency_limit=1, api_visibility="private"))
+        submit_event.then(**unlock)
+
+        def drop_reply(history: list[dict]):
+            history = list(history or [])
+            while history and history[-1]["role"] == "assistant":
+                history.pop()
+            return history
+
+        retry_event = (retry_btn.click(drop_reply, chatbot, chatbot, queue=False)
+                       .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
+                             api_visibility="private"))
+
+        def undo(history: list[dict]):
+            history = drop_reply(history)
+            earlier, text, _ = split_pending(history)
+            keep = len(history)
+            while keep > 0 and history[keep - 1]["role"] == "user":
+                keep -= 1
+            if keep == 0 and not earlier:
+                return history[:keep] or _greeting(studio, persona_dd.value), {"text": text, "files": []}
+            return history[:keep], {"text": text, "files": []}
+
+        undo_btn.click(undo, chatbot, [chatbot, textbox], queue=False)
+        clear_btn.click(lambda pid: (_greeting(studio, pid), "", ""), persona_dd,
+                        [chatbot, stats_md, badge_md], queue=False)
+
+        def stop(request: gr.Request):
+            studio.stop(request.session_hash or "")
+
+        stop_btn.click(stop, None, None, queue=False, cancels=[submit_event, retry_event]).then(**unlock)
+
+        # -- the documented API endpoint ------------------------------------------------------
+        def chat(message: str, persona: str = "krishna", image: gr.FileData | None = None,
+                 temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                 max_new_tokens: int | None = None, model: str | None = None,
+                 personality: str | None = None) -> Iterator[str]:
+            """Stream a reply from a persona; yields the growing reply text.
+
+            Args:
+                message: the question.
+                persona: persona id (krishna, maize, aurora, pet, or one you added).
+                image: optional image file (gradio_client.handle_file), for image-capable personas and tiers.
+                temperature: override the persona's sampling temperature (0 = greedy).
+                top_p: override top_p.
+                top_k: override top_k.
+                max_new_tokens: override the reply length limit.
+                model: model tier / folder / hub id; default the app's model.
+                personality: whom the closing story is about (personas with stories).
+            """
+            path = None
+            if image is not None:
+                path = image["path"] if isinstance(image, dict) else getattr(image, "path", image)
+            try:
+                for update in studio.chat(persona, [], message, image=path, model=model, personality=personality,
+                                          temperature=temperature, top_p=top_p, top_k=top_k,
+                                          max_new_tokens=max_new_tokens):
+                    yield update.text
+            except (KrishnaError, ValueError) as exc:
+                raise _error(exc) from None
+
+        gr.api(chat, api_name="chat", concurrency_id=GENERATE, concurrency_limit=1)
+    return demo

@@ -1,0 +1,90 @@
+"""Shared fixtures: the real embedded light model (loaded once), and a scripted engine for UI logic."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from krishna_ai.generation import ChatEngine, Reply, ReplyStats, SamplingParams
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped cleanly elsewhere)")
+    config.addinivalue_line("markers", "slow: loads a real model or runs a server")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def light_engine() -> ChatEngine:
+    """The real Gemma 3 270M light tier (converted once into the user cache, then loaded)."""
+    from krishna_ai.models import load_model
+
+    return ChatEngine(load_model("light"))
+
+
+class _Loaded:
+    def __init__(self, name: str, multimodal: bool):
+        self.name = name
+        self.multimodal = multimodal
+
+
+class ScriptedEngine:
+    """Stands in for ChatEngine in UI tests: replies with scripted chunks, honours stop, records calls."""
+
+    def __init__(self, chunks: list[str] | None = None, *, delay: float = 0.0, name: str = "scripted",
+                 multimodal: bool = False, fail_after: int | None = None):
+        self.chunks = chunks or ["Partha, ", "act ", "without ", "fear."]
+        self.delay = delay
+        self.loaded = _Loaded(name, multimodal)
+        self.fail_after = fail_after
+        self.calls: list[tuple[list, SamplingParams]] = []
+        self.produced = 0
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    def stream(self, messages, params=None, stop_event=None) -> Reply:
+        stop_event = stop_event or threading.Event()
+        self.calls.append((messages, params))
+        stats = ReplyStats(prompt_tokens=len(str(messages)))
+
+        def gen() -> Iterator[str]:
+            start = time.perf_counter()
+            for i, chunk in enumerate(self.chunks):
+                if stop_event.is_set():
+                    stats.stopped = True
+                    break
+                if self.fail_after is not None and i == self.fail_after:
+                    from krishna_ai.errors import GenerationError
+
+                    raise GenerationError("scripted failure")
+                time.sleep(self.delay)
+                self.produced += 1
+                stats.tokens += 1
+                stats.ttft_s = stats.ttft_s or time.perf_counter() - start
+                yield chunk
+            stats.total_s = time.perf_counter() - start
+
+        return Reply(gen(), stop_event, stats)
+
+
+@pytest.fixture
+def scripted():
+    return ScriptedEngine

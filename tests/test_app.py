@@ -1,0 +1,142 @@
+"""The app through a real server: launched in-process, driven with gradio_client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+import app
+from krishna_ai.personas import load_personas
+from krishna_ai.studio import Studio
+from krishna_ai.ui import build_demo, split_pending
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(demo):
+    port = free_port()
+    demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    return Client(f"http://127.0.0.1:{port}/", verbose=False)
+
+
+def test_app_imports_without_loading_a_model():
+    import importlib
+
+    mod = importlib.reload(app)
+    args = mod.parse_args(["--persona", "maize", "--port", "9999"])
+    assert args.persona == "maize" and args.model == "light"
+    assert mod.parse_auth("me:pw") == ("me", "pw")
+    with pytest.raises(SystemExit):
+        mod.parse_auth("nopassword")
+
+
+@pytest.mark.slow
+def test_chat_endpoint_streams_real_model(light_engine, tmp_path):
+    studio = Studio(load_personas(), loader=lambda spec, adapter: light_engine)
+    demo = build_demo(studio)
+    client = launch(demo)
+    try:
+        job = client.submit("I failed my exam. What should I do?", "krishna", None, 0.0, None, None, 24,
+                            api_name="/chat")
+        chunks = list(job)
+        assert len(chunks) >= 3
+        lengths = [len(c) for c in chunks]
+        assert lengths == sorted(lengths) and all(chunks[i + 1].startswith(chunks[i]) for i in range(len(chunks) - 1))
+        assert chunks[-1].strip()
+
+        leaf = tmp_path / "leaf.png"
+        Image.new("RGB", (64, 64), (30, 140, 40)).save(leaf)
+        with pytest.raises(Exception, match="reads text only.*Gemma 3n"):
+            client.predict("what disease is this?", "maize", handle_file(str(leaf)), api_name="/chat")
+        with pytest.raises(Exception, match="unknown persona 'zeus'"):
+            client.predict("hello", "zeus", api_name="/chat")
+        with pytest.raises(Exception, match="temperature must be between 0 and 2"):
+            client.predict("hello", "krishna", None, 5.0, api_name="/chat")
+        # the server still answers after the errors
+        assert client.predict("Hi", "aurora", None, 0.0, None, None, 4, api_name="/chat").strip()
+    finally:
+        demo.close()
+
+
+def test_studio_stop_and_style_with_scripted_engine(scripted):
+    engine = scripted(["Partha, ", "be ", "still. ", "Act ", "now."] * 20, delay=0.01)
+    studio = Studio(load_personas(), loader=lambda spec, adapter: engine)
+    updates = studio.chat("krishna", [], "help", session="s1")
+    next(updates)
+    threading.Timer(0.05, studio.stop, ["s1"]).start()
+    final = list(updates)[-1]
+    assert final.done and final.stats.stopped and engine.produced < 100
+    assert [v.rule for v in final.violations] == ["missing_story"]
+
+
+def test_studio_model_load_failure_keeps_running(scripted):
+    from krishna_ai.errors import ModelUnavailable
+
+    good = scripted(["ok"])
+
+    def loader(spec, adapter):
+        if spec == "broken":
+            raise ModelUnavailable("no such model")
+        return good
+
+    studio = Studio(load_personas(), loader=loader)
+    assert studio.engine("light") is good
+    with pytest.raises(ModelUnavailable):
+        studio.engine("broken")
+    assert studio.loaded() == ["light"]
+    assert list(studio.chat("pet", [], "hi"))[-1].text == "ok"
+
+
+def test_ui_flow_with_scripted_engine(scripted):
+    """The Blocks events (submit, retry, stop) through the server, with a scripted model."""
+    engine = scripted(["Partha, ", "rise. ", "Act."], delay=0.02)
+    studio = Studio(load_personas(), loader=lambda spec, adapter: engine)
+    demo = build_demo(studio)
+    client = launch(demo)
+    try:
+        out = client.predict("hello", "pet", api_name="/chat")
+        assert out == "Partha, rise. Act."
+        _, msgs_params = engine.calls[-1]
+        assert msgs_params.temperature == 0.7  # the pet persona's default
+    finally:
+        demo.close()
+
+
+def test_split_pending_reads_gradio_history():
+    history = [
+        {"role": "assistant", "content": [{"type": "text", "text": "Namaskar"}]},
+        {"role": "user", "content": [{"type": "text", "text": "q1"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a1"}]},
+        {"role": "user", "content": [{"type": "file", "file": {"path": "/tmp/x.png"}}]},
+        {"role": "user", "content": [{"type": "text", "text": "what is it?"}]},
+    ]
+    earlier, text, image = split_pending(history)
+    assert text == "what is it?" and image == "/tmp/x.png"
+    assert earlier[-1] == {"role": "assistant", "content": "a1"}
+
+
+def test_share_without_auth_warns(monkeypatch, capsys):
+    launched = {}
+
+    class FakeDemo:
+        def queue(self, **kw):
+            return self
+
+        def launch(self, **kw):
+            launched.update(kw)
+
+    monkeypatch.setattr(app, "build", lambda args: (FakeDemo(), None))
+    with pytest.warns(UserWarning, match="--share without --auth"):
+        app.main(["--share"])
+    assert launched["share"] is True and launched["auth"] is None
+    assert "WARNING" in capsys.readouterr().err
+    app.main(["--auth", "u:p"])
+    assert launched["auth"] == ("u", "p")
