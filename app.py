@@ -52,7 +52,10 @@ def build(args: argparse.Namespace):
     adapters = {args.model: args.adapter} if args.adapter else None
     studio = Studio(personas, default_model=args.model, adapters=adapters)
     if args.preload:
-        studio.engine()
+        try:
+            studio.engine()
+        except KrishnaError as exc:  # keep serving: the UI can load another tier
+            print(f"warning: could not preload {args.model!r}: {exc}", file=sys.stderr)
     return build_demo(studio, persona=args.persona), studio
 
 

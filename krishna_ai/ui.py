@@ -86,10 +86,10 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                                        file_types=["image"], file_count="single", show_label=False,
                                        sources=["upload"])
         with gr.Row():
-            stop_btn = gr.Button("⏹ Stop", variant="stop", scale=1)
-            retry_btn = gr.Button("↻ Retry", scale=1)
-            undo_btn = gr.Button("↶ Undo", scale=1)
-            clear_btn = gr.Button("🗑 Clear", scale=1)
+            stop_btn = gr.Button("Stop", variant="stop", scale=1)
+            retry_btn = gr.Button("Retry", scale=1)
+            undo_btn = gr.Button("Undo", scale=1)
+            clear_btn = gr.Button("Clear", scale=1)
         stats_md = gr.Markdown("", elem_id="reply-stats")
         badge_md = gr.Markdown("", elem_id="style-badge")
         examples = gr.Dataset(components=[gr.Textbox(visible=False)], label="Example questions",
