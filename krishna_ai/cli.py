@@ -6,9 +6,11 @@ Each command is a `_cmd_*` function; domain errors become one `error: ...` line 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 
+from krishna_ai import matformer, tiny
 from krishna_ai.errors import KrishnaError
 
 Command = Callable[[argparse.Namespace], int]
@@ -72,6 +74,61 @@ def _cmd_check_style(args: argparse.Namespace) -> int:
     return 1 if violations else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from krishna_ai.train import TrainConfig, main
+
+    overrides = {"output_dir": args.output_dir, "max_steps": args.max_steps, "limit": args.limit}
+    cfg = TrainConfig.from_yaml(args.config, **overrides)
+    summary = main(cfg, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from krishna_ai.merge import merge
+
+    out = merge(args.base, args.adapter, args.out, dtype=args.dtype, force=args.force)
+    print(f"merged model written to {out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from krishna_ai.evaluate import evaluate, format_table, load_questions, split_spec, write_json
+    from krishna_ai.generation import ChatEngine, SamplingParams
+    from krishna_ai.models import load_model
+    from krishna_ai.personas import get_persona, load_personas, persona_dirs
+
+    persona = get_persona(load_personas(persona_dirs(args.prompts)), args.persona)
+    questions = load_questions(args.questions)[: args.limit or None]
+    specs = [split_spec(m) for m in (args.model or ["light"])]
+    if args.adapter:
+        if len(specs) != 1:
+            raise ValueError("--adapter goes with a single --model; for several use --model SPEC@ADAPTER")
+        specs = [(specs[0][0], args.adapter)]
+    params = SamplingParams.for_persona(persona, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                        seed=args.seed)
+    results = []
+    for model, adapter in specs:
+        engine = ChatEngine(load_model(model, adapter=adapter))
+        name = f"{model}@{adapter}" if adapter else model
+        results.append(evaluate(engine, persona, questions, params, batch_size=args.batch_size, name=name))
+        del engine
+    print(format_table(results))
+    if args.json:
+        print(f"results written to {write_json(results, persona, args.questions, args.json)}")
+    return 0
+
+
+def _cmd_build_dataset(args: argparse.Namespace) -> int:
+    from krishna_ai.data import load_persona_source, persona_conversations, write_jsonl
+    from krishna_ai.personas import get_persona, load_personas, persona_dirs
+
+    persona = get_persona(load_personas(persona_dirs(args.prompts)), args.persona)
+    convs = persona_conversations(persona, load_persona_source(args.source))
+    print(f"{len(convs)} conversations written to {write_jsonl(convs, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m krishna_ai",
                                  description="krishna_ai: chat, train and ship persona-specialised Gemma models")
@@ -95,6 +152,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--persona", default="krishna")
     p.set_defaults(func=_cmd_check_style)
+
+    p = sub.add_parser("train", help="LoRA / QLoRA fine-tuning from a recipe (configs/*.yaml)")
+    p.add_argument("--config", required=True, help="recipe YAML")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.add_argument("--output-dir", dest="output_dir", help="override the recipe's output_dir")
+    p.add_argument("--max-steps", dest="max_steps", type=int, help="override (smoke runs)")
+    p.add_argument("--limit", type=int, help="use only the first N conversations")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("merge", help="merge a LoRA adapter into its base (bf16 safetensors)")
+    p.add_argument("--base", required=True, help="tier, folder or hub id the adapter was trained on")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("eval", help="style compliance / accuracy over held-out questions")
+    p.add_argument("--persona", required=True)
+    p.add_argument("--model", action="append", help="SPEC or SPEC@ADAPTER (repeat to compare models)")
+    p.add_argument("--adapter", help="adapter for a single --model")
+    p.add_argument("--questions", required=True, help="one question per line, or JSONL with question/label")
+    p.add_argument("--limit", type=int, help="first N questions only")
+    p.add_argument("--json", help="write every reply and the scores to this JSON file")
+    p.add_argument("--temperature", type=float, help="override the persona's temperature (0 = greedy)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("build-dataset", help="render persona Q/A records into conversation JSONL")
+    p.add_argument("--persona", required=True)
+    p.add_argument("--source", required=True, help="JSONL with question, answer[, personality]")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_build_dataset)
+
+    tiny.add_cli(sub)  # tiny-gemma3n
+    matformer.add_cli(sub)  # slice
 
     for p in sub.choices.values():
         p.add_argument("--prompts", action="append", default=[], metavar="DIR",

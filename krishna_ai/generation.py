@@ -218,6 +218,42 @@ class ChatEngine:
         stats = ReplyStats(prompt_tokens=int(inputs["input_ids"].shape[-1]))
         return Reply(self._run(inputs, params, stop_event, stats), stop_event, stats)
 
+    def generate_batch(self, conversations: list[list[Message]], params: SamplingParams | None = None) -> list[str]:
+        """Replies to several text-only conversations at once (left-padded batch): evaluation throughput.
+
+        Greedy results equal those of `stream` up to batch-padding numerics.
+        """
+        import torch
+
+        params = (params or SamplingParams()).validated()
+        if any(has_image(c) for c in conversations):
+            return [self.stream(c, params).read() for c in conversations]
+        tok = self.loaded.tokenizer
+        texts = [self._prompt_text(self.fit(c, params.max_new_tokens)) for c in conversations]
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tok.padding_side = side
+        batch = {k: v.to(self.loaded.model.device) for k, v in batch.items()}
+        with self._lock, torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            out = self.loaded.model.generate(**batch, **self._generate_kwargs(params))
+        new = out[:, batch["input_ids"].shape[1]:]
+        return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+
+    def _prompt_text(self, messages: list[Message]) -> str:
+        loaded = self.loaded
+        template_owner = loaded.processor if loaded.processor is not None else loaded.tokenizer
+        if loaded.processor is not None or getattr(loaded.tokenizer, "chat_template", None):
+            text = template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        else:
+            text = render_gemma_turns(messages)
+        bos = loaded.tokenizer.bos_token or ""
+        return text if not bos or text.startswith(bos) else bos + text
+
     def _generate_kwargs(self, params: SamplingParams) -> dict[str, Any]:
         from transformers import GenerationConfig
 

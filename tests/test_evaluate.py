@@ -1,0 +1,69 @@
+"""Evaluation: label parsing, per-rule rates, the JSON it writes, and the CLI on the real light model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from krishna_ai.cli import main as cli
+from krishna_ai.errors import DataError
+from krishna_ai.evaluate import evaluate, format_table, load_questions, parse_label, rules_for, split_spec
+from krishna_ai.generation import SamplingParams
+from krishna_ai.personas import load_personas
+
+P = load_personas()
+LABELS = P["maize"].labels
+
+
+def test_parse_label():
+    assert parse_label("Diagnosis: Southern Rust\nConfidence: low - could be Common Rust", LABELS) == "Southern Rust"
+    assert parse_label("It looks like gray leaf spot, not northern leaf blight.", LABELS) == "Gray Leaf Spot"
+    assert parse_label("No idea.", LABELS) is None
+
+
+def test_rules_for_personas():
+    assert rules_for(P["krishna"]) == ["empty_reply", "missing_address", "forbidden_word", "sentence_count",
+                                       "missing_story", "verse_quote", "too_long"]
+    assert "missing_diagnosis" in rules_for(P["maize"])
+
+
+def test_evaluate_scores_compliance_rules_and_accuracy(scripted):
+    good = ("Diagnosis: Common Rust\nConfidence: high - pustules\nWhat to look for: pustules.\n"
+            "What to do: resistant hybrids.")
+    engine = scripted([good])
+    questions = [{"question": "brown pustules", "label": "Common Rust"},
+                 {"question": "long grey lesions", "label": "Northern Leaf Blight"}]
+    res = evaluate(engine, P["maize"], questions, SamplingParams(temperature=0.0), progress=False)
+    assert res["n"] == 2 and res["compliance"] == 1.0 and res["accuracy"] == 0.5
+    assert res["rules"]["missing_diagnosis"] == 1.0
+    assert [r["correct"] for r in res["replies"]] == [True, False]
+    table = format_table([res])
+    assert "| scripted | 2 | 100% | 50% |" in table
+
+
+def test_load_questions(tmp_path):
+    txt = tmp_path / "q.txt"
+    txt.write_text("first?\n\nsecond?\n")
+    assert [q["question"] for q in load_questions(txt)] == ["first?", "second?"]
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"question": "ok"}\n{"question": ""}\n{"label": 3, "question": "x"}\n')
+    with pytest.raises(DataError) as exc:
+        load_questions(bad)
+    assert "q.jsonl:2" in str(exc.value) and "q.jsonl:3" in str(exc.value)
+    assert split_spec("light@runs/a") == ("light", "runs/a") and split_spec("e4b") == ("e4b", None)
+
+
+@pytest.mark.slow
+def test_eval_cli_on_light_model(tmp_path, light_engine):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "I am afraid of failing."}\n{"question": "How do I forgive?"}\n')
+    out = tmp_path / "eval.json"
+    assert cli(["eval", "--persona", "krishna", "--model", "light", "--questions", str(questions),
+                "--json", str(out), "--max-new-tokens", "8", "--temperature", "0"]) == 0
+    data = json.loads(out.read_text())
+    model = data["models"][0]
+    assert data["persona"] == "krishna" and model["name"] == "light" and model["n"] == 2
+    assert 0.0 <= model["compliance"] <= 1.0 and model["accuracy"] is None
+    assert set(model["rules"]) == set(rules_for(P["krishna"]))
+    assert all(r["reply"] and "violations" in r for r in model["replies"])
