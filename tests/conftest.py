@@ -39,6 +39,25 @@ def light_engine() -> ChatEngine:
     return ChatEngine(load_model("light"))
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random E4B-shaped Gemma 3n checkpoint (text + vision + audio), built once per session."""
+    from krishna_ai.tiny import build_tiny_gemma3n
+
+    return build_tiny_gemma3n(tmp_path_factory.mktemp("gemma3n") / "tiny-e4b")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core box spinning OpenMP threads slow them a lot."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class _Loaded:
     def __init__(self, name: str, multimodal: bool):
         self.name = name

@@ -22,7 +22,7 @@ from krishna_ai.models import SKIP_4BIT, load_model
 from krishna_ai.personas import load_personas
 from krishna_ai.prompting import build_messages
 from krishna_ai.studio import Studio, default_loader
-from krishna_ai.tiny import IMAGE_SOFT_TOKENS, SPECIAL_TOKENS, build_tiny_gemma3n
+from krishna_ai.tiny import IMAGE_SOFT_TOKENS, SPECIAL_TOKENS
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +39,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_gemma3n(tmp_path_factory.mktemp("gemma3n") / "tiny-e4b")
 
 
 @pytest.fixture(scope="module")
