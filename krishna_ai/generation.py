@@ -72,6 +72,10 @@ class ReplyStats:
     """Seconds from the request to the first generated token."""
     total_s: float = 0.0
     stopped: bool = False
+    slice: str | None = None
+    """MatFormer slice the reply ran as (None: the full model)."""
+    switch_note: str | None = None
+    """What a live slice switch before this reply cost (None when no switch was needed)."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -81,6 +85,8 @@ class ReplyStats:
     def line(self) -> str:
         ttft = f"{self.ttft_s:.2f} s" if self.ttft_s is not None else "–"
         tail = " · stopped" if self.stopped else ""
+        tail += f" · slice {self.slice}" if self.slice else ""
+        tail += f" · {self.switch_note}" if self.switch_note else ""
         return (f"{self.tokens} tokens · {self.tokens_per_s:.1f} tok/s · first token {ttft} · "
                 f"prompt {self.prompt_tokens} tokens{tail}")
 
@@ -205,18 +211,44 @@ class ChatEngine:
 
     # -- generation -------------------------------------------------------------------------
     def stream(self, messages: list[Message], params: SamplingParams | None = None,
-               stop_event: threading.Event | None = None) -> Reply:
+               stop_event: threading.Event | None = None, *, slice: str | None = None) -> Reply:
         """Start generating a reply to `messages` and return it as a stream of text chunks.
 
-        Prompt errors (image to a text-only model, prompt too long) are raised here, before any
-        thread starts; errors inside `generate` are raised from the iterator.
+        `slice` runs an E4B-shaped Gemma 3n as a MatFormer slice (e.g. "e2b") for this reply, switched
+        live on the loaded weights; None runs the full model. Prompt errors (image to a text-only
+        model, prompt too long, a slice this model cannot run) are raised here, before any thread
+        starts; errors inside `generate` are raised from the iterator.
         """
         params = (params or SamplingParams()).validated()
+        if slice:
+            self.check_slice(slice)
         messages = self.fit(messages, params.max_new_tokens)
         inputs = self.encode(messages)
         stop_event = stop_event or threading.Event()
-        stats = ReplyStats(prompt_tokens=int(inputs["input_ids"].shape[-1]))
+        stats = ReplyStats(prompt_tokens=int(inputs["input_ids"].shape[-1]), slice=slice or None)
         return Reply(self._run(inputs, params, stop_event, stats), stop_event, stats)
+
+    def check_slice(self, name: str) -> None:
+        """Raise ConfigError unless this model can run the slice `name` live."""
+        from krishna_ai.matformer import load_slice_config
+
+        if self.loaded.family != "gemma3n":
+            raise ConfigError(f"live MatFormer slicing needs an E4B-shaped Gemma 3n model; {self.name!r} is "
+                              f"{self.loaded.family}")
+        load_slice_config(name)
+
+    def _switch(self, name: str | None) -> str | None:
+        """Put the model in slice `name` (None: full); called under the generation lock."""
+        if self.loaded.family != "gemma3n":
+            return None
+        from krishna_ai import elastic
+
+        if elastic.current_slice(self.loaded.model) == name:
+            return None
+        if name is None:
+            elastic.restore_full(self.loaded.model)
+            return "switched back to the full model"
+        return f"switch allocated {elastic.switch_slice(self.loaded.model, name).allocated_bytes:,} bytes"
 
     def generate_batch(self, conversations: list[list[Message]], params: SamplingParams | None = None) -> list[str]:
         """Replies to several text-only conversations at once (left-padded batch): evaluation throughput.
@@ -284,6 +316,7 @@ class ChatEngine:
                 with self._lock:
                     if stop_event.is_set():
                         return
+                    stats.switch_note = self._switch(stats.slice)
                     if params.seed is not None:
                         torch.manual_seed(params.seed)
                     with torch.inference_mode():

@@ -119,6 +119,7 @@ class Studio:
         personality: str | None = None,
         stop_event: threading.Event | None = None,
         rng: random.Random | None = None,
+        slice: str | None = None,
         **sampling: Any,
     ) -> tuple[Reply, Persona, str | None]:
         """Validate the request and start generating. Raises domain errors before any generation."""
@@ -138,7 +139,7 @@ class Studio:
         who = persona.pick_personality(message, personality, rng)
         messages = build_messages(persona, history, message or "What do you see in this image?",
                                   personality=who, image=image)
-        return engine.stream(messages, params, stop_event), persona, who
+        return engine.stream(messages, params, stop_event, slice=slice or None), persona, who
 
     def image_personas(self) -> list[str]:
         return [p.id for p in self.personas.values() if p.accepts_images]

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from krishna_ai.errors import KrishnaError
+from krishna_ai.matformer import known_configs
 from krishna_ai.models import TIERS
 from krishna_ai.studio import Studio
 from krishna_ai.style import badge
@@ -102,6 +103,9 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             max_new = gr.Slider(16, 1024, value=p.max_new_tokens, step=16, label="Max new tokens")
             personality = gr.Textbox(label="Story about (optional)",
                                      placeholder="a famous person; empty = chosen from the persona's list")
+            slice_dd = gr.Dropdown([("Full model", "full"), *[(n, n) for n in known_configs()]], value="full",
+                                   label="MatFormer size (E4B-shaped Gemma 3n only)",
+                                   info="runs the loaded E4B as a smaller slice, live, without reloading")
         sampling_inputs = [temperature, top_p, top_k, max_new]
 
         def on_persona(persona_id: str):
@@ -147,7 +151,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             return history, gr.MultimodalTextbox(value=None, interactive=False)
 
         def respond(history: list[dict], persona_id: str, model: str, t: float, tp: float, tk: int, mn: int,
-                    who: str, request: gr.Request) -> Iterator[tuple]:
+                    who: str, size: str, request: gr.Request) -> Iterator[tuple]:
             earlier, text, image = split_pending(history)
             if not text and image is None:
                 return
@@ -156,7 +160,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             try:
                 for update in studio.chat(persona_id, earlier, text, session=session, image=image, model=model,
                                           personality=who or None, temperature=t, top_p=tp, top_k=int(tk),
-                                          max_new_tokens=int(mn)):
+                                          max_new_tokens=int(mn), slice=None if size == "full" else size):
                     history[-1] = {"role": "assistant", "content": update.text}
                     if update.done:
                         yield history, update.stats.line(), badge(update.violations or [])
@@ -167,7 +171,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             except ValueError as exc:
                 raise _error(exc) from None
 
-        respond_inputs = [chatbot, persona_dd, model_dd, *sampling_inputs, personality]
+        respond_inputs = [chatbot, persona_dd, model_dd, *sampling_inputs, personality, slice_dd]
         respond_outputs = [chatbot, stats_md, badge_md]
         unlock = dict(fn=lambda: gr.MultimodalTextbox(interactive=True), outputs=textbox, queue=False)
 
@@ -209,7 +213,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
         def chat(message: str, persona: str = "krishna", image: gr.FileData | None = None,
                  temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                  max_new_tokens: int | None = None, model: str | None = None,
-                 personality: str | None = None) -> Iterator[str]:
+                 personality: str | None = None, slice: str | None = None) -> Iterator[str]:
             """Stream a reply from a persona; yields the growing reply text.
 
             Args:
@@ -222,6 +226,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 max_new_tokens: override the reply length limit.
                 model: model tier / folder / hub id; default the app's model.
                 personality: whom the closing story is about (personas with stories).
+                slice: MatFormer size to run an E4B-shaped Gemma 3n as (e.g. "e2b"); default the full model.
             """
             path = None
             if image is not None:
@@ -229,7 +234,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             try:
                 for update in studio.chat(persona, [], message, image=path, model=model, personality=personality,
                                           temperature=temperature, top_p=top_p, top_k=top_k,
-                                          max_new_tokens=max_new_tokens):
+                                          max_new_tokens=max_new_tokens, slice=slice or None):
                     yield update.text
             except (KrishnaError, ValueError) as exc:
                 raise _error(exc) from None

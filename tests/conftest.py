@@ -83,7 +83,7 @@ class ScriptedEngine:
     def generate_batch(self, conversations, params=None) -> list[str]:
         return [self.stream(c, params).read() for c in conversations]
 
-    def stream(self, messages, params=None, stop_event=None) -> Reply:
+    def stream(self, messages, params=None, stop_event=None, *, slice=None) -> Reply:
         stop_event = stop_event or threading.Event()
         self.calls.append((messages, params))
         stats = ReplyStats(prompt_tokens=len(str(messages)))

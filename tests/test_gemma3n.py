@@ -357,3 +357,25 @@ def test_4bit_engine_on_cuda(tiny_dir, leaf):
     engine = ChatEngine(loaded)
     assert len(_stream(engine, _messages("krishna", "I failed my exam."))) >= 2
     assert len(_stream(engine, _messages(image=load_image(leaf)))) >= 2
+
+
+# -- live MatFormer switching through the engine ---------------------------------------------------
+def test_live_slice_per_reply_matches_the_slice_on_disk(tiny_dir, fp32_engine, tmp_path):
+    from krishna_ai.cli import main as cli
+    from krishna_ai.errors import ConfigError
+
+    msgs = _messages("krishna", "How do I stay calm?")
+    live = fp32_engine.stream(msgs, GREEDY, slice="e2b")
+    live_text = live.read()
+    assert live.stats.slice == "e2b" and "allocated" in live.stats.switch_note
+    full = fp32_engine.stream(msgs, GREEDY)  # the next reply without a slice runs the full model again
+    full_text = full.read()
+    assert full.stats.switch_note == "switched back to the full model"
+
+    out = tmp_path / "e2b"
+    assert cli(["slice", "--src", str(tiny_dir), "--out", str(out), "--config", "e2b"]) == 0
+    disk = ChatEngine(load_model(str(out), dtype="float32", quantize="none"))
+    assert disk.stream(msgs, GREEDY).read() == live_text
+    assert fp32_engine.stream(msgs, GREEDY).read() == full_text
+    with pytest.raises(ConfigError, match="unknown"):
+        fp32_engine.stream(msgs, GREEDY, slice="e9b")
