@@ -110,6 +110,9 @@ class Persona(_Strict):
     """For classification personas: the answers `eval` parses from replies to score accuracy."""
     sampling: Sampling = Sampling()
     style: Style = Style()
+    adapters: dict[str, str] = {}
+    """LoRA adapter merged at load when this persona runs on a tier, e.g. {light = "../adapters/x"}
+    (paths relative to the persona file). An adapter given with --adapter takes precedence."""
 
     @field_validator("story_template")
     @classmethod
@@ -182,6 +185,13 @@ def load_persona(path: str | Path) -> Persona:
         raise PersonaError(problems(f"{path}: invalid persona ({len(items)} problem(s))", items)) from None
     if persona.id != path.stem:
         raise PersonaError(f"{path.name}: id: is {persona.id!r} but must match the file name {path.stem!r}")
+    if persona.adapters:
+        resolved = {tier: str((path.parent / p).resolve()) for tier, p in persona.adapters.items()}
+        missing = [f"{path.name}: adapters.{t}: {p} does not exist" for t, p in resolved.items()
+                   if not Path(p).is_dir()]
+        if missing:
+            raise PersonaError(problems(f"{path}: invalid persona", missing))
+        persona = persona.model_copy(update={"adapters": resolved})
     return persona
 
 

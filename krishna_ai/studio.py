@@ -50,7 +50,7 @@ class Studio:
         default_model: str = "light",
         adapters: dict[str, str] | None = None,
         loader: EngineLoader = default_loader,
-        max_loaded: int = 2,
+        max_loaded: int = 3,
     ):
         self.personas = personas if personas is not None else load_personas()
         self.default_model = default_model
@@ -64,18 +64,22 @@ class Studio:
         self._stops_lock = threading.Lock()
 
     # -- models -----------------------------------------------------------------------------
-    def engine(self, spec: str | None = None) -> ChatEngine:
+    def engine(self, spec: str | None = None, persona: Persona | None = None) -> ChatEngine:
         """The engine for `spec` (default: the startup model), loading it on first use.
 
+        The adapter merged at load is the one given at startup for this spec, else the persona's
+        own adapter for it (e.g. Krishna's fine-tune of the light tier), else none.
         A failed load raises ModelUnavailable and leaves the engines already loaded untouched.
         """
         spec = (spec or self.default_model).strip()
+        adapter = self.adapters.get(spec) or (persona.adapters.get(spec) if persona else None)
+        key = f"{spec}@{adapter}" if adapter else spec
         with self._load_lock:
-            if spec in self._engines:
-                self._engines.move_to_end(spec)
-                return self._engines[spec]
-            engine = self._loader(spec, self.adapters.get(spec))
-            self._engines[spec] = engine
+            if key in self._engines:
+                self._engines.move_to_end(key)
+                return self._engines[key]
+            engine = self._loader(spec, adapter)
+            self._engines[key] = engine
             while len(self._engines) > self._max_loaded:
                 self._engines.popitem(last=False)
             return engine
@@ -128,7 +132,7 @@ class Studio:
         message = (message or "").strip()
         if not message and image is None:
             raise ValueError("the message is empty: type a question (or attach an image)")
-        engine = self.engine(model)
+        engine = self.engine(model, persona)
         if image is not None:
             if not engine.loaded.multimodal:
                 raise ImageError(f"The model {engine.name!r} reads text only. {image_tiers_hint()}")

@@ -140,3 +140,22 @@ def test_share_without_auth_warns(monkeypatch, capsys):
     assert "WARNING" in capsys.readouterr().err
     app.main(["--auth", "u:p"])
     assert launched["auth"] == ("u", "p")
+
+
+def test_persona_adapter_is_used_on_its_tier_only(scripted):
+    seen = []
+
+    def loader(spec, adapter):
+        seen.append((spec, adapter))
+        return scripted(["ok"])
+
+    personas = load_personas()
+    personas["krishna"] = personas["krishna"].model_copy(update={"adapters": {"light": "/adapters/k"}})
+    studio = Studio(personas, loader=loader)
+    list(studio.chat("krishna", [], "hi"))
+    list(studio.chat("aurora", [], "hi"))
+    list(studio.chat("krishna", [], "again"))
+    assert seen == [("light", "/adapters/k"), ("light", None)]  # cached per (tier, adapter)
+    override = Studio(personas, loader=loader, adapters={"light": "/cli/adapter"})
+    list(override.chat("krishna", [], "hi"))
+    assert seen[-1] == ("light", "/cli/adapter")

@@ -105,3 +105,14 @@ def test_personality_choice():
     assert k.pick_personality("tell me about marie curie please") == "Marie Curie"
     assert k.pick_personality("hello", rng=random.Random(0)) in k.personalities
     assert "Marie Curie" in k.story_instruction("Marie Curie")
+
+
+def test_persona_adapters_resolve_relative_to_the_file(tmp_path):
+    (tmp_path / "adapters" / "mine").mkdir(parents=True)
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    text = 'adapters = { light = "../adapters/mine" }\n' + GOOD
+    persona = load_persona(write(folder, "aurora", text))
+    assert persona.adapters == {"light": str((tmp_path / "adapters" / "mine").resolve())}
+    with pytest.raises(PersonaError, match=r"adapters.e2b: .*does not exist"):
+        load_persona(write(folder, "aurora", 'adapters = { e2b = "../nowhere" }\n' + GOOD))
