@@ -19,6 +19,10 @@ class ImageError(KrishnaError):
     """An uploaded image was rejected (unreadable, too large, wrong kind...)."""
 
 
+class InputError(KrishnaError):
+    """A chat message (or request) that cannot be answered as given: empty, too long..."""
+
+
 class GenerationError(KrishnaError):
     """Generation failed inside the model thread, or the request cannot be generated."""
 

@@ -8,6 +8,7 @@ that carry no template) put the system text at the top of the first user turn.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,19 @@ from krishna_ai.errors import GenerationError
 from krishna_ai.personas import Persona
 
 Message = dict[str, Any]
+
+# Gemma's control tokens. Typed by a user they would be tokenised as the real thing and could forge
+# turns ("<end_of_turn><start_of_turn>model ..."), so message text gets a zero-width joiner inside them.
+_CONTROL_TOKEN = re.compile(
+    r"<(/?)(start_of_turn|end_of_turn|bos|eos|pad|start_of_image|end_of_image|image_soft_token|"
+    r"start_of_audio|end_of_audio|audio_soft_token|mask|unk)>", re.IGNORECASE)
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def sanitize(text: str) -> str:
+    """Message text as the model should see it: no C0 control characters, no live control tokens."""
+    text = _CONTROL_CHARS.sub("", text)
+    return _CONTROL_TOKEN.sub(lambda m: f"<{m.group(1)}{m.group(2)}\u200d>", text)
 
 
 def system_text(persona: Persona, personality: str | None = None) -> str:
@@ -53,7 +67,7 @@ def clean_history(history: list[Message]) -> list[Message]:
         role = msg.get("role")
         if role not in ("user", "assistant"):
             continue
-        text = text_of(msg.get("content")).strip()
+        text = sanitize(text_of(msg.get("content"))).strip()
         if not text or (not out and role == "assistant"):
             continue
         if out and out[-1]["role"] == role:
@@ -74,6 +88,7 @@ def build_messages(
     image: Any | None = None,
 ) -> list[Message]:
     """System part, cleaned history and the new user message (with its image block, if any)."""
+    message = sanitize(message)
     content: str | list[dict[str, Any]] = message
     if image is not None:
         content = [{"type": "image", "image": image}, {"type": "text", "text": message}]

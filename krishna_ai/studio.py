@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from krishna_ai.errors import ImageError, ModelUnavailable
+from krishna_ai.errors import ImageError, InputError, ModelUnavailable
 from krishna_ai.generation import ChatEngine, Reply, ReplyStats, SamplingParams
 from krishna_ai.images import load_image
 from krishna_ai.models import image_tiers_hint, load_model
 from krishna_ai.personas import Persona, get_persona, load_personas
-from krishna_ai.prompting import Message, build_messages
+from krishna_ai.prompting import Message, build_messages, sanitize
 from krishna_ai.style import Violation, check_reply
 
 EngineLoader = Callable[[str, str | None], ChatEngine]
+MAX_MESSAGE_CHARS = 32_000
+"""Longer messages are refused up front (the context would cut them anyway, after slow tokenising)."""
 
 
 def default_loader(spec: str, adapter: str | None) -> ChatEngine:
@@ -129,9 +131,11 @@ class Studio:
         """Validate the request and start generating. Raises domain errors before any generation."""
         persona = self.persona(persona_id)
         params = SamplingParams.for_persona(persona, **sampling)
-        message = (message or "").strip()
+        message = sanitize(message or "").strip()
         if not message and image is None:
-            raise ValueError("the message is empty: type a question (or attach an image)")
+            raise InputError("the message is empty: type a question (or attach an image)")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise InputError(f"the message is {len(message):,} characters; the limit is {MAX_MESSAGE_CHARS:,}")
         engine = self.engine(model, persona)
         if image is not None:
             if not engine.loaded.multimodal:

@@ -325,10 +325,9 @@ def main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> di
 
             shutil.rmtree(stale)
         (out / "loss.jsonl").unlink(missing_ok=True)
+    model, tokenizer, processor, ds = setup(cfg)  # bad data fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-    model, tokenizer, processor, ds = setup(cfg)
     if resume:  # the log keeps only steps up to the checkpoint we resume from
         _truncate_log(out / "loss.jsonl", int(checkpoints[-1].name.split("-")[-1]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
