@@ -59,6 +59,16 @@ def build(args: argparse.Namespace):
     return build_demo(studio, persona=args.persona), studio
 
 
+MAX_UPLOAD = "20mb"
+
+
+def launch(demo, args: argparse.Namespace, **extra):
+    """Queue and launch with the app's limits: one generation at a time per model, capped uploads."""
+    return demo.queue(default_concurrency_limit=1).launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth),
+        max_file_size=MAX_UPLOAD, show_error=True, **extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     auth = parse_auth(args.auth)
@@ -72,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except KrishnaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-        max_file_size="20mb", show_error=True)
+    launch(demo, args)
     return 0
 
 

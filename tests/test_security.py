@@ -1,0 +1,96 @@
+"""Security: login, upload limits, no files served outside the app's own folders, no pickles or remote code."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+from gradio_client import Client
+
+import app
+from krishna_ai.personas import load_personas
+from krishna_ai.studio import Studio
+from krishna_ai.ui import build_demo
+
+pytestmark = pytest.mark.slow
+
+
+def port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(scripted):
+    """The app's own launch (app.launch: auth, upload cap) around a scripted model."""
+    demos = []
+
+    def start(*argv):
+        args = app.parse_args(["--port", str(port()), *argv])
+        demo = build_demo(Studio(load_personas(), loader=lambda spec, adapter: scripted(["fine"])))
+        app.launch(demo, args, prevent_thread_lock=True, quiet=True)
+        demos.append(demo)
+        return f"http://127.0.0.1:{args.port}/"
+
+    yield start
+    for demo in demos:
+        demo.close()
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_auth_refuses_a_wrong_password(served):
+    url = served("--auth", "krishna:s3cret")
+    with pytest.raises(Exception, match="(?i)login|auth|credentials|401|403"):
+        Client(url, auth=("krishna", "wrong"), verbose=False)
+    status, _ = get(url + "gradio_api/info")
+    assert status in (401, 403)
+    client = Client(url, auth=("krishna", "s3cret"), verbose=False)
+    assert client.predict("hi", "pet", api_name="/chat") == "fine"
+
+
+def test_no_files_outside_the_app_folders(served):
+    url = served()
+    for path in ("gradio_api/file=/etc/passwd", "gradio_api/file=../../../../etc/passwd",
+                 "gradio_api/file=%2Fetc%2Fpasswd", "gradio_api/file=app.py", "gradio_api/file=krishna_ai/models.py",
+                 "file=/etc/passwd"):
+        status, body = get(url + path)
+        assert status >= 400 and b"root:" not in body and b"def load_model" not in body, path
+
+
+def test_upload_size_is_capped(served, tmp_path):
+    url = served()
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (21 * 2**20))
+    boundary = "----krishna"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    assert status == 413
+
+
+def test_models_never_run_remote_code_or_load_pickles():
+    import inspect
+
+    from krishna_ai import merge, models, train
+
+    for module in (models, train, merge):
+        src = inspect.getsource(module)
+        assert "trust_remote_code=True" not in src
+    src = inspect.getsource(models)
+    assert src.count("use_safetensors=True") >= 1 and "trust_remote_code=False" in src
