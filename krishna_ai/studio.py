@@ -51,14 +51,14 @@ class Studio:
         *,
         default_model: str = "light",
         adapters: dict[str, str] | None = None,
-        loader: EngineLoader = default_loader,
+        loader: EngineLoader | None = None,
         max_loaded: int = 3,
     ):
         self.personas = personas if personas is not None else load_personas()
         self.default_model = default_model
         self.adapters = dict(adapters or {})
         """Adapter merged at load, per model spec (e.g. {"light": "adapters/krishna-light"})."""
-        self._loader = loader
+        self._loader = loader or (lambda spec, adapter: default_loader(spec, adapter))
         self._engines: OrderedDict[str, ChatEngine] = OrderedDict()
         self._max_loaded = max_loaded
         self._load_lock = threading.Lock()
