@@ -18,6 +18,8 @@ from krishna_ai.models import TIERS
 from krishna_ai.studio import Studio
 from krishna_ai.style import badge
 
+NOTICE = "⚠️ Not answered"
+"""Title of the chat notice shown when a request is refused (kept out of the model's history)."""
 GENERATE = "generate"  # one concurrency group: the UI and the API share the model one request at a time
 
 
@@ -49,7 +51,13 @@ def split_pending(history: list[dict]) -> tuple[list[dict], str, str | None]:
     pending = history[i:]
     text = "\n".join(t for t in (_text(m["content"]) for m in pending) if t).strip()
     images = [f for m in pending for f in _files(m["content"])]
-    earlier = [{"role": m["role"], "content": _text(m["content"])} for m in history[:i]]
+    earlier: list[dict] = []
+    for m in history[:i]:
+        if (m.get("metadata") or {}).get("title") == NOTICE:  # an unanswered turn: drop it and its question
+            while earlier and earlier[-1]["role"] == "user":
+                earlier.pop()
+            continue
+        earlier.append({"role": m["role"], "content": _text(m["content"])})
     return earlier, text, images[-1] if images else None
 
 
@@ -167,9 +175,10 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                     else:
                         yield history, "⏳ generating…", ""
             except KrishnaError as exc:
-                raise _error(exc) from None
-            except ValueError as exc:
-                raise _error(exc) from None
+                # Keep the conversation on screen: the problem becomes a notice in the chat and a toast.
+                gr.Warning(str(exc))
+                history[-1] = {"role": "assistant", "content": str(exc), "metadata": {"title": NOTICE}}
+                yield history, "", ""
 
         respond_inputs = [chatbot, persona_dd, model_dd, *sampling_inputs, personality, slice_dd]
         respond_outputs = [chatbot, stats_md, badge_md]

@@ -12,7 +12,7 @@ from PIL import Image
 import app
 from krishna_ai.personas import load_personas
 from krishna_ai.studio import Studio
-from krishna_ai.ui import build_demo, split_pending
+from krishna_ai.ui import NOTICE, build_demo, split_pending
 
 
 def free_port() -> int:
@@ -121,6 +121,13 @@ def test_split_pending_reads_gradio_history():
     earlier, text, image = split_pending(history)
     assert text == "what is it?" and image == "/tmp/x.png"
     assert earlier[-1] == {"role": "assistant", "content": "a1"}
+    refused = history[:3] + [
+        {"role": "user", "content": [{"type": "text", "text": "bad request"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "refused"}], "metadata": {"title": NOTICE}},
+        {"role": "user", "content": [{"type": "text", "text": "q2"}]},
+    ]
+    earlier, text, _ = split_pending(refused)
+    assert text == "q2" and [m["content"] for m in earlier] == ["Namaskar", "q1", "a1"]
 
 
 def test_share_without_auth_warns(monkeypatch, capsys):

@@ -110,15 +110,15 @@ def test_stream_stop_retry_persona_and_image(page, tmp_path):
                        "the reply to grow while streaming")
     assert grown > first
 
-    pg.get_by_role("button", name="Stop").click()
+    pg.get_by_role("button", name="Stop", exact=True).click()
     time.sleep(2.0)
     stopped_at = last_bot(pg)
     time.sleep(3.0)
     assert last_bot(pg) == stopped_at, "the reply kept growing after Stop"
 
-    pg.get_by_role("button", name="Retry").click()
+    pg.get_by_role("button", name="Retry", exact=True).click()
     wait_until(lambda: last_bot(pg) != stopped_at and len(last_bot(pg)) > 0, 60, "a retried reply")
-    pg.get_by_role("button", name="Stop").click()
+    pg.get_by_role("button", name="Stop", exact=True).click()
     time.sleep(1.0)
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -136,7 +136,7 @@ def test_stream_stop_retry_persona_and_image(page, tmp_path):
     pg.locator('input[type="file"]').first.set_input_files(str(leaf))
     time.sleep(1.0)
     send(pg, "What disease is this?")
-    toast = pg.get_by_text("reads text only", exact=False)
+    toast = pg.get_by_text("reads text only", exact=False)  # the in-chat notice and the toast
     toast.first.wait_for(timeout=30_000)
     assert "Gemma 3n" in pg.locator("body").inner_text()
     pg.screenshot(path=str(ARTIFACTS / "browser-image-refused.png"), full_page=True)
