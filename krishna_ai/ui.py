@@ -214,9 +214,12 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                         [chatbot, stats_md, badge_md], queue=False)
 
         def stop(request: gr.Request):
+            # Flip the stop flag (generate ends at once and its thread is joined), and cancel the event,
+            # which also drops a request still waiting in the queue. The partial reply stays on screen.
             studio.stop(request.session_hash or "")
+            return "⏹ stopped"
 
-        stop_btn.click(stop, None, None, queue=False, cancels=[submit_event, retry_event]).then(**unlock)
+        stop_btn.click(stop, None, stats_md, queue=False, cancels=[submit_event, retry_event]).then(**unlock)
 
         # -- the documented API endpoint ------------------------------------------------------
         def chat(message: str, persona: str = "krishna", image: gr.FileData | None = None,

@@ -115,6 +115,8 @@ def test_stream_stop_retry_persona_and_image(page, tmp_path):
     stopped_at = last_bot(pg)
     time.sleep(3.0)
     assert last_bot(pg) == stopped_at, "the reply kept growing after Stop"
+    assert stopped_at.strip(), "the partial reply should stay on screen"
+    assert "stopped" in pg.locator("#reply-stats").inner_text()
 
     pg.get_by_role("button", name="Retry", exact=True).click()
     wait_until(lambda: last_bot(pg) != stopped_at and len(last_bot(pg)) > 0, 60, "a retried reply")
