@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from krishna_ai import matformer, tiny
+from krishna_ai import export, matformer, push, space, sweep, tiny
 from krishna_ai.errors import KrishnaError
 
 Command = Callable[[argparse.Namespace], int]
@@ -39,7 +39,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     shown = 0
     for update in studio.chat(args.persona, [], question, image=args.image, personality=args.personality,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed):
+                              max_new_tokens=args.max_new_tokens, seed=args.seed, slice=args.slice):
         sys.stdout.write(update.text[shown:])
         sys.stdout.flush()
         shown = len(update.text)
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="LoRA adapter folder merged at load")
     p.add_argument("--image", help="image file (image-capable personas on a Gemma 3n tier)")
     p.add_argument("--personality", help="whom the closing story is about")
+    p.add_argument("--slice", metavar="NAME", help="run an E4B-shaped Gemma 3n as this MatFormer slice, live")
     p.add_argument("--quiet", action="store_true", help="do not print stats and style check")
     _add_sampling(p)
     p.set_defaults(func=_cmd_ask)
@@ -189,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_build_dataset)
 
     tiny.add_cli(sub)  # tiny-gemma3n
+    sweep.add_cli(sub)  # sweep
+    export.add_cli(sub)  # export gguf|modelfile|fetch-converter
+    push.add_cli(sub)  # push
+    space.add_cli(sub)  # space
     matformer.add_cli(sub)  # slice
 
     for p in sub.choices.values():

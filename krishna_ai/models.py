@@ -114,7 +114,7 @@ def _hub_hint(source: str, exc: Exception) -> ModelUnavailable:
         f"could not load {source!r} from the Hugging Face Hub ({type(exc).__name__}: {reason}).\n"
         "Tried: a local folder of that name (none) and the Hub (unreachable, gated or missing).\n"
         "To fix: on a machine with internet, accept the Gemma licence on the model page, run "
-        f"`huggingface-cli login` and `huggingface-cli download {source} --local-dir DIR`, "
+        f"`hf auth login` and `hf download {source} --local-dir DIR`, "
         "then start with `--model DIR`; or use the light tier, which runs offline."
     )
 
