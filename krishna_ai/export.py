@@ -141,14 +141,14 @@ def fetch_converter(version: str = LLAMA_CPP_PYTHON_VERSION, *, force: bool = Fa
 
 
 def _source_folder(model: str) -> Path:
-    from krishna_ai.models import _check_local_folder, resolve_source
+    from krishna_ai.models import check_local_folder, resolve_source
 
     _, source, is_local = resolve_source(model)
     if not is_local:
         raise ConfigError(f"export needs a local model folder, not {model!r}: download it first "
                           f"(hf download {source} --local-dir DIR) or merge an adapter into one")
     folder = Path(source)
-    _check_local_folder(folder)
+    check_local_folder(folder)
     if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()):
         raise ConfigError(f"{folder} has no tokenizer.json or tokenizer.model; the GGUF needs the tokenizer")
     return folder

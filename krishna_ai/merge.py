@@ -27,11 +27,11 @@ def merge(base: str, adapter: str | Path, out: str | Path, *, dtype: Literal["bf
     from transformers import AutoConfig
 
     from krishna_ai.models import (
-        _family,
-        _load_tokenizer,
-        _load_weights,
-        _merge_adapter,
         check_adapter,
+        load_processing,
+        load_weights,
+        merge_adapter,
+        model_family,
         resolve_source,
     )
 
@@ -41,7 +41,7 @@ def merge(base: str, adapter: str | Path, out: str | Path, *, dtype: Literal["bf
     adapter_path = check_adapter(adapter)
     _, source, is_local = resolve_source(base)
     config = AutoConfig.from_pretrained(source)
-    family = _family(config)
+    family = model_family(config)
     text_checkpoint = getattr(config, "model_type", "") != "gemma3n"
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     steps = ["load base", "merge adapter", "write safetensors", "finish"]
@@ -50,14 +50,14 @@ def merge(base: str, adapter: str | Path, out: str | Path, *, dtype: Literal["bf
     with tqdm(total=len(steps), desc=f"Merging into {out.name}") as bar:
         try:
             bar.set_postfix_str(steps[0])
-            model = _load_weights(source, family, torch_dtype, False, text_checkpoint, "cpu", is_local)
+            model = load_weights(source, family, torch_dtype, False, text_checkpoint, "cpu", is_local)
             bar.update()
             bar.set_postfix_str(steps[1])
-            model = _merge_adapter(model, adapter_path)
+            model = merge_adapter(model, adapter_path)
             bar.update()
             bar.set_postfix_str(steps[2])
             model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer, processor = _load_tokenizer(source, family, text_checkpoint)
+            tokenizer, processor = load_processing(source, family, text_checkpoint)
             (processor or tokenizer).save_pretrained(tmp)
             bar.update()
             bar.set_postfix_str(steps[3])

@@ -97,7 +97,7 @@ def resolve_source(spec: str) -> tuple[str, str, bool]:
     )
 
 
-def _check_local_folder(folder: Path) -> None:
+def check_local_folder(folder: Path) -> None:
     if not (folder / "config.json").is_file():
         raise ModelUnavailable(f"{folder} has no config.json: give a Hugging Face model folder")
     if not any(folder.glob("*.safetensors")):
@@ -135,7 +135,7 @@ def check_adapter(adapter: str | Path) -> Path:
     return path
 
 
-def _family(config: Any) -> Literal["gemma3", "gemma3n", "other"]:
+def model_family(config: Any) -> Literal["gemma3", "gemma3n", "other"]:
     model_type = getattr(config, "model_type", "")
     if model_type.startswith("gemma3n"):
         return "gemma3n"
@@ -149,7 +149,7 @@ def _context_length(config: Any) -> int:
     return int(getattr(text, "max_position_embeddings", 8192) or 8192)
 
 
-def _bnb_config(dtype: Any) -> Any:
+def bnb_config(dtype: Any) -> Any:
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -169,6 +169,11 @@ def merged_cache_dir(source: str, adapter: Path, text_only: bool = False) -> Pat
     h = hashlib.sha256(source.encode() + (b"\0text" if text_only else b""))
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         h.update((adapter / name).read_bytes())
+    base = Path(source)
+    if base.is_dir():  # a local base rebuilt in place must not reuse an old merge
+        for f in sorted(base.glob("*.safetensors")):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return cache_root() / "merged" / h.hexdigest()[:16]
 
 
@@ -194,7 +199,7 @@ def load_model(
     name, source, is_local = resolve_source(spec)
     adapter_path = check_adapter(adapter) if adapter else None
     if is_local:
-        _check_local_folder(Path(source))
+        check_local_folder(Path(source))
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
@@ -202,7 +207,7 @@ def load_model(
             raise ModelUnavailable(f"{source}: cannot read config.json ({exc})") from None
         raise _hub_hint(source, exc) from None
 
-    family = _family(config)
+    family = model_family(config)
     # A Gemma3nForCausalLM checkpoint (e.g. a text-only export) has no towers and no processor.
     text_only = text_only or getattr(config, "model_type", "") == "gemma3n_text"
     cuda = _cuda() if device is None else device.startswith("cuda")
@@ -222,13 +227,13 @@ def load_model(
         load_from = str(_merge_to_cache(source, adapter_path, family, text_only))
         notes.append(f"adapter merged in bf16 and cached at {load_from}")
 
-    model = _load_weights(load_from, family, torch_dtype, four_bit, text_only, device,
+    model = load_weights(load_from, family, torch_dtype, four_bit, text_only, device,
                           is_local or load_from != source)
     if adapter_path is not None and not four_bit:
-        model = _merge_adapter(model, adapter_path)
+        model = merge_adapter(model, adapter_path)
     model.eval()
 
-    tokenizer, processor = _load_tokenizer(source, family, text_only)
+    tokenizer, processor = load_processing(source, family, text_only)
     multimodal = family == "gemma3n" and not text_only and processor is not None
     return LoadedModel(
         model=model, tokenizer=tokenizer, processor=processor if multimodal else None, family=family,
@@ -237,7 +242,7 @@ def load_model(
     )
 
 
-def _model_class(family: str, text_only: bool) -> Any:
+def model_class(family: str, text_only: bool) -> Any:
     import transformers
 
     if family == "gemma3n":
@@ -245,12 +250,12 @@ def _model_class(family: str, text_only: bool) -> Any:
     return transformers.AutoModelForCausalLM
 
 
-def _load_weights(source: str, family: str, dtype: Any, four_bit: bool, text_only: bool,
+def load_weights(source: str, family: str, dtype: Any, four_bit: bool, text_only: bool,
                   device: str, is_local: bool) -> Any:
-    cls = _model_class(family, text_only)
+    cls = model_class(family, text_only)
     kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
     if four_bit:
-        kwargs["quantization_config"] = _bnb_config(dtype)
+        kwargs["quantization_config"] = bnb_config(dtype)
         kwargs["device_map"] = {"": device}
     try:
         model = cls.from_pretrained(source, **kwargs)
@@ -265,7 +270,7 @@ def _load_weights(source: str, family: str, dtype: Any, four_bit: bool, text_onl
     return model
 
 
-def _merge_adapter(model: Any, adapter: Path) -> Any:
+def merge_adapter(model: Any, adapter: Path) -> Any:
     from peft import PeftModel
 
     try:
@@ -281,8 +286,8 @@ def _merge_to_cache(source: str, adapter: Path, family: str, text_only: bool) ->
     target = merged_cache_dir(source, adapter, text_only)
     if (target / "config.json").is_file():
         return target
-    model = _load_weights(source, family, torch.bfloat16, False, text_only, "cpu", True)
-    model = _merge_adapter(model, adapter)
+    model = load_weights(source, family, torch.bfloat16, False, text_only, "cpu", True)
+    model = merge_adapter(model, adapter)
     tmp = target.with_name(target.name + f".partial-{os.getpid()}")
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -292,7 +297,7 @@ def _merge_to_cache(source: str, adapter: Path, family: str, text_only: bool) ->
     return target
 
 
-def _load_tokenizer(source: str, family: str, text_only: bool) -> tuple[Any, Any | None]:
+def load_processing(source: str, family: str, text_only: bool) -> tuple[Any, Any | None]:
     from transformers import AutoProcessor, AutoTokenizer
 
     processor = None

@@ -216,21 +216,21 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any, Any]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoConfig
 
-    from krishna_ai.models import _bnb_config, _family, _load_tokenizer, _model_class, resolve_source
+    from krishna_ai.models import bnb_config, load_processing, model_class, model_family, resolve_source
 
     _, source, _ = resolve_source(cfg.model)
     if use_unsloth(cfg):
         return _build_unsloth(cfg, source)
     config = AutoConfig.from_pretrained(source)
-    family = _family(config)
+    family = model_family(config)
     # Train with the class the checkpoint was saved as, so adapter names match at merge/serve time.
     text_checkpoint = getattr(config, "model_type", "") != "gemma3n"
     dtype = _dtype(cfg)
     kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
     if cfg.quantization == "4bit":
-        kwargs["quantization_config"] = _bnb_config(dtype)
+        kwargs["quantization_config"] = bnb_config(dtype)
         kwargs["device_map"] = {"": "cuda" if torch.cuda.is_available() else "cpu"}
-    model = _model_class(family, text_checkpoint).from_pretrained(source, **kwargs)
+    model = model_class(family, text_checkpoint).from_pretrained(source, **kwargs)
     if cfg.quantization == "4bit":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
@@ -241,7 +241,7 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any, Any]:
                       use_rslora=cfg.lora.rslora, target_modules=target_regex(cfg.lora.targets),
                       bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    tokenizer, processor = _load_tokenizer(source, family, text_checkpoint)
+    tokenizer, processor = load_processing(source, family, text_checkpoint)
     return model, tokenizer, processor
 
 
