@@ -47,7 +47,7 @@ def tiny_dir(tmp_path_factory):
     return build_tiny_gemma3n(tmp_path_factory.mktemp("gemma3n") / "tiny-e4b")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from threads; on a busy 2-core box spinning OpenMP threads slow them a lot."""
     import torch

@@ -24,21 +24,13 @@ from krishna_ai.prompting import build_messages
 from krishna_ai.studio import Studio, default_loader
 from krishna_ai.tiny import IMAGE_SOFT_TOKENS, SPECIAL_TOKENS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=8)
 LORA_TARGETS = r".*language_model.*\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj"
 E4B_LAYER_TYPES = ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(35)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is too small to gain from threads, and on a busy 2-core box OpenMP's spinning
-    threads make every small matmul wait for a time slice (about 30x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ from krishna_ai.matformer import ParentShape, load_slice_config, plan_slice, res
 E2B_SKIP = [20, 21, 22, 23, 24]
 TOWERS = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.", "model.embed_audio.")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _load(folder, cls_name="Gemma3nForCausalLM"):
     import transformers
@@ -58,13 +60,6 @@ def _add_shared_kv(folder: Path) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are too small to split: on a busy 2-core machine, 1 thread is ~6x faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 
 import optuna
 import pytest
-import torch
 import yaml
 
 from krishna_ai.cli import main as cli
@@ -15,7 +14,7 @@ from krishna_ai.errors import ConfigError
 from krishna_ai.sweep import SweepSettings, apply_params, default_questions, parse_space, run_sweep
 from krishna_ai.train import TrainConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 ROWS = [
     ("What is courage?", "Partha, courage is acting while your knees shake."),
@@ -24,13 +23,6 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core box spinning OpenMP threads slow them a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
