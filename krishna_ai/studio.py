@@ -90,8 +90,8 @@ class Studio:
         return list(self._engines)
 
     # -- stop -------------------------------------------------------------------------------
-    def new_stop(self, session: str) -> threading.Event:
-        event = threading.Event()
+    def new_stop(self, session: str, event: threading.Event | None = None) -> threading.Event:
+        event = event or threading.Event()
         with self._stops_lock:
             self._stops[session] = event
         return event
@@ -153,12 +153,12 @@ class Studio:
         return [p.id for p in self.personas.values() if p.accepts_images]
 
     def chat(self, persona_id: str, history: list[Message], message: str, *, session: str = "",
-             **kwargs: Any) -> Iterator[Update]:
+             stop_event: threading.Event | None = None, **kwargs: Any) -> Iterator[Update]:
         """Stream a reply as `Update`s; the last one has done=True, stats and the style check.
 
-        Closing the iterator (the client went away) or `stop(session)` stops generation.
+        Closing the iterator, setting `stop_event` (the client went away) or `stop(session)` stops generation.
         """
-        stop_event = self.new_stop(session)
+        stop_event = self.new_stop(session, stop_event)
         try:
             reply, persona, who = self.start_reply(persona_id, history, message, stop_event=stop_event, **kwargs)
             with reply:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,16 +315,17 @@ def main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> di
 
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if out.is_dir() else []
+    found = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if out.is_dir() else []
+    checkpoints = [c for c in found if is_complete_checkpoint(c)]
     if out.is_dir() and (out / "adapter").exists() and not resume:
         raise ConfigError(f"{out} already holds a finished run; choose another output_dir or pass --resume")
     if resume and not checkpoints:
-        raise ConfigError(f"--resume: no checkpoint-* folder in {out}")
+        raise ConfigError(f"--resume: no complete checkpoint-* folder in {out}")
+    # A run killed while saving leaves a half-written checkpoint: never resume from it, and clear it.
+    stale = found if not resume else [c for c in found if c not in checkpoints]
+    for folder in stale:
+        shutil.rmtree(folder)
     if not resume and out.is_dir():
-        for stale in checkpoints:
-            import shutil
-
-            shutil.rmtree(stale)
         (out / "loss.jsonl").unlink(missing_ok=True)
     model, tokenizer, processor, ds = setup(cfg)  # bad data fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -362,6 +364,14 @@ def main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> di
     return summary
 
 
+CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """Every file `--resume` needs is there (the trainer writes them one by one)."""
+    return all((folder / name).is_file() for name in CHECKPOINT_FILES) and any(folder.glob("rng_state*.pth"))
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -371,7 +381,6 @@ def _cuda_available() -> bool:
 def _save_adapter(model: Any, tokenizer: Any, processor: Any, target: Path) -> None:
     """Write the adapter atomically: a half-written adapter/ must never look complete."""
     import os
-    import shutil
 
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

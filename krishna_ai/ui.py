@@ -7,15 +7,17 @@ API for programs (documented in the README):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import gradio as gr
 
 from krishna_ai.errors import KrishnaError
 from krishna_ai.matformer import known_configs
 from krishna_ai.models import TIERS
-from krishna_ai.studio import Studio
+from krishna_ai.studio import Studio, Update
 from krishna_ai.style import badge
 
 NOTICE = "⚠️ Not answered"
@@ -59,6 +61,22 @@ def split_pending(history: list[dict]) -> tuple[list[dict], str, str | None]:
             continue
         earlier.append({"role": m["role"], "content": _text(m["content"])})
     return earlier, text, images[-1] if images else None
+
+
+async def _updates(studio: Studio, *args: Any, **kwargs: Any) -> AsyncIterator[Update]:
+    """`studio.chat` as an async iterator. Gradio cancels an event (Stop, or a client that went away)
+    by cancelling its task; the `finally` here then flips the stop flag, so generate really ends.
+    A plain sync generator would only be closed when garbage-collected, generating on meanwhile."""
+    stop = threading.Event()
+    updates = studio.chat(*args, stop_event=stop, **kwargs)
+    try:
+        while True:
+            update = await anyio.to_thread.run_sync(next, updates, None)
+            if update is None:
+                return
+            yield update
+    finally:
+        stop.set()
 
 
 def _greeting(studio: Studio, persona_id: str) -> list[dict]:
@@ -158,17 +176,18 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 history.append({"role": "user", "content": text})
             return history, gr.MultimodalTextbox(value=None, interactive=False)
 
-        def respond(history: list[dict], persona_id: str, model: str, t: float, tp: float, tk: int, mn: int,
-                    who: str, size: str, request: gr.Request) -> Iterator[tuple]:
+        async def respond(history: list[dict], persona_id: str, model: str, t: float, tp: float, tk: int, mn: int,
+                          who: str, size: str, request: gr.Request) -> AsyncIterator[tuple]:
             earlier, text, image = split_pending(history)
             if not text and image is None:
                 return
             session = request.session_hash or ""
             history = list(history) + [{"role": "assistant", "content": ""}]
             try:
-                for update in studio.chat(persona_id, earlier, text, session=session, image=image, model=model,
-                                          personality=who or None, temperature=t, top_p=tp, top_k=int(tk),
-                                          max_new_tokens=int(mn), slice=None if size == "full" else size):
+                async for update in _updates(studio, persona_id, earlier, text, session=session, image=image,
+                                             model=model, personality=who or None, temperature=t, top_p=tp,
+                                             top_k=int(tk), max_new_tokens=int(mn),
+                                             slice=None if size == "full" else size):
                     history[-1] = {"role": "assistant", "content": update.text}
                     if update.done:
                         yield history, update.stats.line(), badge(update.violations or [])
@@ -222,10 +241,10 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
         stop_btn.click(stop, None, stats_md, queue=False, cancels=[submit_event, retry_event]).then(**unlock)
 
         # -- the documented API endpoint ------------------------------------------------------
-        def chat(message: str, persona: str = "krishna", image: gr.FileData | None = None,
+        async def chat(message: str, persona: str = "krishna", image: gr.FileData | None = None,
                  temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                  max_new_tokens: int | None = None, model: str | None = None,
-                 personality: str | None = None, slice: str | None = None) -> Iterator[str]:
+                 personality: str | None = None, slice: str | None = None) -> AsyncIterator[str]:
             """Stream a reply from a persona; yields the growing reply text.
 
             Args:
@@ -244,9 +263,9 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             if image is not None:
                 path = image["path"] if isinstance(image, dict) else getattr(image, "path", image)
             try:
-                for update in studio.chat(persona, [], message, image=path, model=model, personality=personality,
-                                          temperature=temperature, top_p=top_p, top_k=top_k,
-                                          max_new_tokens=max_new_tokens, slice=slice or None):
+                async for update in _updates(studio, persona, [], message, image=path, model=model,
+                                             personality=personality, temperature=temperature, top_p=top_p,
+                                             top_k=top_k, max_new_tokens=max_new_tokens, slice=slice or None):
                     yield update.text
             except (KrishnaError, ValueError) as exc:
                 raise _error(exc) from None
