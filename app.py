@@ -20,7 +20,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python app.py", description=__doc__.split("\n")[0])
     ap.add_argument("--persona", default="krishna", help="persona shown first (default: krishna)")
     ap.add_argument("--model", default="light",
-                    help="tier (light, e2b, e4b), a local model folder, or a hub id (default: light)")
+                    help="tier (light, light-gguf, e2b, e4b), a local model folder, a hub id, or a .gguf file "
+                         "(light-gguf and .gguf files run with llama.cpp; default: light)")
     ap.add_argument("--adapter", default=None, help="LoRA adapter folder merged into --model at load")
     ap.add_argument("--prompts", action="append", default=[], metavar="DIR",
                     help="extra persona folder (repeatable); its files override shipped ids")

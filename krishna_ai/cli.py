@@ -94,9 +94,9 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from krishna_ai.evaluate import evaluate, format_table, load_questions, split_spec, write_json
-    from krishna_ai.generation import ChatEngine, SamplingParams
-    from krishna_ai.models import load_model
+    from krishna_ai.generation import SamplingParams
     from krishna_ai.personas import get_persona, load_personas, persona_dirs
+    from krishna_ai.studio import default_loader
 
     persona = get_persona(load_personas(persona_dirs(args.prompts)), args.persona)
     questions = load_questions(args.questions)[: args.limit or None]
@@ -109,7 +109,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                         seed=args.seed)
     results = []
     for model, adapter in specs:
-        engine = ChatEngine(load_model(model, adapter=adapter))
+        engine = default_loader(model, adapter)  # llama.cpp for GGUF tiers/files, else transformers
         name = f"{model}@{adapter}" if adapter else model
         results.append(evaluate(engine, persona, questions, params, batch_size=args.batch_size, name=name))
         del engine
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="stream one reply to the terminal")
     p.add_argument("question", nargs="+", help="the question ('-' reads it from stdin)")
     p.add_argument("--persona", default="krishna")
-    p.add_argument("--model", default="light", help="tier (light, e2b, e4b), folder or hub id")
+    p.add_argument("--model", default="light",
+                   help="tier (light, light-gguf, e2b, e4b), folder, hub id, or a .gguf file (llama.cpp)")
     p.add_argument("--adapter", help="LoRA adapter folder merged at load")
     p.add_argument("--image", help="image file (image-capable personas on a Gemma 3n tier)")
     p.add_argument("--personality", help="whom the closing story is about")

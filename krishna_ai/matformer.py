@@ -571,32 +571,101 @@ def parse_size(size: int | str) -> int:
     return int(float(m.group(1)) * base ** "BKMGT".index(unit[0]))
 
 
-def _chunks(handle: Any, plan: TensorPlan) -> Iterator[Any]:
-    """The child tensor's data in row blocks of at most CHUNK_BYTES of parent rows, never the whole tensor."""
-    import torch
+class _Shard:
+    """A parent shard read with positional reads, never memory-mapped: the pages a slice reads stay in the
+    page cache and out of this process's resident memory (an mmap'ed 16 GB parent counted in full)."""
 
-    chunk_bytes = CHUNK_BYTES
-    if len(plan.shape) < 2 or (plan.rows is None and plan.cols is None and plan.nbytes <= chunk_bytes):
-        yield handle.get_tensor(plan.source)
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDONLY)
+        size = struct.unpack("<Q", os.pread(self.fd, 8, 0))[0]
+        self.header = json.loads(os.pread(self.fd, size, 8))
+        self.base = 8 + size
+
+    def locate(self, name: str) -> tuple[int, list[int]]:
+        """(absolute byte offset, shape) of tensor `name`."""
+        meta = self.header[name]
+        return self.base + meta["data_offsets"][0], meta["shape"]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass(frozen=True)
+class _Range:
+    """Bytes [offset, offset + nbytes) of the source shard that go to the child unchanged."""
+
+    offset: int
+    nbytes: int
+
+
+def _read_into(fd: int, buf: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(buf):
+        n = os.preadv(fd, [buf[done:]], offset + done)
+        if n <= 0:
+            raise OSError(f"unexpected end of the parent shard at byte {offset + done}")
+        done += n
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while len(data):
+        data = data[os.write(fd, data):]
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
+    """Append source bytes to dst: in the kernel (copy_file_range, as cp does), else by reads and writes."""
+    copy = getattr(os, "copy_file_range", None)
+    while count:
+        n = 0
+        if copy is not None:
+            try:
+                n = copy(src_fd, dst_fd, count, offset)
+            except OSError:  # EXDEV on older kernels, or a file system without it
+                copy = None
+        if n <= 0:
+            data = os.pread(src_fd, min(count, CHUNK_BYTES), offset)
+            if not data:
+                raise OSError(f"unexpected end of the parent shard at byte {offset}")
+            _write_all(dst_fd, memoryview(data))
+            n = len(data)
+        offset += n
+        count -= n
+
+
+def _chunks(handle: _Shard, plan: TensorPlan) -> Iterator[_Range | Any]:
+    """The child tensor in row blocks of at most CHUNK_BYTES of parent rows, never the whole tensor.
+
+    Kept rows are contiguous bytes of the parent: they come as `_Range`s to copy unchanged. Column
+    slices (down_proj, the per-layer embedding) come as uint8 arrays gathered from a block of rows.
+    """
+    import numpy as np
+
+    start, shape = handle.locate(plan.source)
+    if len(shape) < 2:
+        yield _Range(start, plan.nbytes)
         return
-    sl = handle.get_slice(plan.source)
-    shape = sl.get_shape()
     row_bytes = DTYPE_BYTES[plan.dtype]
     for d in shape[1:]:
         row_bytes *= d
-    step = max(1, chunk_bytes // row_bytes)
-    for a, b in plan.rows or ((0, shape[0]),):
+    step = max(1, CHUNK_BYTES // row_bytes)
+    rows = plan.rows or ((0, shape[0]),)
+    if plan.cols is None:
+        for a, b in rows:
+            for r in range(a, b, step):
+                yield _Range(start + r * row_bytes, (min(r + step, b) - r) * row_bytes)
+        return
+    col_bytes = row_bytes // shape[1]
+    buf = memoryview(bytearray(min(step, max(b - a for a, b in rows)) * row_bytes))
+    for a, b in rows:
         for r in range(a, b, step):
-            block = sl[r:min(r + step, b)]
-            if plan.cols:
-                block = torch.cat([block[:, c0:c1] for c0, c1 in plan.cols], dim=1)
-            yield block
+            n = min(r + step, b) - r
+            _read_into(handle.fd, buf[: n * row_bytes], start + r * row_bytes)
+            block = np.frombuffer(buf[: n * row_bytes], dtype=np.uint8).reshape(n, row_bytes)
+            yield np.concatenate([block[:, c0 * col_bytes:c1 * col_bytes] for c0, c1 in plan.cols], axis=1)
 
 
 def _write_shards(plans: list[TensorPlan], src: Path, out: Path, max_bytes: int, progress: bool) -> int:
     """Stream the planned tensors into safetensors shards (header first, then data) plus the index."""
-    import torch
-    from safetensors import safe_open
     from tqdm.auto import tqdm
 
     groups: list[list[TensorPlan]] = [[]]
@@ -604,7 +673,8 @@ def _write_shards(plans: list[TensorPlan], src: Path, out: Path, max_bytes: int,
         if groups[-1] and sum(x.nbytes for x in groups[-1]) + p.nbytes > max_bytes:
             groups.append([])
         groups[-1].append(p)
-    weight_map, handles = {}, {}
+    weight_map: dict[str, str] = {}
+    handles: dict[str, _Shard] = {}
     bar = tqdm(total=sum(p.nbytes for p in plans), unit="B", unit_scale=True, desc="slicing", disable=not progress)
     try:
         for k, group in enumerate(groups, 1):
@@ -617,22 +687,27 @@ def _write_shards(plans: list[TensorPlan], src: Path, out: Path, max_bytes: int,
                 weight_map[p.name] = name
             blob = json.dumps(header, separators=(",", ":")).encode()
             blob += b" " * (-len(blob) % 8)
-            with open(out / name, "wb") as fh:
-                fh.write(struct.pack("<Q", len(blob)) + blob)
+            with open(out / name, "wb", buffering=0) as fh:
+                fd = fh.fileno()
+                _write_all(fd, memoryview(struct.pack("<Q", len(blob)) + blob))
                 for p in group:
                     if p.file not in handles:
-                        handles[p.file] = safe_open(str(src / p.file), framework="pt")
+                        handles[p.file] = _Shard(src / p.file)
+                    shard = handles[p.file]
                     written = 0
-                    for block in _chunks(handles[p.file], p):
-                        data = block.contiguous().reshape(-1).view(torch.uint8).numpy()
-                        fh.write(data.data)
-                        written += data.nbytes
-                        bar.update(data.nbytes)
+                    for block in _chunks(shard, p):
+                        if isinstance(block, _Range):
+                            _copy_range(shard.fd, fd, block.offset, block.nbytes)
+                        else:
+                            _write_all(fd, memoryview(block).cast("B"))
+                        written += block.nbytes
+                        bar.update(block.nbytes)
                     if written != p.nbytes:
                         raise RuntimeError(f"{p.name}: wrote {written} bytes, planned {p.nbytes}")
     finally:
         bar.close()
-        handles.clear()
+        for h in handles.values():
+            h.close()
     index = {"metadata": {"total_size": sum(p.nbytes for p in plans), "total_parameters": sum(p.numel for p in plans)},
              "weight_map": dict(sorted(weight_map.items()))}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")

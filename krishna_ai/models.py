@@ -31,6 +31,8 @@ class Tier:
 
 TIERS: dict[str, Tier] = {
     "light": Tier("light", "Light · Gemma 3 270M (embedded, CPU)", "embedded", False),
+    "light-gguf": Tier("light-gguf", "Light · Gemma 3 270M Q4_K_M via llama.cpp (embedded, CPU, fastest)",
+                       "embedded GGUF, llama.cpp", False),
     "e2b": Tier("e2b", "Gemma 3n E2B (google/gemma-3n-E2B-it)", "google/gemma-3n-E2B-it", True),
     "e4b": Tier("e4b", "Gemma 3n E4B (google/gemma-3n-E4B-it)", "google/gemma-3n-E4B-it", True),
 }
@@ -75,8 +77,20 @@ def image_tiers_hint() -> str:
             "loaded with --model.")
 
 
+GGUF_TIER = "light-gguf"
+
+
+def is_gguf_spec(spec: str | os.PathLike[str] | None) -> bool:
+    """True for the `light-gguf` tier and for paths ending in .gguf: models that llama.cpp runs."""
+    return spec is not None and (str(spec) == GGUF_TIER or str(spec).lower().endswith(".gguf"))
+
+
 def resolve_source(spec: str) -> tuple[str, str, bool]:
     """Map a tier id / folder / hub id to (name, source, is_local). Raises ModelUnavailable."""
+    if is_gguf_spec(spec):
+        raise ModelUnavailable(
+            f"{spec!r} is a GGUF model: the app, `ask` and `eval` run it with llama.cpp, but this command needs "
+            "transformers weights (use the tier `light`, or the folder the GGUF was exported from)")
     if spec == "light":
         from krishna_ai.light import ensure_light_checkpoint
 

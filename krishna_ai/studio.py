@@ -17,7 +17,7 @@ from typing import Any
 from krishna_ai.errors import ImageError, InputError, ModelUnavailable
 from krishna_ai.generation import ChatEngine, Reply, ReplyStats, SamplingParams
 from krishna_ai.images import load_image
-from krishna_ai.models import image_tiers_hint, load_model
+from krishna_ai.models import image_tiers_hint, is_gguf_spec, load_model
 from krishna_ai.personas import Persona, get_persona, load_personas
 from krishna_ai.prompting import Message, build_messages, sanitize
 from krishna_ai.style import Violation, check_reply
@@ -28,6 +28,11 @@ MAX_MESSAGE_CHARS = 32_000
 
 
 def default_loader(spec: str, adapter: str | None) -> ChatEngine:
+    """transformers for tiers, folders and hub ids; llama.cpp for `light-gguf` and *.gguf files."""
+    if is_gguf_spec(spec):
+        from krishna_ai.llamacpp import load_gguf_engine
+
+        return load_gguf_engine(spec, adapter)  # type: ignore[return-value] - the same engine interface
     return ChatEngine(load_model(spec, adapter=adapter))
 
 

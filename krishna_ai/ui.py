@@ -104,8 +104,9 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                                      label="Persona", scale=2)
             model_dd = gr.Dropdown(model_choices, value=default_model, label="Model tier",
                                    allow_custom_value=True, scale=2,
-                                   info="light runs offline on CPU; e2b/e4b need Gemma 3n weights; "
-                                        "or type a local folder / hub id")
+                                   info="light runs offline on CPU (light-gguf: the same model on llama.cpp, "
+                                        "several times faster); e2b/e4b need Gemma 3n weights; "
+                                        "or type a local folder / hub id / .gguf file")
         description = gr.Markdown(personas[persona].description)
         chatbot = gr.Chatbot(value=_greeting(studio, persona), label="Chat", height=480,
                              buttons=["copy"], feedback_options=None)

@@ -59,8 +59,10 @@ def space(tmp_path_factory):
 
 
 def test_space_folder_contents(space):
-    assert sorted(p.name for p in space.iterdir()) == ["README.md", "app.py", "krishna_ai", "prompts",
+    assert sorted(p.name for p in space.iterdir()) == ["README.md", "adapters", "app.py", "krishna_ai", "prompts",
                                                        "requirements.txt", "space.json"]
+    # the persona's light-tier adapter travels with it, at the same path relative to prompts/
+    assert (space / "adapters" / "krishna-light" / "adapter_model.safetensors").is_file()
     meta = front_matter((space / "README.md").read_text())
     assert meta["sdk"] == "gradio" and meta["sdk_version"] == pinned(REPO / "requirements.txt", "gradio")
     assert meta["app_file"] == "app.py" and meta["python_version"] == "3.11" and meta["license"] == "gemma"

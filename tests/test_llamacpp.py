@@ -1,0 +1,157 @@
+"""The llama.cpp backend on the packaged Gemma 3 270M GGUF (skipped when llama-cpp-python is not installed)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from krishna_ai.errors import ConfigError, ImageError, ModelUnavailable
+from krishna_ai.generation import SamplingParams
+from krishna_ai.models import is_gguf_spec, load_model
+from krishna_ai.personas import load_personas
+from krishna_ai.prompting import build_messages
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
+
+
+def test_gguf_specs_are_recognised_and_refused_by_transformers(tmp_path):
+    assert is_gguf_spec("light-gguf") and is_gguf_spec("models/x.Q4_K_M.GGUF") and not is_gguf_spec("light")
+    with pytest.raises(ModelUnavailable, match="GGUF model.*llama.cpp"):
+        load_model("light-gguf")
+
+
+def test_adapter_with_a_gguf_tier_is_a_clear_error(tmp_path):
+    from krishna_ai.studio import default_loader
+
+    with pytest.raises(ModelUnavailable, match="merge.*export gguf"):
+        default_loader("light-gguf", str(tmp_path))
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from krishna_ai.llamacpp import load_gguf
+
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a gguf file")
+    with pytest.raises(ModelUnavailable, match="not a GGUF file"):
+        load_gguf(str(fake))
+    with pytest.raises(ModelUnavailable, match="no GGUF file"):
+        load_gguf(str(tmp_path / "missing.gguf"))
+
+
+@pytest.fixture(scope="module")
+def gguf_engine():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install -r requirements-llamacpp.txt)")
+    from krishna_ai.llamacpp import load_gguf_engine
+
+    return load_gguf_engine("light-gguf")
+
+
+def test_loaded_model_describes_itself(gguf_engine):
+    loaded = gguf_engine.loaded
+    assert gguf_engine.name == "light-gguf" and loaded.family == "gemma3" and not loaded.multimodal
+    assert loaded.context_length == 8192 and len(gguf_engine.stop_token_ids) == 2
+
+
+def test_greedy_factual_continuation(gguf_engine):
+    assert "Paris" in gguf_engine.complete("The Eiffel Tower is located in the city of", GREEDY).read()
+
+
+def test_chat_streams_chunks_with_stats(gguf_engine):
+    k = load_personas()["krishna"]
+    msgs = build_messages(k, [], "I failed my exam. What now?")
+    reply = gguf_engine.stream(msgs, SamplingParams(temperature=0.0, max_new_tokens=16))
+    chunks = list(reply)
+    assert len(chunks) >= 3 and "".join(chunks) == reply.text and "<end_of_turn>" not in reply.text
+    s = reply.stats
+    assert 1 <= s.tokens <= 16 and s.ttft_s is not None and 0 < s.ttft_s <= s.total_s and s.tokens_per_s > 0
+    assert s.prompt_tokens == gguf_engine.count_tokens(msgs) > 50 and not s.stopped
+    # greedy is deterministic, and generate_batch gives the same text
+    again = gguf_engine.stream(msgs, SamplingParams(temperature=0.0, max_new_tokens=16)).read()
+    assert again == reply.text
+    assert gguf_engine.generate_batch([msgs], SamplingParams(temperature=0.0, max_new_tokens=16)) == [again.strip()]
+
+
+def test_sampling_is_seeded(gguf_engine):
+    params = SamplingParams(temperature=1.0, max_new_tokens=10, seed=7)
+    a = gguf_engine.complete("Once upon a time", params).read()
+    b = gguf_engine.complete("Once upon a time", params).read()
+    assert a == b and a
+
+
+def test_stop_ends_within_a_second(gguf_engine):
+    reply = gguf_engine.complete("Write a long story about a river.", SamplingParams(temperature=0.0,
+                                                                                     max_new_tokens=2000))
+    next(reply)
+    stopper = threading.Timer(0.2, reply.stop)  # as the UI's Stop does: from another thread
+    stopper.start()
+    t0 = time.perf_counter()
+    list(reply)
+    elapsed = time.perf_counter() - t0
+    stopper.join()
+    assert elapsed < 1.0 + 0.2, elapsed
+    assert reply.stats.stopped and reply.stats.tokens < 1000
+
+
+def test_closing_early_frees_the_model(gguf_engine):
+    reply = gguf_engine.complete("Count from one to five hundred:", SamplingParams(temperature=0.0,
+                                                                                   max_new_tokens=400))
+    next(reply)
+    reply.close()
+    assert reply.stats.stopped
+    # the lock is released: the next reply runs at once
+    assert "Paris" in gguf_engine.complete("The Eiffel Tower is located in the city of", GREEDY).read()
+
+
+def test_text_only_and_no_live_slices(gguf_engine):
+    from PIL import Image
+
+    maize = load_personas()["maize"]
+    with pytest.raises(ImageError, match="reads text only"):
+        gguf_engine.stream(build_messages(maize, [], "what is this", image=Image.new("RGB", (8, 8))))
+    with pytest.raises(ConfigError, match="cannot switch MatFormer slices"):
+        gguf_engine.stream(build_messages(maize, [], "hello"), slice="e2b")
+
+
+@pytest.mark.slow
+def test_chat_endpoint_with_light_gguf(gguf_engine):
+    import socket
+
+    from gradio_client import Client
+
+    from krishna_ai.studio import Studio, default_loader
+    from krishna_ai.ui import build_demo
+
+    loaded: list[str] = []
+
+    def loader(spec, adapter):  # the real dispatch, with the module's engine reused for light-gguf
+        loaded.append(spec)
+        return gguf_engine if spec == "light-gguf" else default_loader(spec, adapter)
+
+    demo = build_demo(Studio(load_personas(), loader=loader))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        job = client.submit("I failed my exam. What should I do?", "krishna", None, 0.0, None, None, 24,
+                            "light-gguf", api_name="/chat")
+        chunks = list(job)
+        assert loaded == ["light-gguf"] and len(chunks) >= 3
+        assert all(chunks[i + 1].startswith(chunks[i]) for i in range(len(chunks) - 1)) and chunks[-1].strip()
+        with pytest.raises(Exception, match="cannot switch MatFormer slices"):
+            client.predict("hello", "krishna", None, 0.0, None, None, 8, "light-gguf", None, "e2b", api_name="/chat")
+    finally:
+        demo.close()
+
+
+def test_default_loader_dispatches_gguf_to_llama_cpp(gguf_engine):
+    from krishna_ai.light import light_gguf
+    from krishna_ai.llamacpp import LlamaCppEngine
+    from krishna_ai.studio import default_loader
+
+    engine = default_loader(str(light_gguf()), None)  # --model path/to/file.gguf
+    assert isinstance(engine, LlamaCppEngine) and engine.name.endswith(".gguf")
