@@ -9,6 +9,7 @@ Each model is given as SPEC or SPEC@ADAPTER; several are compared side by side i
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def evaluate(engine: ChatEngine, persona: Persona, questions: list[dict[str, Any
     for start in range(0, len(questions), batch_size):
         chunk = questions[start:start + batch_size]
         convs = [build_messages(persona, [], q["question"], personality=persona.pick_personality(
-            q["question"], None, _rng(start + i))) for i, q in enumerate(chunk)]
+            q["question"], None, random.Random(start + i))) for i, q in enumerate(chunk)]
         texts = engine.generate_batch(convs, params)
         for q, text in zip(chunk, texts, strict=True):
             violations = check_reply(text, persona)
@@ -106,12 +107,6 @@ def evaluate(engine: ChatEngine, persona: Persona, questions: list[dict[str, Any
         "sampling": {k: v for k, v in vars(params).items()},
         "replies": replies,
     }
-
-
-def _rng(i: int) -> Any:
-    import random
-
-    return random.Random(i)
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

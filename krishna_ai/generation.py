@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from krishna_ai.errors import ConfigError, GenerationError, ImageError, problems
@@ -89,9 +89,6 @@ class ReplyStats:
         tail += f" · {self.switch_note}" if self.switch_note else ""
         return (f"{self.tokens} tokens · {self.tokens_per_s:.1f} tok/s · first token {ttft} · "
                 f"prompt {self.prompt_tokens} tokens{tail}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "tokens_per_s": self.tokens_per_s}
 
 
 class _EventStop:

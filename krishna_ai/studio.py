@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from krishna_ai.errors import ImageError, InputError, ModelUnavailable
+from krishna_ai.errors import ImageError, InputError
 from krishna_ai.generation import ChatEngine, Reply, ReplyStats, SamplingParams
 from krishna_ai.images import load_image
 from krishna_ai.models import image_tiers_hint, is_gguf_spec, load_model
@@ -174,7 +174,3 @@ class Studio:
         finally:
             stop_event.set()
             self._release(session, stop_event)
-
-
-def describe_load_error(spec: str, exc: ModelUnavailable) -> str:
-    return f"Could not load model {spec!r}: {exc}"

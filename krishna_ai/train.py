@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import shutil
 import time
@@ -408,7 +407,3 @@ def _last_loss(path: Path) -> float | None:
 def _truncate_log(path: Path, step: int) -> None:
     rows = [r for r in _rows(path) if r["step"] <= step]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def steps_per_epoch(n_examples: int, cfg: TrainConfig) -> int:
-    return max(1, math.ceil(n_examples / cfg.batch_size / cfg.grad_accum))
