@@ -3,8 +3,13 @@
     python bench/decode.py                       # light tier, 60 greedy tokens, 5 interleaved repeats
     python bench/decode.py --repeats 3 --write   # ... and replace the section in BENCHMARKS.md
 
-Same model, same prompt tokens (a Krishna chat turn), greedy. Measured per repeat, interleaved:
+Same model, same prompt tokens (a Krishna chat turn), greedy. Two phases, each interleaved.
+Time to first token (`--ttft-repeats` rounds, cheap, so many of them: a prefill varies ±15% here):
 - plain prefill: `model(**inputs, logits_to_keep=1)` (what generate's first step computes);
+- plain generate of one token, to its scores (a logits processor that only reads the clock);
+- engine: `ChatEngine.stream` of one token, from the call to its first token; and, read by a forward
+  pre-hook, the engine's own time from the call to the start of the model's prefill forward.
+Decode (`--repeats` rounds of N tokens):
 - plain generate: `model.generate(max_new_tokens=N, do_sample=False)`, per-token times taken by a
   logits processor that only reads the clock;
 - engine: `ChatEngine.stream` (its threaded generate, streamer and stop criterion), timed from the
@@ -63,7 +68,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="light", help="tier or folder (transformers); default light")
     ap.add_argument("--max-new-tokens", type=int, default=60)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="decode rounds")
+    ap.add_argument("--ttft-repeats", type=int, default=15, help="time-to-first-token rounds")
     ap.add_argument("--no-server", action="store_true", help="skip the server measurement")
     ap.add_argument("--write", action="store_true", help="replace this section of BENCHMARKS.md")
     args = ap.parse_args()
@@ -80,6 +86,7 @@ def main() -> int:
     persona = load_personas()[PERSONA]
     messages = build_messages(persona, [], QUESTION, personality=PERSONALITY)
     params = SamplingParams.for_persona(persona, temperature=0.0, max_new_tokens=n)
+    one_token = SamplingParams.for_persona(persona, temperature=0.0, max_new_tokens=1)
     # The engine the server builds for this persona and tier (with the persona's adapter, if it has one).
     engine = Studio(load_personas(), default_model=args.model).engine(args.model, persona)
     if not isinstance(engine, ChatEngine):
@@ -93,7 +100,7 @@ def main() -> int:
     s = {k: Series(k, u) for k, u in [
         ("plain_prefill", "s"), ("plain_decode", "tok/s"), ("plain_ttft", "s"), ("engine_ttft", "s"),
         ("engine_decode", "tok/s"), ("engine_chunks_decode", "tok/s"), ("server_ttfc", "s"),
-        ("server_decode", "tok/s"), ("engine_chunk_ttfc", "s")]}
+        ("server_decode", "tok/s"), ("engine_chunk_ttfc", "s"), ("engine_overhead", "s")]}
     counts: dict[str, set[int]] = {"plain": set(), "engine": set(), "server": set()}
     texts: dict[str, set[str]] = {"plain": set(), "engine": set(), "server": set()}
 
@@ -114,24 +121,41 @@ def main() -> int:
             out.logits[:, -1].argmax(-1)
             s["plain_prefill"].add(time.perf_counter() - t0)
 
-    def plain_generate() -> None:
+    def plain_first_token() -> None:
         clock = Clock()
         with torch.inference_mode():
             t0 = time.perf_counter()
+            model.generate(**inputs, max_new_tokens=1, do_sample=False, eos_token_id=engine.stop_token_ids,
+                           pad_token_id=tok.pad_token_id, logits_processor=LogitsProcessorList([clock]))
+        s["plain_ttft"].add(clock.times[0] - t0)
+
+    forward_starts: list[float] = []
+    hook = model.register_forward_pre_hook(lambda *_: forward_starts.append(time.perf_counter()))
+
+    def engine_first_token() -> None:
+        forward_starts.clear()
+        t0 = time.perf_counter()
+        reply = engine.stream(messages, one_token)
+        t_call = time.perf_counter() - t0
+        reply.read()
+        s["engine_ttft"].add(t_call + (reply.stats.ttft_s or 0.0))  # from the call to the first generated token
+        s["engine_overhead"].add(forward_starts[0] - t0)
+
+    def plain_generate() -> None:
+        clock = Clock()
+        with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=n, do_sample=False, eos_token_id=engine.stop_token_ids,
                                  pad_token_id=tok.pad_token_id, logits_processor=LogitsProcessorList([clock]))
             end = time.perf_counter()
         new = out[0, prompt_len:]
         counts["plain"].add(len(new))
         texts["plain"].add(tok.decode(new, skip_special_tokens=True))
-        s["plain_ttft"].add(clock.times[0] - t0)
         if len(new) > 1:
             s["plain_decode"].add((len(new) - 1) / (end - clock.times[0]))
 
     def engine_stream() -> None:
         t0 = time.perf_counter()
         reply = engine.stream(messages, params)
-        t_call = time.perf_counter() - t0
         first_chunk = first_len = None
         for chunk in reply:
             if first_chunk is None:
@@ -140,7 +164,6 @@ def main() -> int:
         st = reply.stats
         counts["engine"].add(st.tokens)
         texts["engine"].add(reply.text)
-        s["engine_ttft"].add(t_call + (st.ttft_s or 0.0))  # from the call to the first generated token
         s["engine_decode"].add(st.tokens_per_s)
         if first_chunk is not None and end > first_chunk:
             s["engine_chunk_ttfc"].add(first_chunk - t0)
@@ -183,8 +206,9 @@ def main() -> int:
 
         return run
 
-    steps = {"plain prefill": in_thread(plain_prefill), "plain generate": in_thread(plain_generate),
-             "engine": engine_stream}
+    ttft_steps = {"plain prefill": in_thread(plain_prefill), "plain generate, 1 token": in_thread(plain_first_token),
+                  "engine, 1 token": engine_first_token}
+    steps = {"plain generate": in_thread(plain_generate), "engine": engine_stream}
     try:
         if not args.no_server:
             port = free_port()
@@ -194,11 +218,13 @@ def main() -> int:
             client = connect(env_note, proc)
             steps["server"] = server_chat
         print("warm-up", file=sys.stderr)
-        for step in steps.values():
+        for step in (*ttft_steps.values(), *steps.values()):
             step()
         for series in s.values():
             series.values.clear()
-        interleaved(steps, args.repeats)
+        interleaved(ttft_steps, args.ttft_repeats, label="first token ")
+        hook.remove()  # the decode phase runs without it
+        interleaved(steps, args.repeats, label="decode ")
     finally:
         if proc is not None:
             proc.terminate()
@@ -219,18 +245,21 @@ def main() -> int:
     ]
     ttft_rows = [
         ["plain prefill `model(**inputs, logits_to_keep=1)`", s["plain_prefill"].cell("{:.3f}"), "1.00", "reference"],
-        ["plain generate: first token's scores", s["plain_ttft"].cell("{:.3f}"),
+        ["plain generate of 1 token: its scores", s["plain_ttft"].cell("{:.3f}"),
          f"{ratio(s['plain_ttft'], s['plain_prefill']):.3f}", ""],
         ["engine: call → first generated token", s["engine_ttft"].cell("{:.3f}"),
          f"{ratio(s['engine_ttft'], s['plain_prefill']):.3f}", "≤ 1.05"],
+        ["engine's own part: call → start of the prefill forward", s["engine_overhead"].cell("{:.4f}"),
+         f"{ratio(s['engine_overhead'], s['plain_prefill']):.4f}", ""],
         ["engine: call → first streamed chunk (a whole word)", s["engine_chunk_ttfc"].cell("{:.3f}"),
          f"{ratio(s['engine_chunk_ttfc'], s['plain_prefill']):.3f}", ""],
         ["server: submit → first streamed chunk", s["server_ttfc"].cell("{:.3f}"),
          f"{ratio(s['server_ttfc'], s['plain_prefill']):.3f}", ""],
     ]
-    body = (f"Model `{args.model}` (transformers, fp32), a Krishna chat turn of {prompt_len} prompt tokens, greedy, "
-            f"at most {n} new tokens; {args.repeats} interleaved repeats after a warm-up. Cells: median "
-            f"[min–max]; ratio = median ÷ the reference's median.\n\n"
+    body = (f"Model `{args.model}` (transformers, fp32), a Krishna chat turn of {prompt_len} prompt tokens, greedy; "
+            f"decode: at most {n} new tokens, {args.repeats} interleaved repeats; first token: "
+            f"{args.ttft_repeats} interleaved repeats (the streamed-chunk rows come from the decode repeats); "
+            "after a warm-up. Cells: median [min–max]; ratio = median ÷ the reference's median.\n\n"
             f"Generated tokens: plain {sorted(counts['plain'])}, engine {sorted(counts['engine'])}, "
             f"server {sorted(counts['server']) or '–'}; plain and engine texts identical: {same}.\n\n"
             + table(["decode", "tok/s", "ratio", "target"], rows) + "\n\n"

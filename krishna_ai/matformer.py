@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import re
@@ -586,6 +587,11 @@ class _Shard:
         meta = self.header[name]
         return self.base + meta["data_offsets"][0], meta["shape"]
 
+    def prefetch(self, offset: int, nbytes: int) -> None:
+        """Ask the kernel to start reading these bytes into the page cache now (returns at once)."""
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, offset, nbytes, os.POSIX_FADV_WILLNEED)
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -632,36 +638,45 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
         count -= n
 
 
-def _chunks(handle: _Shard, plan: TensorPlan) -> Iterator[_Range | Any]:
-    """The child tensor in row blocks of at most CHUNK_BYTES of parent rows, never the whole tensor.
-
-    Kept rows are contiguous bytes of the parent: they come as `_Range`s to copy unchanged. Column
-    slices (down_proj, the per-layer embedding) come as uint8 arrays gathered from a block of rows.
-    """
-    import numpy as np
-
+def _spans(handle: _Shard, plan: TensorPlan) -> tuple[list[tuple[int, int]], int]:
+    """The parent byte spans (offset, nbytes) the child tensor is read from, in order, and the parent's row
+    size in bytes: whole tensors and kept row ranges in blocks of at most CHUNK_BYTES of rows."""
     start, shape = handle.locate(plan.source)
     if len(shape) < 2:
-        yield _Range(start, plan.nbytes)
-        return
+        return [(start, plan.nbytes)], plan.nbytes
     row_bytes = DTYPE_BYTES[plan.dtype]
     for d in shape[1:]:
         row_bytes *= d
     step = max(1, CHUNK_BYTES // row_bytes)
     rows = plan.rows or ((0, shape[0]),)
-    if plan.cols is None:
-        for a, b in rows:
-            for r in range(a, b, step):
-                yield _Range(start + r * row_bytes, (min(r + step, b) - r) * row_bytes)
-        return
-    col_bytes = row_bytes // shape[1]
-    buf = memoryview(bytearray(min(step, max(b - a for a, b in rows)) * row_bytes))
-    for a, b in rows:
-        for r in range(a, b, step):
-            n = min(r + step, b) - r
-            _read_into(handle.fd, buf[: n * row_bytes], start + r * row_bytes)
-            block = np.frombuffer(buf[: n * row_bytes], dtype=np.uint8).reshape(n, row_bytes)
-            yield np.concatenate([block[:, c0 * col_bytes:c1 * col_bytes] for c0, c1 in plan.cols], axis=1)
+    return [(start + r * row_bytes, (min(r + step, b) - r) * row_bytes)
+            for a, b in rows for r in range(a, b, step)], row_bytes
+
+
+def _chunks(handle: _Shard, plan: TensorPlan) -> Iterator[_Range | Any]:
+    """The child tensor in row blocks of at most CHUNK_BYTES of parent rows, never the whole tensor.
+
+    Kept rows are contiguous bytes of the parent: they come as `_Range`s to copy unchanged. Column
+    slices (down_proj, the per-layer embedding) come as uint8 arrays gathered from a block of rows.
+    Each block's successor is handed to the kernel's readahead first, so the disk reads the next block
+    while this one is gathered and written (reading and writing overlap, as in `cp`).
+    """
+    import numpy as np
+
+    spans, row_bytes = _spans(handle, plan)
+    _, shape = handle.locate(plan.source)
+    if plan.cols is not None:
+        col_bytes = row_bytes // shape[1]
+        buf = memoryview(bytearray(max((n for _, n in spans), default=0)))
+    for i, (offset, nbytes) in enumerate(spans):
+        if i + 1 < len(spans):
+            handle.prefetch(*spans[i + 1])
+        if plan.cols is None:
+            yield _Range(offset, nbytes)
+            continue
+        _read_into(handle.fd, buf[:nbytes], offset)
+        block = np.frombuffer(buf[:nbytes], dtype=np.uint8).reshape(nbytes // row_bytes, row_bytes)
+        yield np.concatenate([block[:, c0 * col_bytes:c1 * col_bytes] for c0, c1 in plan.cols], axis=1)
 
 
 def _write_shards(plans: list[TensorPlan], src: Path, out: Path, max_bytes: int, progress: bool) -> int:
@@ -675,6 +690,13 @@ def _write_shards(plans: list[TensorPlan], src: Path, out: Path, max_bytes: int,
         groups[-1].append(p)
     weight_map: dict[str, str] = {}
     handles: dict[str, _Shard] = {}
+    following = {a.name: b for a, b in itertools.pairwise(plans)}
+
+    def handle(p: TensorPlan) -> _Shard:
+        if p.file not in handles:
+            handles[p.file] = _Shard(src / p.file)
+        return handles[p.file]
+
     bar = tqdm(total=sum(p.nbytes for p in plans), unit="B", unit_scale=True, desc="slicing", disable=not progress)
     try:
         for k, group in enumerate(groups, 1):
@@ -691,9 +713,11 @@ def _write_shards(plans: list[TensorPlan], src: Path, out: Path, max_bytes: int,
                 fd = fh.fileno()
                 _write_all(fd, memoryview(struct.pack("<Q", len(blob)) + blob))
                 for p in group:
-                    if p.file not in handles:
-                        handles[p.file] = _Shard(src / p.file)
-                    shard = handles[p.file]
+                    shard = handle(p)
+                    if (after := following.get(p.name)) is not None:  # the next tensor's first block, read ahead
+                        nxt = handle(after)
+                        for span in _spans(nxt, after)[0][:1]:
+                            nxt.prefetch(*span)
                     written = 0
                     for block in _chunks(shard, p):
                         if isinstance(block, _Range):

@@ -90,6 +90,7 @@ def build_space(out: str | Path, *, model: str = "light", persona: str = "krishn
                 color_from: str = "indigo", color_to: str = "yellow", gpu_duration: int = 120,
                 space_id: str | None = None, prompts: list[str] | None = None, force: bool = False) -> Path:
     """Write the Space folder; returns it. An existing folder is replaced only if an earlier build (--force)."""
+    from krishna_ai.models import is_gguf_spec
     from krishna_ai.personas import load_personas, persona_dirs
 
     out = Path(out)
@@ -122,6 +123,9 @@ def build_space(out: str | Path, *, model: str = "light", persona: str = "krishn
     reqs = requirements.read_text(encoding="utf-8").rstrip("\n") + "\n"
     if hardware.startswith("zero-"):
         reqs += f"# ZeroGPU: @spaces.GPU around each reply (see app.py)\n{SPACES_PIN}\n"
+    if is_gguf_spec(model):
+        reqs += ("# the llama.cpp backend for GGUF models (the Space builds it from source on first start)\n"
+                 f"llama-cpp-python=={pinned(REPO / 'requirements-llamacpp.txt', 'llama-cpp-python')}\n")
     (out / "requirements.txt").write_text(reqs, encoding="utf-8")
 
     tier_note = {"light": " (Gemma 3 270M, shipped through PyPI: runs on the free CPU hardware)"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +14,38 @@ import pytest
 from krishna_ai.generation import ChatEngine, Reply, ReplyStats, SamplingParams
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(demo, **launch_kw) -> tuple[str, object]:
+    """Launch a Blocks app in this process on a free port (queue of one, as the app runs); (url, Client)."""
+    from gradio_client import Client
+
+    port = free_port()
+    demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, server_port=port, quiet=True,
+                                                   **launch_kw)
+    url = f"http://127.0.0.1:{port}/"
+    return url, Client(url, verbose=False)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Wait until a child process listens on `port`; fail with its output if it exits or never listens."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            output = log.read_text()[-3000:] if log else (proc.stdout.read() if proc.stdout else "")
+            pytest.fail(f"{proc.args} exited with {proc.returncode} before listening:\n{output}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"nothing listened on port {port} within {timeout} s")
 
 
 def pytest_configure(config):

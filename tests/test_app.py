@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from PIL import Image
 
 import app
 from krishna_ai.personas import load_personas
 from krishna_ai.studio import Studio
 from krishna_ai.ui import NOTICE, build_demo, split_pending
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(demo):
-    port = free_port()
-    demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    return Client(f"http://127.0.0.1:{port}/", verbose=False)
+from tests.conftest import serve
 
 
 def test_app_imports_without_loading_a_model():
@@ -42,7 +30,7 @@ def test_app_imports_without_loading_a_model():
 def test_chat_endpoint_streams_real_model(light_engine, tmp_path):
     studio = Studio(load_personas(), loader=lambda spec, adapter: light_engine)
     demo = build_demo(studio)
-    client = launch(demo)
+    _, client = serve(demo)
     try:
         job = client.submit("I failed my exam. What should I do?", "krishna", None, 0.0, None, None, 24,
                             api_name="/chat")
@@ -100,7 +88,7 @@ def test_ui_flow_with_scripted_engine(scripted):
     engine = scripted(["Partha, ", "rise. ", "Act."], delay=0.02)
     studio = Studio(load_personas(), loader=lambda spec, adapter: engine)
     demo = build_demo(studio)
-    client = launch(demo)
+    _, client = serve(demo)
     try:
         out = client.predict("hello", "pet", api_name="/chat")
         assert out == "Partha, rise. Act."

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from PIL import Image
 
 from krishna_ai.cli import main as cli
@@ -25,6 +24,7 @@ from krishna_ai.models import load_model
 from krishna_ai.personas import load_personas
 from krishna_ai.studio import Studio
 from krishna_ai.ui import build_demo
+from tests.conftest import serve
 
 pytestmark = pytest.mark.slow
 
@@ -114,12 +114,7 @@ def server(light_engine, tiny_dir):
         return ChatEngine(load_model(spec, adapter=adapter))
 
     demo = build_demo(Studio(load_personas(), loader=loader))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, server_port=port, quiet=True,
-                                                   max_file_size="20mb")
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    yield serve(demo, max_file_size="20mb")[1]
     demo.close()
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port, wait_for_port
 
 CHROMIUM = os.environ.get("KRISHNA_AI_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
@@ -28,12 +27,6 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(light_engine):
     """`python app.py` on the light tier (the model is already converted by light_engine)."""
@@ -41,18 +34,7 @@ def server(light_engine):
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--preload"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"app.py exited early:\n{proc.stdout.read()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("app.py did not start listening within 180 s")
+    wait_for_port(port, proc, 180)
     yield url
     proc.terminate()
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,18 +18,14 @@ from safetensors.torch import load_file
 from krishna_ai.personas import load_personas
 from krishna_ai.studio import Studio
 from krishna_ai.ui import build_demo
-from tests.conftest import REPO
+from tests.conftest import REPO, serve
 
 pytestmark = pytest.mark.slow
 
 
 def launch(studio: Studio) -> tuple[object, Client]:
     demo = build_demo(studio)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    return demo, Client(f"http://127.0.0.1:{port}/", verbose=False)
+    return demo, serve(demo)[1]
 
 
 def generate_threads() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 
@@ -13,14 +12,9 @@ import app
 from krishna_ai.personas import load_personas
 from krishna_ai.studio import Studio
 from krishna_ai.ui import build_demo
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -29,7 +23,7 @@ def served(scripted):
     demos = []
 
     def start(*argv):
-        args = app.parse_args(["--port", str(port()), *argv])
+        args = app.parse_args(["--port", str(free_port()), *argv])
         demo = build_demo(Studio(load_personas(), loader=lambda spec, adapter: scripted(["fine"])))
         app.launch(demo, args, prevent_thread_lock=True, quiet=True)
         demos.append(demo)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import types
 
 import pytest
@@ -17,25 +15,7 @@ from gradio_client import Client
 
 from krishna_ai.cli import main as cli
 from krishna_ai.space import pinned
-from tests.conftest import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, log, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"nothing listened on port {port} within {timeout} s")
+from tests.conftest import REPO, free_port, wait_for_port
 
 
 def front_matter(readme: str) -> dict:
@@ -104,6 +84,15 @@ def test_zero_gpu_build_and_wrapping(tmp_path, monkeypatch):
     assert app.spaces is None and app.zero_gpu(plain, 90).chat("hi") == "reply"
 
 
+def test_gguf_space_pins_llama_cpp(tmp_path):
+    out = tmp_path / "gguf"
+    assert cli(["space", "--out", str(out), "--model", "light-gguf"]) == 0
+    reqs = (out / "requirements.txt").read_text().splitlines()
+    pin = pinned(REPO / "requirements-llamacpp.txt", "llama-cpp-python")
+    assert reqs[-1] == f"llama-cpp-python=={pin}" and reqs[:-2] == (REPO / "requirements.txt").read_text().splitlines()
+    assert json.loads((out / "space.json").read_text())["model"] == "light-gguf"
+
+
 def test_space_errors(space, tmp_path, capsys):
     assert cli(["space", "--out", str(space)]) == 2
     assert "is not empty" in capsys.readouterr().err
@@ -123,7 +112,7 @@ def test_space_app_serves_chat(space, tmp_path):
         proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=space, env=env,
                                 stdout=fh, stderr=subprocess.STDOUT)
     try:
-        wait_for_port(port, proc, log, timeout=120)
+        wait_for_port(port, proc, 120, log)
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         chunks = list(client.submit("I failed my exam. What should I do?", "krishna", None, 0.0, None, None, 8,
                                     api_name="/chat"))
