@@ -75,6 +75,8 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    ap.add_argument("--hf-dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="dtype of the transformers runner (the light tier loads fp32)")
     ap.add_argument("--write", action="store_true", help="replace this section of BENCHMARKS.md")
     args = ap.parse_args()
 
@@ -99,7 +101,7 @@ def main() -> int:
     params = SamplingParams.for_persona(persona, temperature=0.0, max_new_tokens=n)
     path = light_gguf()
 
-    hf = ChatEngine(load_model("light"))
+    hf = ChatEngine(load_model("light", dtype=args.hf_dtype))
     engine = LlamaCppEngine(load_gguf("light-gguf", n_threads=threads))
     plain = load_gguf("light-gguf", n_threads=threads).model  # its own context: no state shared with the engine
     tokens = engine.tokenize(messages)
@@ -187,7 +189,7 @@ def main() -> int:
         return f"{series.median * per_token / bandwidth:.0%}" if series.values else "–"
 
     rows = [
-        ["transformers `light` (fp32, `ChatEngine`)", s["hf"].cell("{:.1f}"), ttft["hf"].cell("{:.3f}"),
+        [f"transformers `light` ({args.hf_dtype}, `ChatEngine`)", s["hf"].cell("{:.1f}"), ttft["hf"].cell("{:.3f}"),
          f"{ratio(s['hf'], s['plain']):.3f}", "≥ 0.5", frac(s["hf"], hf_bytes)],
         ["llama.cpp `Llama.generate` (Q4_K_M)", s["plain"].cell("{:.1f}"), ttft["plain"].cell("{:.3f}"), "1.000",
          "reference", frac(s["plain"], gguf_bytes)],
@@ -207,8 +209,9 @@ def main() -> int:
                      "of bandwidth limit"], rows)
             + f"\n\nBandwidth: numpy copy of 1 GiB, {bw1 / 1e9:.1f} GB/s with 1 thread, {bwn / 1e9:.1f} GB/s with "
             f"{threads} (read + write). Bytes read per token: GGUF {gguf_bytes / 1e6:.0f} MB ({gguf_note}); "
-            f"transformers fp32 {hf_bytes / 1e6:.0f} MB (every parameter once; the tied embedding as the head). "
-            f"Bandwidth limit: GGUF {bandwidth / gguf_bytes:.0f} tok/s, fp32 {bandwidth / hf_bytes:.1f} tok/s.\n")
+            f"transformers {args.hf_dtype} {hf_bytes / 1e6:.0f} MB (every parameter once; the tied embedding as the "
+            f"head). Bandwidth limit: GGUF {bandwidth / gguf_bytes:.0f} tok/s, {args.hf_dtype} "
+            f"{bandwidth / hf_bytes:.1f} tok/s.\n")
     print(body)
     if args.write:
         write_section("llamacpp", section("llamacpp", "Light tier: transformers vs llama.cpp (CPU)", body))

@@ -39,8 +39,18 @@ INSTALL_HINT = ("GGUF models run with llama.cpp: pip install -r requirements-lla
                 "(llama-cpp-python, compiled from source once, about 5 minutes on 2 cores)")
 
 
+THREADS_ENV = "KRISHNA_AI_LLAMA_THREADS"
+
+
 def default_threads() -> int:
-    """All the cores this process may use (llama-cpp-python's own default is half of them)."""
+    """$KRISHNA_AI_LLAMA_THREADS, else all the cores this process may use (llama-cpp-python's own default is
+    half of them). On a machine shared with other work, fewer threads than cores decode faster: ggml's
+    workers busy-wait at every step, and one that loses its core stalls the others."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"{THREADS_ENV}={raw!r}: give a whole number of threads, 1 or more")
+        return int(raw)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux

@@ -22,6 +22,20 @@ def test_gguf_specs_are_recognised_and_refused_by_transformers(tmp_path):
         load_model("light-gguf")
 
 
+def test_thread_count_from_the_environment(monkeypatch):
+    from krishna_ai.llamacpp import THREADS_ENV, default_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    cores = default_threads()
+    assert cores >= 1
+    monkeypatch.setenv(THREADS_ENV, "1")
+    assert default_threads() == 1
+    for bad in ("0", "two", "-3", "1.5"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(ConfigError, match=rf"{THREADS_ENV}='{bad}'"):
+            default_threads()
+
+
 def test_adapter_with_a_gguf_tier_is_a_clear_error(tmp_path):
     from krishna_ai.studio import default_loader
 
