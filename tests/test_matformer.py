@@ -275,6 +275,21 @@ def test_validation_names_every_problem(tmp_path):
         load_slice_config("e3b")
 
 
+def test_a_child_transformers_cannot_load_is_refused_and_nothing_is_left(parents, tmp_path):
+    """The loadability check runs in a child process while the bytes stream; its verdict still stops the run."""
+    import shutil
+
+    bad = tmp_path / "parent"
+    shutil.copytree(parents["text"], bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["vocab_size"] += 8  # the embedding in the shards no longer matches the config
+    (bad / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "child"
+    with pytest.raises(ConfigError, match=r"would not load in transformers:[\s\S]*embed_tokens.weight: shape"):
+        slice_checkpoint(bad, out, "e2b", progress=False)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["parent"]
+
+
 def test_interrupted_slice_leaves_nothing_that_looks_complete(parents, monkeypatch, tmp_path):
     real_chunks, calls = matformer._chunks, []
 
