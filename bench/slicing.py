@@ -244,7 +244,8 @@ def main() -> int:
          rss["kernel"].cell("{:.0f}"), base["kernel"].cell("{:.0f}"), ""],
     ]
     body = (f"Parent: random bf16, E4B-shaped (text + vision + audio towers), {parent_bytes / 1e9:.2f} GB in "
-            f"{n_shards} shards, {'reused from --dir' if reuse else f'written in {build_s:.0f} s'}. Child: `e2b`, {child_bytes / 1e9:.2f} GB; the copies "
+            f"{n_shards} shards, {'reused from --dir' if reuse else f'written in {build_s:.0f} s'}. "
+            f"Child: `e2b`, {child_bytes / 1e9:.2f} GB; the copies "
             f"move the same number of bytes. Free disk before: {free / 1e9:.0f} GB. {args.repeats} interleaved "
             "repeats, each from a cold page cache to fsync'ed output. Cells: median [min–max].\n\n"
             + table(["run", "seconds", "GB/s written", "time ratio (vs cp / vs read-write)", "target",
