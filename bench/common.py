@@ -120,6 +120,13 @@ def write_section(name: str, text: str, path: Path = BENCHMARKS) -> None:
     print(f"section {name!r} written to {path}", file=sys.stderr)
 
 
+def report(name: str, title: str, body: str, write: bool) -> None:
+    """Print a benchmark's tables; with `write` (--write) also replace its section in BENCHMARKS.md."""
+    print(body)
+    if write:
+        write_section(name, section(name, title, body))
+
+
 def run_child(argv: list[str], *, env: dict[str, str] | None = None,
               on_line: Callable[[str, float], None] | None = None,
               timeout: float = 1800) -> tuple[int, float, int, str]:

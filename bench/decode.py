@@ -33,9 +33,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-from common import REPO, Series, interleaved, ratio, section, table, write_section
+from common import REPO, Series, interleaved, ratio, report, table
 
 QUESTION = "I failed my exam. What should I do?"
 PERSONA = "krishna"
@@ -280,13 +279,10 @@ def main() -> int:
             f"server {sorted(counts['server']) or '–'}; plain and engine texts identical: {same}.\n\n"
             + table(["decode", "tok/s", "ratio", "target"], rows) + "\n\n"
             + table(["time to first token", "seconds", "ratio", "target"], ttft_rows) + "\n")
-    print(body)
-    if args.write:
-        write_section("decode", section("decode", "Decode speed and time to first token (light tier)", body))
+    report("decode", "Decode speed and time to first token (light tier)", body, args.write)
     return 0
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     raise SystemExit(main())

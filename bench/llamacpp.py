@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import Series, interleaved, ratio, section, table, write_section
+from common import Series, interleaved, ratio, report, table
 
 QUESTION = "I failed my exam. What should I do?"
 PERSONALITY = "Thomas Edison"
@@ -212,13 +212,10 @@ def main() -> int:
             f"transformers {args.hf_dtype} {hf_bytes / 1e6:.0f} MB (every parameter once; the tied embedding as the "
             f"head). Bandwidth limit: GGUF {bandwidth / gguf_bytes:.0f} tok/s, {args.hf_dtype} "
             f"{bandwidth / hf_bytes:.1f} tok/s.\n")
-    print(body)
-    if args.write:
-        write_section("llamacpp", section("llamacpp", "Light tier: transformers vs llama.cpp (CPU)", body))
+    report("llamacpp", "Light tier: transformers vs llama.cpp (CPU)", body, args.write)
     return 0
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     raise SystemExit(main())

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Series, interleaved, last_json, peak_rss_self, ratio, run_child, section, table, write_section
+from common import Series, interleaved, last_json, peak_rss_self, ratio, report, run_child, table
 
 NEEDED_FREE = 40 * 10**9
 SHARD_BYTES = 5 * 10**9
@@ -252,12 +252,9 @@ def main() -> int:
                      "peak RSS (MiB)", "RSS at start (MiB)", "target"], rows) + "\n\n"
             f"The slicer's check that transformers can load the child runs in a process of its own while the "
             f"bytes stream; its peak RSS: {check_rss.cell('{:.0f}')} MiB, to add to the slicer's for the total.\n")
-    print(body)
-    if args.write:
-        write_section("slicing", section("slicing", "MatFormer slicing E4B → E2B at full size", body))
+    report("slicing", "MatFormer slicing E4B → E2B at full size", body, args.write)
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     raise SystemExit(main())

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Series, interleaved, last_json, peak_rss_self, run_child, section, table, write_section
+from common import Series, interleaved, last_json, peak_rss_self, report, run_child, table
 
 
 def child(model: str) -> int:
@@ -98,12 +98,9 @@ def main() -> int:
             f"{args.warm} warm starts per model, interleaved. Cells: median [min–max] seconds; peak RSS in MiB.\n\n"
             + table(["model", "start", "to first token (s)", "imports (s)", "load, incl. conversion (s)",
                      "prompt → first token (s)", "peak RSS (MiB)", "target"], rows) + "\n")
-    print(body)
-    if args.write:
-        write_section("startup", section("startup", "Light tier start-up: cold and warm", body))
+    report("startup", "Light tier start-up: cold and warm", body, args.write)
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     raise SystemExit(main())

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from common import Series, run_child, section, table, write_section
+from common import Series, report, run_child, table
 
 
 def main() -> int:
@@ -64,12 +64,9 @@ def main() -> int:
     body = (f"Recipe `{args.config}`, {args.runs} runs. Cells: median [min–max].\n\n"
             + table(["what", "work", "tokens trained", "trainer seconds", "tokens/s", "process wall (s)",
                      "peak RSS (MiB)"], rows) + "\n")
-    print(body)
-    if args.write:
-        write_section("train", section("train", "Light-tier LoRA training on CPU", body))
+    report("train", "Light-tier LoRA training on CPU", body, args.write)
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     raise SystemExit(main())
