@@ -33,6 +33,20 @@ def serve(demo, **launch_kw) -> tuple[str, object]:
     return url, Client(url, verbose=False)
 
 
+def fail_forward_on_call(model, monkeypatch, n: int, message: str) -> None:
+    """Make `model.forward` raise RuntimeError(message) on its n-th call from now (a fault inside generate)."""
+    real_forward = model.forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError(message)
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", flaky)
+
+
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
     """Wait until a child process listens on `port`; fail with its output if it exits or never listens."""
     deadline = time.monotonic() + timeout

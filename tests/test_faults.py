@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from krishna_ai.personas import load_personas
 from krishna_ai.studio import Studio
 from krishna_ai.ui import build_demo
-from tests.conftest import REPO, serve
+from tests.conftest import REPO, fail_forward_on_call, serve
 
 pytestmark = pytest.mark.slow
 
@@ -35,17 +35,7 @@ def generate_threads() -> int:
 def test_exception_mid_stream_reaches_the_user_and_the_next_request_works(light_engine, monkeypatch):
     demo, client = launch(Studio(load_personas(), loader=lambda spec, adapter: light_engine))
     try:
-        model = light_engine.loaded.model
-        real_forward = model.forward
-        calls = {"n": 0}
-
-        def flaky(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise RuntimeError("simulated fault in generate")
-            return real_forward(*args, **kwargs)
-
-        monkeypatch.setattr(model, "forward", flaky)
+        fail_forward_on_call(light_engine.loaded.model, monkeypatch, 4, "simulated fault in generate")
         job = client.submit("Tell me a long story.", "aurora", None, 0.0, None, None, 40, api_name="/chat")
         with pytest.raises(Exception, match="simulated fault in generate"):
             job.result(timeout=120)

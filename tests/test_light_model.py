@@ -13,6 +13,7 @@ from krishna_ai.light import is_complete, light_dir
 from krishna_ai.models import load_model
 from krishna_ai.personas import load_personas
 from krishna_ai.prompting import build_messages
+from tests.conftest import fail_forward_on_call
 
 pytestmark = pytest.mark.slow
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
@@ -81,17 +82,7 @@ def test_consumer_going_away_stops_generation(light_engine):
 
 
 def test_exception_inside_generate_surfaces(light_engine, monkeypatch):
-    model = light_engine.loaded.model
-    real_forward = model.forward
-    calls = {"n": 0}
-
-    def flaky_forward(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated device fault")
-        return real_forward(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", flaky_forward)
+    fail_forward_on_call(light_engine.loaded.model, monkeypatch, 3, "simulated device fault")
     reply = plain(light_engine, "The sky is", SamplingParams(temperature=0.0, max_new_tokens=20))
     with pytest.raises(GenerationError, match="simulated device fault"):
         list(reply)
