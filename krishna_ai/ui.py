@@ -184,6 +184,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 return
             session = request.session_hash or ""
             history = list(history) + [{"role": "assistant", "content": ""}]
+            started = False
             try:
                 async for update in _updates(studio, persona_id, earlier, text, session=session, image=image,
                                              model=model, personality=who or None, temperature=t, top_p=tp,
@@ -192,8 +193,13 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                     history[-1] = {"role": "assistant", "content": update.text}
                     if update.done:
                         yield history, update.stats.line(), badge(update.violations or [])
-                    else:
+                    elif not started:
+                        started = True
                         yield history, "⏳ generating…", ""
+                    else:
+                        # Later chunks leave the stats line alone: a chunk still in flight when Stop is
+                        # pressed must not overwrite Stop's "stopped" with "generating…".
+                        yield history, gr.skip(), gr.skip()
             except KrishnaError as exc:
                 # Keep the conversation on screen: the problem becomes a notice in the chat and a toast.
                 gr.Warning(str(exc))
