@@ -2,7 +2,10 @@
 
     python app.py                                   # http://127.0.0.1:7860, Krishna persona, light tier
     python app.py --persona maize --model e4b       # Gemma 3n E4B (4-bit on a GPU)
-    python app.py --model ./my-finetune --adapter ./lora --share --auth me:secret
+    python app.py --model ./my-finetune --adapter ./lora --share --auth-file logins.txt
+
+Clients choose only among the tiers and the models named here (--model, --allow-model); the model is
+loaded (and the light tier converted, once) before the server starts, with progress in the terminal.
 
 Importing this module builds nothing and loads no model; `build()` makes the Blocks app.
 """
@@ -29,7 +32,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--share", action="store_true", help="create a public gradio.live link")
     ap.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="require a login")
-    ap.add_argument("--preload", action="store_true", help="load the model before serving")
+    ap.add_argument("--auth-file", dest="auth_file", default=None, metavar="FILE",
+                    help="logins, one user:password per line (also: $KRISHNA_AI_AUTH, comma-separated)")
+    ap.add_argument("--allow-model", dest="allow_model", action="append", default=[], metavar="SPEC",
+                    help="another model clients may pick (repeatable); by default only the tiers and --model")
+    ap.add_argument("--allow-any-model", dest="allow_any_model", action="store_true",
+                    help="let clients load any folder or hub id (never with --share)")
+    ap.add_argument("--no-preload", dest="preload", action="store_false",
+                    help="start serving at once and load the model on the first message")
     return ap.parse_args(argv)
 
 
@@ -42,6 +52,27 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def login_guard(args: argparse.Namespace):
+    """Gradio's auth callable (slows repeated failures), or None when no login is configured."""
+    from krishna_ai.access import LoginGuard, load_credentials
+
+    parse_auth(args.auth)  # the clear message for a malformed --auth
+    pairs = load_credentials(args.auth, getattr(args, "auth_file", None))
+    return LoginGuard(pairs) if pairs else None
+
+
+def port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def build(args: argparse.Namespace):
     from krishna_ai.personas import load_personas, persona_dirs
     from krishna_ai.studio import Studio
@@ -50,11 +81,27 @@ def build(args: argparse.Namespace):
     personas = load_personas(persona_dirs(args.prompts))
     if args.persona not in personas:
         raise SystemExit(f"unknown persona {args.persona!r}; available: {', '.join(sorted(personas))}")
+    from krishna_ai.access import ModelPolicy
+    from krishna_ai.runtime.tiers import is_gguf_spec
+
+    if getattr(args, "allow_any_model", False) and args.share:
+        raise SystemExit("--allow-any-model cannot be combined with --share: anyone with the link could make "
+                         "this machine download and load any model")
+    if is_gguf_spec(args.model):
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            from krishna_ai.runtime.llamacpp import INSTALL_HINT
+
+            raise SystemExit(f"--model {args.model}: {INSTALL_HINT}")
     adapters = {args.model: args.adapter} if args.adapter else None
-    studio = Studio(personas, default_model=args.model, adapters=adapters)
-    if args.preload:
+    policy = ModelPolicy([args.model, *getattr(args, "allow_model", [])],
+                         open_to_any=getattr(args, "allow_any_model", False))
+    studio = Studio(personas, default_model=args.model, adapters=adapters, policy=policy)
+    if args.preload:  # the engine the first persona's first reply uses (its adapter merged), not the bare base
+        print(f"Loading {args.model} for {args.persona}…", file=sys.stderr)
         try:
-            studio.engine()
+            studio.engine(args.model, studio.persona(args.persona))
         except KrishnaError as exc:  # keep serving: the UI can load another tier
             print(f"warning: could not preload {args.model!r}: {exc}", file=sys.stderr)
     return build_demo(studio, persona=args.persona), studio
@@ -66,13 +113,21 @@ MAX_UPLOAD = "20mb"
 def launch(demo, args: argparse.Namespace, **extra):
     """Queue and launch with the app's limits: one generation at a time per model, capped uploads."""
     return demo.queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth),
+        server_name=args.host, server_port=args.port, share=args.share, auth=login_guard(args),
         max_file_size=MAX_UPLOAD, show_error=True, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    auth = parse_auth(args.auth)
+    try:
+        auth = login_guard(args)
+    except KrishnaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not port_free(args.host, args.port):
+        print(f"error: port {args.port} is in use on {args.host}: pass --port N (another app, or this one "
+              "started twice?)", file=sys.stderr)
+        return 2
     if args.share and auth is None:
         warnings.warn("--share without --auth: anyone with the link can use this app and its model. "
                       "Add --auth USER:PASSWORD.", stacklevel=1)

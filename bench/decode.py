@@ -7,12 +7,12 @@ Same model, same prompt tokens (a Krishna chat turn), greedy. Two phases, each i
 Time to first token (`--ttft-repeats` rounds, cheap, so many of them: a prefill varies ±15% here):
 - plain prefill: `model(**inputs, logits_to_keep=1)` (what generate's first step computes);
 - plain generate of one token, to its scores (a logits processor that only reads the clock);
-- engine: `ChatEngine.stream` of one token, from the call to its first token; and, read by a forward
+- engine: `HFEngine.stream` of one token, from the call to its first token; and, read by a forward
   pre-hook, the engine's own time from the call to the start of the model's prefill forward.
 Decode (`--repeats` rounds of N tokens):
 - plain generate: `model.generate(max_new_tokens=N, do_sample=False)`, per-token times taken by a
   logits processor that only reads the clock;
-- engine: `ChatEngine.stream` (its threaded generate, streamer and stop criterion), timed from the
+- engine: `HFEngine.stream` (its threaded generate, streamer and stop criterion), timed from the
   call; decode rate from its own ReplyStats;
 - server: `python app.py --preload` in a child process, `/chat` through gradio_client, timed from
   submit; decode rate over the streamed chunks (tokens after the first chunk ÷ time after it).
@@ -80,9 +80,10 @@ def main() -> int:
     import torch
     from transformers import LogitsProcessorList
 
-    from krishna_ai.generation import ChatEngine, SamplingParams
     from krishna_ai.personas import load_personas
     from krishna_ai.prompting import build_messages
+    from krishna_ai.runtime.hf import HFEngine
+    from krishna_ai.sampling import SamplingParams
     from krishna_ai.studio import Studio
 
     n = args.max_new_tokens
@@ -92,7 +93,7 @@ def main() -> int:
     one_token = SamplingParams.for_persona(persona, temperature=0.0, max_new_tokens=1)
     # The engine the server builds for this persona and tier (with the persona's adapter, if it has one).
     engine = Studio(load_personas(), default_model=args.model).engine(args.model, persona)
-    if not isinstance(engine, ChatEngine):
+    if not isinstance(engine, HFEngine):
         raise SystemExit(f"{args.model!r} is not a transformers model: bench/llamacpp.py measures GGUF models")
     model, tok = engine.loaded.model, engine.loaded.tokenizer
     inputs = engine.encode(engine.fit(messages, n))
@@ -248,7 +249,7 @@ def main() -> int:
     same = len(texts["plain"] | {t for t in texts["engine"]}) == 1
     rows = [
         ["plain `model.generate` decode", s["plain_decode"].cell(), "1.00", "reference"],
-        ["engine `ChatEngine.stream` decode (ReplyStats)", s["engine_decode"].cell(),
+        ["engine `HFEngine.stream` decode (ReplyStats)", s["engine_decode"].cell(),
          f"{ratio(s['engine_decode'], s['plain_decode']):.3f}", "≥ 0.98"],
         ["plain: 1 ÷ median decode step (forward hook)", s["plain_step"].cell(), "1.00", "reference"],
         ["engine: 1 ÷ median decode step (forward hook)", s["engine_step"].cell(),

@@ -4,7 +4,7 @@
     python bench/llamacpp.py --repeats 3 --write   # ... and replace the section in BENCHMARKS.md
 
 The same Krishna chat turn, tokenised once by llama.cpp (BOS + Gemma turns), greedy, all threads:
-- transformers: the `light` tier (`ChatEngine.stream`, fp32 weights converted from the GGUF);
+- transformers: the `light` tier (`HFEngine.stream`, fp32 weights converted from the GGUF);
 - llama.cpp plain: llama-cpp-python's own token loop, `Llama.generate`, on the packaged Q4_K_M file
   (and `create_completion(stream=True)`, the API most users call);
 - engine: `LlamaCppEngine.stream` (`--model light-gguf`), a separate `Llama` on the same file.
@@ -87,12 +87,13 @@ def main() -> int:
         return 2
     import torch
 
-    from krishna_ai.generation import ChatEngine, SamplingParams
-    from krishna_ai.light import light_gguf
-    from krishna_ai.llamacpp import LlamaCppEngine, default_threads, load_gguf
-    from krishna_ai.models import load_model
     from krishna_ai.personas import load_personas
     from krishna_ai.prompting import build_messages
+    from krishna_ai.runtime.hf import HFEngine
+    from krishna_ai.runtime.light import light_gguf
+    from krishna_ai.runtime.llamacpp import LlamaCppEngine, default_threads, load_gguf
+    from krishna_ai.runtime.weights import load_model
+    from krishna_ai.sampling import SamplingParams
 
     n = args.max_new_tokens
     threads = args.threads or default_threads()
@@ -101,7 +102,7 @@ def main() -> int:
     params = SamplingParams.for_persona(persona, temperature=0.0, max_new_tokens=n)
     path = light_gguf()
 
-    hf = ChatEngine(load_model("light", dtype=args.hf_dtype))
+    hf = HFEngine(load_model("light", dtype=args.hf_dtype))
     engine = LlamaCppEngine(load_gguf("light-gguf", n_threads=threads))
     plain = load_gguf("light-gguf", n_threads=threads).model  # its own context: no state shared with the engine
     tokens = engine.tokenize(messages)
@@ -189,7 +190,7 @@ def main() -> int:
         return f"{series.median * per_token / bandwidth:.0%}" if series.values else "–"
 
     rows = [
-        [f"transformers `light` ({args.hf_dtype}, `ChatEngine`)", s["hf"].cell("{:.1f}"), ttft["hf"].cell("{:.3f}"),
+        [f"transformers `light` ({args.hf_dtype}, `HFEngine`)", s["hf"].cell("{:.1f}"), ttft["hf"].cell("{:.3f}"),
          f"{ratio(s['hf'], s['plain']):.3f}", "≥ 0.5", frac(s["hf"], hf_bytes)],
         ["llama.cpp `Llama.generate` (Q4_K_M)", s["plain"].cell("{:.1f}"), ttft["plain"].cell("{:.3f}"), "1.000",
          "reference", frac(s["plain"], gguf_bytes)],

@@ -26,9 +26,9 @@ from common import Series, interleaved, last_json, peak_rss_self, report, run_ch
 
 def child(model: str) -> int:
     t_start = time.time()
-    from krishna_ai.generation import SamplingParams
     from krishna_ai.personas import load_personas
     from krishna_ai.prompting import build_messages
+    from krishna_ai.sampling import SamplingParams
     from krishna_ai.studio import default_loader
 
     t_import = time.time()

@@ -11,10 +11,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from krishna_ai.cache import atomic_file
 from krishna_ai.errors import DataError, ImageError, problems
 from krishna_ai.images import load_image
 from krishna_ai.personas import Persona
-from krishna_ai.prompting import Message, render_gemma_turns, system_text
+from krishna_ai.prompting import Message, render_prompt, system_text
 
 ROLES = {"system", "user", "assistant"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -171,7 +172,7 @@ def load_persona_source(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(obj, dict):
             errors.append(f"{where}: expected a JSON object")
             continue
-        unknown = set(obj) - {"question", "answer", "personality", "label", "topic"}
+        unknown = set(obj) - {"question", "answer", "personality", "label", "topic", "card", "cards"}
         if unknown:
             errors.append(f"{where}: unknown key(s) {sorted(unknown)}")
         for key in ("question", "answer"):
@@ -183,21 +184,40 @@ def load_persona_source(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def record_cards(persona: Persona, record: dict[str, Any]) -> list[Any] | None:
+    """The cards a training record's prompt shows, as the app would retrieve them for its question.
+
+    A record may name its card (`"card": id`, or null for a question the bank does not cover) or cards
+    (`"cards": [ids]`): those are always among the cards shown. None when the persona has no bank."""
+    from krishna_ai.knowledge import ground, load_bank
+
+    if persona.knowledge is None:
+        return None
+    named = record.get("cards") if "cards" in record else [record["card"]] if "card" in record else None
+    if named is not None and not any(named):
+        return []
+    grounding = ground(persona, record["question"], record.get("personality"))
+    cards = list(grounding.cards) if grounding else []
+    if named:
+        bank = load_bank(persona.knowledge.bank)
+        wanted = [bank.card(i) for i in named][: persona.knowledge.top_k]
+        cards = wanted + [c for c in cards if c not in wanted][: persona.knowledge.top_k - len(wanted)]
+    return cards
+
+
 def persona_conversations(persona: Persona, records: Iterable[dict[str, Any]]) -> list[list[Message]]:
-    """Render records with the persona's own system part (and story instruction) into conversations."""
-    return [[{"role": "system", "content": system_text(persona, r.get("personality"))},
+    """Render records with the persona's own system part (story instruction, retrieved cards) into
+    conversations: the prompt a model is trained on is the prompt the app builds."""
+    return [[{"role": "system", "content": system_text(persona, r.get("personality"), record_cards(persona, r))},
              {"role": "user", "content": r["question"]},
              {"role": "assistant", "content": r["answer"]}] for r in records]
 
 
 def write_jsonl(conversations: Iterable[list[Message]], path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for conv in conversations:
             fh.write(json.dumps({"messages": conv}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 
@@ -217,13 +237,7 @@ class ConversationEncoder:
         self.max_length = max_length
 
     def _render(self, messages: list[Message], add_generation_prompt: bool) -> str:
-        if self.processor is not None:
-            return self.processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                      tokenize=False)
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                      tokenize=False)
-        return render_gemma_turns(messages, add_generation_prompt=add_generation_prompt)
+        return render_prompt(messages, self.tokenizer, self.processor, add_generation_prompt=add_generation_prompt)
 
     def _tokenize(self, text: str, images: list[Any]) -> dict[str, Any]:
         if self.processor is not None:
@@ -238,18 +252,14 @@ class ConversationEncoder:
         """input_ids, attention_mask, labels (-100 except assistant turns), plus pixel inputs if any."""
         import torch
 
-        full_text = self._render(messages, add_generation_prompt=False)
-        bos = self.tokenizer.bos_token or ""
-        if bos and not full_text.startswith(bos):
-            full_text = bos + full_text
-        full = self._tokenize(full_text, _images_of(messages))
+        full = self._tokenize(self._render(messages, add_generation_prompt=False), _images_of(messages))
         ids = full["input_ids"]
         labels = torch.full_like(ids, IGNORE_INDEX)
         for i, msg in enumerate(messages):
             if msg["role"] != "assistant":
                 continue
-            start = self._prefix_len(messages[:i], bos, add_generation_prompt=True)
-            end = self._prefix_len(messages[: i + 1], bos, add_generation_prompt=False)
+            start = self._prefix_len(messages[:i], add_generation_prompt=True)
+            end = self._prefix_len(messages[: i + 1], add_generation_prompt=False)
             labels[start:end] = ids[start:end]
         if int((labels != IGNORE_INDEX).sum()) == 0:
             raise DataError("a conversation has no assistant tokens to learn")
@@ -262,10 +272,8 @@ class ConversationEncoder:
         out.update(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
         return out
 
-    def _prefix_len(self, messages: list[Message], bos: str, add_generation_prompt: bool) -> int:
+    def _prefix_len(self, messages: list[Message], add_generation_prompt: bool) -> int:
         text = self._render(messages, add_generation_prompt=add_generation_prompt)
-        if bos and not text.startswith(bos):
-            text = bos + text
         return int(self._tokenize(text, _images_of(messages))["input_ids"].shape[0])
 
 

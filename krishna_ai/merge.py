@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
+from krishna_ai.cache import atomic_dir
 from krishna_ai.errors import ConfigError
 
 
@@ -26,14 +25,8 @@ def merge(base: str, adapter: str | Path, out: str | Path, *, dtype: Literal["bf
     import torch
     from transformers import AutoConfig
 
-    from krishna_ai.models import (
-        check_adapter,
-        load_processing,
-        load_weights,
-        merge_adapter,
-        model_family,
-        resolve_source,
-    )
+    from krishna_ai.runtime.tiers import check_adapter, resolve_source
+    from krishna_ai.runtime.weights import load_processing, load_weights, merge_adapter, model_family
 
     out = Path(out)
     if out.exists() and not force:
@@ -45,33 +38,24 @@ def merge(base: str, adapter: str | Path, out: str | Path, *, dtype: Literal["bf
     text_checkpoint = getattr(config, "model_type", "") != "gemma3n"
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     steps = ["load base", "merge adapter", "write safetensors", "finish"]
-    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with tqdm(total=len(steps), desc=f"Merging into {out.name}") as bar:
-        try:
-            bar.set_postfix_str(steps[0])
-            model = load_weights(source, family, torch_dtype, False, text_checkpoint, "cpu", is_local)
-            bar.update()
-            bar.set_postfix_str(steps[1])
-            model = merge_adapter(model, adapter_path)
-            bar.update()
-            bar.set_postfix_str(steps[2])
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer, processor = load_processing(source, family, text_checkpoint)
-            (processor or tokenizer).save_pretrained(tmp)
-            bar.update()
-            bar.set_postfix_str(steps[3])
-            info: dict[str, Any] = {"base": base, "base_source": source, "adapter": str(adapter_path),
-                                    "dtype": dtype}
-            cfg = adapter_path / "adapter_config.json"
-            info["lora"] = {k: v for k, v in json.loads(cfg.read_text()).items()
-                            if k in ("r", "lora_alpha", "use_rslora", "target_modules")}
-            (tmp / "merge_info.json").write_text(json.dumps(info, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, out)
-            bar.update()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with tqdm(total=len(steps), desc=f"Merging into {out.name}") as bar, atomic_dir(out) as tmp:
+        bar.set_postfix_str(steps[0])
+        model = load_weights(source, family, torch_dtype, False, text_checkpoint, "cpu", is_local)
+        bar.update()
+        bar.set_postfix_str(steps[1])
+        model = merge_adapter(model, adapter_path)
+        bar.update()
+        bar.set_postfix_str(steps[2])
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer, processor = load_processing(source, family, text_checkpoint)
+        (processor or tokenizer).save_pretrained(tmp)
+        bar.update()
+        bar.set_postfix_str(steps[3])
+        info: dict[str, Any] = {"base": base, "base_source": source, "adapter": str(adapter_path),
+                                "dtype": dtype}
+        cfg = adapter_path / "adapter_config.json"
+        info["lora"] = {k: v for k, v in json.loads(cfg.read_text()).items()
+                        if k in ("r", "lora_alpha", "use_rslora", "target_modules")}
+        (tmp / "merge_info.json").write_text(json.dumps(info, indent=2))
+        bar.update()
     return out

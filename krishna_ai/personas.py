@@ -13,11 +13,12 @@ import re
 import string
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from krishna_ai.errors import PersonaError, problems
+from krishna_ai.sampling import SamplingParams
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 """The personas shipped with the project."""
@@ -30,18 +31,6 @@ STORY_VARIABLES = {"personality"}
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Sampling(_Strict):
-    """Sampling defaults for this persona; the UI and CLI can override each per request."""
-
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
-    """0 = greedy; higher = more varied."""
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
-    top_k: Annotated[int, Field(ge=0, le=1000)] = 64
-    """0 disables top-k filtering."""
-    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
-    repetition_penalty: Annotated[float, Field(ge=1.0, le=2.0)] = 1.0
 
 
 class RequiredPattern(_Strict):
@@ -87,6 +76,32 @@ class Style(_Strict):
         return value
 
 
+class Knowledge(_Strict):
+    """A knowledge bank the persona's replies are grounded in (see krishna_ai/knowledge.py)."""
+
+    bank: str
+    """Folder of card files, relative to the persona file (e.g. "knowledge/krishna")."""
+    top_k: Annotated[int, Field(ge=1, le=5)] = 1
+    """Cards put in the prompt."""
+    min_score: Annotated[float, Field(ge=0.0)] = 0.0
+    """A card must score above this (BM25) to count as fitting the question."""
+    min_coverage: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """...and share at least this share of the question's content words (0.25: one word in four)."""
+    instruction: str
+    """How to use the cards; `$cards` is replaced by their facts, `$person` by the first card's person."""
+    no_match: str | None = None
+    """Instruction when no card fits (None: the persona's plain prompt)."""
+    checked: Literal["story", "reply"] = "reply"
+    """The factual part `eval` checks against the cards: the story paragraphs, or the whole reply."""
+
+    @field_validator("instruction")
+    @classmethod
+    def _has_cards(cls, value: str) -> str:
+        if "$cards" not in value:
+            raise ValueError("must contain $cards (where the retrieved facts go)")
+        return value
+
+
 class Persona(_Strict):
     """One assistant persona: who it is, how it must answer, and how to sample it."""
 
@@ -108,8 +123,10 @@ class Persona(_Strict):
     accepts_images: bool = False
     labels: list[str] = []
     """For classification personas: the answers `eval` parses from replies to score accuracy."""
-    sampling: Sampling = Sampling()
+    sampling: SamplingParams = SamplingParams()
     style: Style = Style()
+    knowledge: Knowledge | None = None
+    """Ground replies in a bank of sourced cards retrieved per question."""
     adapters: dict[str, str] = {}
     """LoRA adapter merged at load when this persona runs on a tier, e.g. {light = "../adapters/x"}
     (paths relative to the persona file). An adapter given with --adapter takes precedence."""
@@ -192,6 +209,15 @@ def load_persona(path: str | Path) -> Persona:
         if missing:
             raise PersonaError(problems(f"{path}: invalid persona", missing))
         persona = persona.model_copy(update={"adapters": resolved})
+    if persona.knowledge:
+        from krishna_ai.knowledge import load_bank
+
+        folder = (path.parent / persona.knowledge.bank).resolve()
+        try:
+            load_bank(folder)
+        except PersonaError as exc:
+            raise PersonaError(f"{path.name}: knowledge.bank: {exc}") from None
+        persona = persona.model_copy(update={"knowledge": persona.knowledge.model_copy(update={"bank": str(folder)})})
     return persona
 
 

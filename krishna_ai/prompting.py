@@ -9,6 +9,7 @@ that carry no template) put the system text at the top of the first user turn.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable
 from typing import Any
 
@@ -31,14 +32,24 @@ def sanitize(text: str) -> str:
     return _CONTROL_TOKEN.sub(lambda m: f"<{m.group(1)}{m.group(2)}\u200d>", text)
 
 
-def system_text(persona: Persona, personality: str | None = None) -> str:
-    """The persona's system prompt, its stated constraints and its story instruction."""
+def system_text(persona: Persona, personality: str | None = None, cards: list[Any] | None = None) -> str:
+    """The persona's system prompt, its stated constraints, and either its knowledge instruction with the
+    retrieved `cards` (a persona with a bank) or its story instruction (one without)."""
     parts = [persona.system_prompt.strip()]
     if persona.constraints:
         parts.append("Rules:\n" + "\n".join(f"- {c}" for c in persona.constraints))
-    story = persona.story_instruction(personality)
-    if story:
-        parts.append(story)
+    if persona.knowledge is not None:
+        from krishna_ai.knowledge import cards_block
+
+        if cards:
+            parts.append(string.Template(persona.knowledge.instruction).safe_substitute(
+                cards=cards_block(cards), person=cards[0].person or ""))
+        elif persona.knowledge.no_match:
+            parts.append(persona.knowledge.no_match)
+    else:
+        story = persona.story_instruction(personality)
+        if story:
+            parts.append(story)
     return "\n\n".join(parts)
 
 
@@ -86,14 +97,15 @@ def build_messages(
     *,
     personality: str | None = None,
     image: Any | None = None,
+    cards: list[Any] | None = None,
 ) -> list[Message]:
-    """System part, cleaned history and the new user message (with its image block, if any)."""
+    """System part (with the retrieved `cards`), cleaned history and the new user message (and image)."""
     message = sanitize(message)
     content: str | list[dict[str, Any]] = message
     if image is not None:
         content = [{"type": "image", "image": image}, {"type": "text", "text": message}]
     return [
-        {"role": "system", "content": system_text(persona, personality)},
+        {"role": "system", "content": system_text(persona, personality, cards)},
         *clean_history(history),
         {"role": "user", "content": content},
     ]
@@ -114,6 +126,20 @@ def render_gemma_turns(messages: list[Message], add_generation_prompt: bool = Tr
     if add_generation_prompt:
         out.append("<start_of_turn>model\n")
     return "".join(out)
+
+
+def render_prompt(messages: list[Message], tokenizer: Any, processor: Any | None = None, *,
+                  add_generation_prompt: bool = True) -> str:
+    """The prompt as text in the model's own chat format, BOS first: the processor's template, else the
+    tokenizer's, else Gemma's turn format (Gemma 3 checkpoints such as the light tier carry no template).
+    Training (`data.ConversationEncoder`) and every transformers engine render through this one function."""
+    owner = processor if processor is not None else tokenizer
+    if processor is not None or getattr(tokenizer, "chat_template", None):
+        text = owner.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    else:
+        text = render_gemma_turns(messages, add_generation_prompt=add_generation_prompt)
+    bos = getattr(tokenizer, "bos_token", None) or ""
+    return text if not bos or text.startswith(bos) else bos + text
 
 
 def fit_history(

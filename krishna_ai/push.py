@@ -12,12 +12,10 @@ fine-tuned from them: the card says so.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ def _hub_id(value: str | None) -> str | None:
         return None
     if value in HUB_BASES:
         return HUB_BASES[value]
-    from krishna_ai.light import light_dir
+    from krishna_ai.runtime.light import light_dir
 
     if Path(value).expanduser().resolve() == light_dir().resolve():
         return HUB_BASES["light"]
@@ -247,32 +245,3 @@ def _upload(folder: Path, repo: str, card: str, private: bool) -> str:
             raise ConfigError(f"could not reach the Hugging Face Hub ({type(exc).__name__}: {exc}); check the "
                               f"network and try again (nothing, or only part of {folder.name}, was uploaded)") from None
     return str(url)
-
-
-def _cmd_push(args: argparse.Namespace) -> int:
-    result, info = push(args.model, args.repo, private=args.private, dry_run=args.dry_run, out=args.out,
-                        eval_json=args.eval, persona=args.persona, recipe=args.recipe, prompts=args.prompts)
-    if args.dry_run:
-        files = [p for p in Path(result).rglob("*") if p.is_file()]
-        size = sum(p.stat().st_size for p in files) / 2**20
-        print(f"dry run: nothing uploaded. The folder that would go to {args.repo} ({len(files)} files, "
-              f"{size:.1f} MB): {result}")
-        if not info.get("base_model"):
-            print("note: no hub id known for the base model, so the card has no base_model", file=sys.stderr)
-    else:
-        print(f"uploaded to {result}")
-    return 0
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register `push` on the CLI's subparsers."""
-    p = subparsers.add_parser("push", help="upload a model or adapter to the Hugging Face Hub with a model card")
-    p.add_argument("--model", required=True, metavar="DIR", help="merged model folder or LoRA adapter folder")
-    p.add_argument("--repo", required=True, metavar="OWNER/NAME")
-    p.add_argument("--private", action="store_true", help="create the repo private")
-    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="write the upload folder, upload nothing")
-    p.add_argument("--out", metavar="DIR", help="with --dry-run: where to write it (default: a temporary folder)")
-    p.add_argument("--eval", metavar="JSON", help="evaluation results (`eval --json`) for the card")
-    p.add_argument("--persona", help="persona the model was tuned for (default: the recipe's)")
-    p.add_argument("--recipe", metavar="YAML", help="training recipe for the card (default: the run's recipe.yaml)")
-    p.set_defaults(func=_cmd_push)

@@ -12,7 +12,6 @@ for ZeroGPU hardware), the `krishna_ai` package and the `prompts/` personas. Pus
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -63,7 +62,7 @@ def front_matter(*, title: str, emoji: str, color_from: str, color_to: str, sdk_
 
 def _check(model: str, persona: str, hardware: str, personas: dict[str, Any], title: str, description: str,
            color_from: str, color_to: str) -> None:
-    from krishna_ai.models import TIERS
+    from krishna_ai.runtime.tiers import TIERS
 
     errors = []
     if persona not in personas:
@@ -90,8 +89,8 @@ def build_space(out: str | Path, *, model: str = "light", persona: str = "krishn
                 color_from: str = "indigo", color_to: str = "yellow", gpu_duration: int = 120,
                 space_id: str | None = None, prompts: list[str] | None = None, force: bool = False) -> Path:
     """Write the Space folder; returns it. An existing folder is replaced only if an earlier build (--force)."""
-    from krishna_ai.models import is_gguf_spec
     from krishna_ai.personas import load_personas, persona_dirs
+    from krishna_ai.runtime.tiers import is_gguf_spec
 
     out = Path(out)
     requirements = REPO / "requirements.txt"
@@ -158,33 +157,3 @@ def warnings_for(model: str, hardware: str) -> list[str]:
         return [f"{model} on {hardware} will be very slow or run out of memory (bf16 on CPU); "
                 "consider --hardware t4-small or zero-a10g"]
     return []
-
-
-def _cmd_space(args: argparse.Namespace) -> int:
-    import sys
-
-    out = build_space(args.out, model=args.model, persona=args.persona, hardware=args.hardware, title=args.title,
-                      description=args.description, emoji=args.emoji, gpu_duration=args.gpu_duration,
-                      space_id=args.space_id, prompts=args.prompts, force=args.force)
-    for w in warnings_for(args.model, args.hardware or "cpu-basic"):
-        print(f"warning: {w}", file=sys.stderr)
-    print(f"Space assembled in {out}. Try it: cd {out} && python app.py\n"
-          f"Deploy: hf upload {args.space_id or 'OWNER/SPACE_NAME'} {out} . --repo-type space")
-    return 0
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register `space` on the CLI's subparsers."""
-    p = subparsers.add_parser("space", help="assemble a deployable Hugging Face Space folder")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (new, or an earlier build)")
-    p.add_argument("--model", default="light", help="tier (light, e2b, e4b) or hub id the Space serves")
-    p.add_argument("--persona", default="krishna", help="persona shown first")
-    p.add_argument("--hardware", choices=HARDWARE, help="suggested_hardware (default cpu-basic); zero-* adds ZeroGPU")
-    p.add_argument("--title", help="Space title (default: krishna_ai <persona name>)")
-    p.add_argument("--description", help="short_description, at most 60 characters")
-    p.add_argument("--emoji", default="🪷")
-    p.add_argument("--gpu-duration", dest="gpu_duration", type=int, default=120,
-                   help="ZeroGPU seconds per reply (model loading on first use included)")
-    p.add_argument("--space-id", dest="space_id", metavar="OWNER/NAME", help="the Space's id, for its README")
-    p.add_argument("--force", action="store_true", help="replace --out if it holds an earlier Space build")
-    p.set_defaults(func=_cmd_space)

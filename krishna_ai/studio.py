@@ -10,30 +10,25 @@ import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from krishna_ai.access import ModelPolicy
 from krishna_ai.errors import ImageError, InputError
-from krishna_ai.generation import ChatEngine, Reply, ReplyStats, SamplingParams
 from krishna_ai.images import load_image
-from krishna_ai.models import image_tiers_hint, is_gguf_spec, load_model
+from krishna_ai.knowledge import Card, ground
 from krishna_ai.personas import Persona, get_persona, load_personas
 from krishna_ai.prompting import Message, build_messages, sanitize
+from krishna_ai.runtime.engine import Engine, Reply, ReplyStats
+from krishna_ai.runtime.load import load_engine
+from krishna_ai.runtime.tiers import image_tiers_hint
+from krishna_ai.sampling import SamplingParams
 from krishna_ai.style import Violation, check_reply
 
-EngineLoader = Callable[[str, str | None], ChatEngine]
+EngineLoader = Callable[[str, str | None], Engine]
 MAX_MESSAGE_CHARS = 32_000
 """Longer messages are refused up front (the context would cut them anyway, after slow tokenising)."""
-
-
-def default_loader(spec: str, adapter: str | None) -> ChatEngine:
-    """transformers for tiers, folders and hub ids; llama.cpp for `light-gguf` and *.gguf files."""
-    if is_gguf_spec(spec):
-        from krishna_ai.llamacpp import load_gguf_engine
-
-        return load_gguf_engine(spec, adapter)  # type: ignore[return-value] - the same engine interface
-    return ChatEngine(load_model(spec, adapter=adapter))
 
 
 @dataclass
@@ -45,6 +40,19 @@ class Update:
     stats: ReplyStats | None = None
     violations: list[Violation] | None = None
     personality: str | None = None
+    sources: list[Card] = field(default_factory=list)
+    """The knowledge cards put in the prompt (what the reply may state as fact), with their sources."""
+
+
+@dataclass
+class Started:
+    """A reply under way, and what it was grounded in."""
+
+    reply: Reply
+    persona: Persona
+    personality: str | None
+    cards: list[Card] | None
+    """Retrieved cards (None: the persona has no knowledge bank)."""
 
 
 class Studio:
@@ -58,20 +66,23 @@ class Studio:
         adapters: dict[str, str] | None = None,
         loader: EngineLoader | None = None,
         max_loaded: int = 3,
+        policy: ModelPolicy | None = None,
     ):
         self.personas = personas if personas is not None else load_personas()
         self.default_model = default_model
         self.adapters = dict(adapters or {})
         """Adapter merged at load, per model spec (e.g. {"light": "adapters/krishna-light"})."""
-        self._loader = loader or (lambda spec, adapter: default_loader(spec, adapter))
-        self._engines: OrderedDict[str, ChatEngine] = OrderedDict()
+        self._loader: EngineLoader = loader or (lambda spec, adapter: load_engine(spec, adapter))
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._max_loaded = max_loaded
         self._load_lock = threading.Lock()
         self._stops: dict[str, threading.Event] = {}
         self._stops_lock = threading.Lock()
+        self.policy = policy
+        """Which models a client may name (None: any, for library and CLI use; the app always sets one)."""
 
     # -- models -----------------------------------------------------------------------------
-    def engine(self, spec: str | None = None, persona: Persona | None = None) -> ChatEngine:
+    def engine(self, spec: str | None = None, persona: Persona | None = None) -> Engine:
         """The engine for `spec` (default: the startup model), loading it on first use.
 
         The adapter merged at load is the one given at startup for this spec, else the persona's
@@ -90,6 +101,12 @@ class Studio:
             while len(self._engines) > self._max_loaded:
                 self._engines.popitem(last=False)
             return engine
+
+    def client_engine(self, spec: str | None, persona: Persona | None = None) -> Engine:
+        """`engine()` for a spec a client sent: refused (InputError, nothing loaded) unless the policy allows it."""
+        if spec and spec.strip() and self.policy is not None:
+            spec = self.policy.check(spec)
+        return self.engine(spec, persona)
 
     def loaded(self) -> list[str]:
         return list(self._engines)
@@ -132,8 +149,9 @@ class Studio:
         rng: random.Random | None = None,
         slice: str | None = None,
         **sampling: Any,
-    ) -> tuple[Reply, Persona, str | None]:
-        """Validate the request and start generating. Raises domain errors before any generation."""
+    ) -> Started:
+        """Validate the request, retrieve its cards and start generating. Raises domain errors before any
+        generation (a bad knowledge bank too: the persona fails, the app keeps serving)."""
         persona = self.persona(persona_id)
         params = SamplingParams.for_persona(persona, **sampling)
         message = sanitize(message or "").strip()
@@ -141,18 +159,25 @@ class Studio:
             raise InputError("the message is empty: type a question (or attach an image)")
         if len(message) > MAX_MESSAGE_CHARS:
             raise InputError(f"the message is {len(message):,} characters; the limit is {MAX_MESSAGE_CHARS:,}")
-        engine = self.engine(model, persona)
+        if slice and self.policy is not None and not self.policy.open_to_any:
+            from krishna_ai.matformer import known_configs
+
+            if slice not in known_configs():  # never a path to a file on the server
+                raise InputError(f"unknown MatFormer size {slice!r}; choose one of: {', '.join(known_configs())}")
+        engine = self.client_engine(model, persona)
         if image is not None:
-            if not engine.loaded.multimodal:
+            if not engine.info.multimodal:
                 raise ImageError(f"The model {engine.name!r} reads text only. {image_tiers_hint()}")
             if not persona.accepts_images:
                 raise ImageError(f"The persona {persona.name!r} does not take images; "
                                  f"try one that does: {', '.join(self.image_personas()) or 'none'}.")
             image = load_image(image)
-        who = persona.pick_personality(message, personality, rng)
+        grounding = ground(persona, message, personality) if message else None
+        who = grounding.person if grounding else persona.pick_personality(message, personality, rng)
+        cards = grounding.cards if grounding else ([] if persona.knowledge else None)
         messages = build_messages(persona, history, message or "What do you see in this image?",
-                                  personality=who, image=image)
-        return engine.stream(messages, params, stop_event, slice=slice or None), persona, who
+                                  personality=who, image=image, cards=cards)
+        return Started(engine.stream(messages, params, stop_event, slice=slice or None), persona, who, cards)
 
     def image_personas(self) -> list[str]:
         return [p.id for p in self.personas.values() if p.accepts_images]
@@ -165,12 +190,15 @@ class Studio:
         """
         stop_event = self.new_stop(session, stop_event)
         try:
-            reply, persona, who = self.start_reply(persona_id, history, message, stop_event=stop_event, **kwargs)
+            started = self.start_reply(persona_id, history, message, stop_event=stop_event, **kwargs)
+            reply, persona, who, cards = started.reply, started.persona, started.personality, started.cards or []
             with reply:
                 for _ in reply:
-                    yield Update(reply.text, personality=who)
-            yield Update(reply.text, done=True, stats=reply.stats,
-                         violations=check_reply(reply.text, persona), personality=who)
+                    yield Update(reply.text, personality=who, sources=cards)
+            violations = check_reply(reply.text, persona, reply.stats.finish_reason,
+                                     story=bool(cards) if persona.knowledge and persona.style.story else None)
+            yield Update(reply.text, done=True, stats=reply.stats, violations=violations, personality=who,
+                         sources=cards)
         finally:
             stop_event.set()
             self._release(session, stop_event)

@@ -20,8 +20,28 @@ RULES = (
     "verse_quote",
     "too_long",
     "missing_pattern",
+    "not_ended",
+    "leaked",
+    "looped",
 )
-"""Every rule name `check_reply` can report (``missing_pattern`` is reported as ``missing_<name>``)."""
+"""Every rule name `check_reply` can report (``missing_pattern`` is reported as ``missing_<name>``).
+
+The last three judge the reply as text, not its form: it closed its turn (`not_ended`: cut at
+max_new_tokens), nothing of the chat machinery or a second reply is in it (`leaked`), and it does
+not repeat itself (`looped`). A run-on reply is never "all rules met"."""
+
+PASS_LABELS = {
+    "empty_reply": "non-empty", "missing_address": "addresses user", "forbidden_word": "no forbidden word",
+    "sentence_count": "sentence count ok", "missing_story": "has story", "verse_quote": "no verse quote",
+    "too_long": "length ok", "not_ended": "ended", "leaked": "no leak", "looped": "no loop",
+}
+"""What a rule's pass rate measures, for table headers (``missing_<name>`` -> ``has <name>``)."""
+
+
+def pass_label(rule: str) -> str:
+    if rule in PASS_LABELS:
+        return PASS_LABELS[rule]
+    return "has " + rule.removeprefix("missing_").replace("_", " ")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+")
 _VERSE_REF = re.compile(
@@ -31,6 +51,12 @@ _VERSE_REF = re.compile(
     r"|\b(?:BG|Gita)\s*\d+\s*[.:]\s*\d+"
     r"|\(\s*\d{1,2}\s*[.:]\s*\d{1,2}\s*\)"
 )
+# A turn marker or role line of the chat format, or a code-like vocabulary piece glued into prose
+# ("stepToken", "WithFieldContext"): what an untrained end-of-turn row makes a base model emit.
+_MARKER = re.compile(r"<\s*/?\s*(?:start_of_turn|end_of_turn|eos|bos|pad|start_of_image|end_of_image)\s*>|"
+                     r"^\s*(?:model|user)\s*$", re.MULTILINE)
+_STRAY = re.compile(r"(?<![\w@/#-])(?:[a-z]{2,}(?:[A-Z][a-z0-9]+)+|[A-Z][a-z]+(?:[A-Z][a-z0-9]+){2,})(?![\w-])")
+_LOOP_NGRAM = 10
 _QUOTED = re.compile(r"[\"“]([^\"“”]+)[\"”]")
 _QUOTE_MIN_WORDS = 6
 
@@ -59,13 +85,72 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[\w'’-]+", text)
 
 
-def check_reply(reply: str, persona: Persona | Style) -> list[Violation]:
-    """Check `reply` against the persona's style; an empty list means it complies."""
+def _norm_words(text: str) -> list[str]:
+    return [w.lower() for w in _words(text)]
+
+
+def leak(reply: str, style: Style | None = None) -> str | None:
+    """What in `reply` belongs to the chat machinery or to a second reply, or None."""
+    m = _MARKER.search(reply)
+    if m:
+        return f"a turn marker or role line ({m.group(0).strip()!r})"
+    m = _STRAY.search(reply)
+    if m:
+        return f"a stray vocabulary piece ({m.group(0)!r})"
+    parts = paragraphs(reply)
+    opening = _norm_words(parts[0])[:5] if parts else []
+    if len(opening) >= 4:
+        for later in parts[1:]:
+            if _norm_words(later)[:5] == opening:
+                return "a second reply (a later paragraph starts like the first)"
+    for req in (style.require if style else []):
+        if len(re.findall(req.pattern, reply, flags=re.MULTILINE)) > 1:
+            return f"a second reply (the {req.name} line appears twice)"
+    if style and style.address and style.story and len(parts) > 2:
+        if re.match(rf"\W*{re.escape(style.address)}\b", parts[-1]):
+            return f"a second reply (a paragraph after the story opens with {style.address!r})"
+    return None
+
+
+def loop(reply: str) -> str | None:
+    """A sentence of 5+ words said twice, or a 10-word run repeated, or None."""
+    seen: set[tuple[str, ...]] = set()
+    for sentence in split_sentences(reply):
+        words = tuple(_norm_words(sentence))
+        if len(words) >= 5:
+            if words in seen:
+                return f"repeats the sentence {sentence[:60]!r}"
+            seen.add(words)
+    words = _norm_words(reply)
+    grams: set[tuple[str, ...]] = set()
+    for i in range(len(words) - _LOOP_NGRAM + 1):
+        gram = tuple(words[i:i + _LOOP_NGRAM])
+        if gram in grams:
+            return f"repeats the run {' '.join(gram)[:60]!r}"
+        grams.add(gram)
+    return None
+
+
+def check_reply(reply: str, persona: Persona | Style, finish_reason: str | None = None,
+                story: bool | None = None) -> list[Violation]:
+    """Check `reply` against the persona's style; an empty list means it complies.
+
+    `finish_reason` (from `ReplyStats`) adds `not_ended` when the reply was cut at max_new_tokens.
+    `story` overrides whether a story is due (False: no knowledge card fitted, so counsel only).
+    """
     style = persona.style if isinstance(persona, Persona) else persona
+    if story is not None:
+        style = style.model_copy(update={"story": story})
     text = reply.strip()
     if not text:
         return [Violation("empty_reply", "the reply is empty")]
     out: list[Violation] = []
+    if finish_reason == "max_tokens":
+        out.append(Violation("not_ended", "cut at max_new_tokens: the model never closed its turn"))
+    if (where := leak(text, style)) is not None:
+        out.append(Violation("leaked", f"contains {where}"))
+    if (what := loop(text)) is not None:
+        out.append(Violation("looped", what))
 
     if style.address and not re.search(rf"(?<!\w){re.escape(style.address)}(?!\w)", text):
         out.append(Violation("missing_address", f"never addresses the user as {style.address!r}"))
@@ -85,10 +170,10 @@ def check_reply(reply: str, persona: Persona | Style) -> list[Violation]:
             out.append(Violation("sentence_count", f"{where} has {n} sentence(s); expected {lo}–{hi}"))
 
     if style.story:
-        story = "\n\n".join(parts[1:])
-        n_words = len(_words(story))
+        story_text = "\n\n".join(parts[1:])
+        n_words = len(_words(story_text))
         if n_words < style.story_min_words:
-            detail = "no story paragraph after the answer" if not story else (
+            detail = "no story paragraph after the answer" if not story_text else (
                 f"the story has {n_words} words; expected at least {style.story_min_words}")
             out.append(Violation("missing_story", detail))
 

@@ -21,7 +21,6 @@ folder per trial under `trials/` (recipe, loss log, eval JSON; the adapter only 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import dataclasses
@@ -310,8 +309,8 @@ class _Objective:
 
     def _run(self, trial: Any, params: dict[str, Any], out: Path) -> float:
         from krishna_ai.evaluate import evaluate, write_json
-        from krishna_ai.generation import ChatEngine, SamplingParams
-        from krishna_ai.models import load_model
+        from krishna_ai.runtime.load import load_engine
+        from krishna_ai.sampling import SamplingParams
         from krishna_ai.train import TrainConfig
         from krishna_ai.train import main as train_main
 
@@ -322,7 +321,7 @@ class _Objective:
         trial.set_user_attr("train_loss", summary.get("train_loss"))
         sampling = SamplingParams.for_persona(self.persona, temperature=self.s.temperature,
                                               max_new_tokens=self.s.max_new_tokens, seed=self.s.seed)
-        engine = ChatEngine(load_model(cfg.model, adapter=summary["adapter"]))
+        engine = load_engine(cfg.model, summary["adapter"])
         result = evaluate(engine, self.persona, self.questions, sampling, batch_size=self.s.batch_size,
                           name=f"trial-{trial.number}", progress=self.s.progress)
         del engine
@@ -451,39 +450,3 @@ def plot_parallel_coordinates(study: Any, folder: Path, metric: str) -> dict[str
         fig.savefig(out["png"], dpi=110)
         plt.close(fig)
     return out
-
-
-# -- CLI --------------------------------------------------------------------------------------------
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    settings = SweepSettings(
-        config=Path(args.config), trials=args.trials, study=args.study, root=Path(args.root),
-        questions=Path(args.questions) if args.questions else None, persona=args.persona,
-        keep_adapters=args.keep_adapters, seed=args.seed, max_steps=args.max_steps, limit=args.limit,
-        eval_limit=args.eval_limit, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        batch_size=args.batch_size, prompts=args.prompts)
-    result = run_sweep(settings)
-    print(Path(result["paths"]["markdown"]).read_text(encoding="utf-8"))
-    for kind, path in result["paths"].items():
-        print(f"{kind}: {path}")
-    return 0
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register `sweep` on the CLI's subparsers."""
-    p = subparsers.add_parser("sweep", help="Optuna hyper-parameter sweep: train + evaluate per trial (resumable)")
-    p.add_argument("--config", required=True, help="recipe YAML (its searchable: mapping adds to the space)")
-    p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
-    p.add_argument("--study", help="study name (default: the recipe's file name)")
-    p.add_argument("--root", default=str(SWEEPS_ROOT), help="folder holding the study folders")
-    p.add_argument("--questions", help="held-out questions (default: heldout.jsonl beside the data)")
-    p.add_argument("--persona", help="persona to evaluate with (default: the recipe's)")
-    p.add_argument("--keep-adapters", dest="keep_adapters", action="store_true", help="keep every trial's adapter")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed")
-    p.add_argument("--max-steps", dest="max_steps", type=int, help="override the recipe (quick sweeps)")
-    p.add_argument("--limit", type=int, help="train on the first N conversations only")
-    p.add_argument("--eval-limit", dest="eval_limit", type=int, help="evaluate on the first N questions only")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="reply length at evaluation")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling at evaluation (default 0 = greedy)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="evaluation batch size")
-    p.set_defaults(func=_cmd_sweep)

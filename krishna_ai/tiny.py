@@ -17,13 +17,13 @@ processor and the Gemma 3n audio feature extractor. The weights are random: repl
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from krishna_ai.cache import atomic_dir
 from krishna_ai.errors import ConfigError
 
 # E4B's numbers that the tiny config keeps the shape of.
@@ -195,7 +195,7 @@ def _gemma3n_tokenizer_json(gemma3_tokenizer: Path, target: Path) -> None:
 def _tokenizer(work: Path) -> Any:
     from transformers import AutoTokenizer
 
-    from krishna_ai.light import ensure_light_checkpoint
+    from krishna_ai.runtime.light import ensure_light_checkpoint
 
     light = ensure_light_checkpoint()
     work.mkdir(parents=True, exist_ok=True)
@@ -247,10 +247,7 @@ def build_tiny_gemma3n(out_dir: str | Path, *, text_only: bool = False, layers: 
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
         raise ConfigError(f"{out} exists and is not an earlier tiny Gemma 3n build; choose another --out")
     config = tiny_text_config(layers) if text_only else tiny_gemma3n_config(layers)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out) as tmp:
         torch.manual_seed(seed)
         cls = Gemma3nForCausalLM if text_only else Gemma3nForConditionalGeneration
         model = cls(config).to(torch.bfloat16)  # bf16 as the real checkpoints; fp16 overflows in Gemma 3n
@@ -268,29 +265,8 @@ def build_tiny_gemma3n(out_dir: str | Path, *, text_only: bool = False, layers: 
             f"{config.get_text_config().num_kv_shared_layers} KV-shared), random weights (seed {seed}), "
             "written by `python -m krishna_ai tiny-gemma3n` for tests; its replies are noise.\n",
             encoding="utf-8")
-        if out.exists():
+        if out.exists():  # renamed aside before it is deleted, so an earlier build is never half-deleted at `out`
             old = out.with_name(f"{out.name}.old-{os.getpid()}")
             os.replace(out, old)
             shutil.rmtree(old)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _cmd_tiny(args: argparse.Namespace) -> int:
-    out = build_tiny_gemma3n(args.out, text_only=args.text_only, layers=args.layers, seed=args.seed)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"wrote {out} ({size / 2**20:.1f} MB); load it with --model {out}")
-    return 0
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register `tiny-gemma3n` on the CLI's subparsers."""
-    p = subparsers.add_parser("tiny-gemma3n", help="write a tiny random E4B-shaped Gemma 3n checkpoint (tests, demos)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced if an earlier tiny build)")
-    p.add_argument("--text-only", action="store_true", help="Gemma3nForCausalLM weights and tokenizer only")
-    p.add_argument("--layers", type=int, default=E4B_LAYERS,
-                   help="decoder layers (E4B: 35); KV sharing and sparsity scale with it")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    p.set_defaults(func=_cmd_tiny)

@@ -22,6 +22,8 @@ import yaml
 
 from krishna_ai.errors import ConfigError, problems
 
+TURN_TOKENS = ("<start_of_turn>", "<end_of_turn>")
+
 # Attention/MLP projections of the decoder layers, never anything under the audio or vision towers
 # (bare "q_proj" would also hit the audio conformer).
 LANGUAGE_MODEL_TARGETS = (r"^(?!.*(?:audio_tower|vision_tower|embed_audio|embed_vision))"
@@ -41,6 +43,9 @@ class LoraSettings:
     """Rank-stabilised LoRA scaling (alpha / sqrt(r))."""
     targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
     """Projections of the language model's attention/MLP to adapt (never the audio/vision towers)."""
+    trainable_tokens: list[str] = field(default_factory=lambda: list(TURN_TOKENS))
+    """Embedding rows trained alongside the LoRA (peft `trainable_token_indices`). A *base* model never
+    trained its turn markers: without these rows a fine-tune cannot learn to close its turn. [] = none."""
 
 
 @dataclass
@@ -158,6 +163,20 @@ def target_regex(targets: list[str]) -> str:
     return LANGUAGE_MODEL_TARGETS.replace("{mods}", "|".join(PROJ[t] for t in targets))
 
 
+def token_ids(tokenizer: Any, tokens: list[str]) -> list[int]:
+    """Vocabulary ids of `tokens`; ConfigError for one the tokenizer does not have as a single token."""
+    ids, missing = [], []
+    for token in tokens:
+        i = tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(i, int) or i == tokenizer.unk_token_id:
+            missing.append(token)
+        else:
+            ids.append(i)
+    if missing:
+        raise ConfigError(f"lora.trainable_tokens: {missing} are not tokens of this model's vocabulary")
+    return ids
+
+
 def use_unsloth(cfg: TrainConfig) -> bool:
     """Unsloth only with CUDA and the package present; `engine: unsloth` without them is an error."""
     import importlib.util
@@ -216,7 +235,8 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any, Any]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoConfig
 
-    from krishna_ai.models import bnb_config, load_processing, model_class, model_family, resolve_source
+    from krishna_ai.runtime.tiers import resolve_source
+    from krishna_ai.runtime.weights import bnb_config, load_processing, model_class, model_family
 
     _, source, _ = resolve_source(cfg.model)
     if use_unsloth(cfg):
@@ -237,11 +257,12 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any, Any]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.config.use_cache = False
+    tokenizer, processor = load_processing(source, family, text_checkpoint)
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       use_rslora=cfg.lora.rslora, target_modules=target_regex(cfg.lora.targets),
+                      trainable_token_indices=token_ids(tokenizer, cfg.lora.trainable_tokens) or None,
                       bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    tokenizer, processor = load_processing(source, family, text_checkpoint)
     return model, tokenizer, processor
 
 
@@ -344,7 +365,7 @@ def main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> di
         use_cpu=not _cuda_available(), optim="adamw_torch",
     )
     log = _LossLog(out)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
+    trainer = _answer_only(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                          data_collator=lambda batch: collate(batch, pad_id), callbacks=[log.callback])
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if resume else None)
@@ -361,6 +382,29 @@ def main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> di
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     plot_loss(log.path, out / "loss.png", f"{cfg.model} · r={cfg.lora.r} · lr={cfg.learning_rate}")
     return summary
+
+
+def _answer_only(trainer_cls: type) -> type:
+    """The trainer with a loss that runs the output head only where a label is: the head of a Gemma
+    model (262k-token vocabulary) costs more than all its layers, and prompt tokens carry no loss."""
+    import torch.nn.functional as F
+
+    class AnswerOnlyLoss(trainer_cls):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            target = labels[:, 1:]  # the token each position predicts
+            keep = (target != -100).any(dim=0).nonzero().squeeze(-1)
+            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+            logits = outputs.logits.float()
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, keep].reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+            n = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
+            loss = loss / n
+            return (loss, outputs) if return_outputs else loss
+
+    return AnswerOnlyLoss
 
 
 CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")

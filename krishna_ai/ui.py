@@ -16,7 +16,7 @@ import gradio as gr
 
 from krishna_ai.errors import KrishnaError
 from krishna_ai.matformer import known_configs
-from krishna_ai.models import TIERS
+from krishna_ai.runtime.tiers import TIERS
 from krishna_ai.studio import Studio, Update
 from krishna_ai.style import badge
 
@@ -63,6 +63,28 @@ def split_pending(history: list[dict]) -> tuple[list[dict], str, str | None]:
     return earlier, text, images[-1] if images else None
 
 
+def sources_line(update: Update) -> str:
+    """The cards a reply was grounded in, with their sources, shown under it."""
+    if not update.sources:
+        return ""
+    return "📚 " + " · ".join(f"**{c.title}** — {c.source}" for c in update.sources)
+
+
+def reply_payload(update: Update) -> dict[str, Any]:
+    """A finished reply as the `/reply` API returns it."""
+    stats = update.stats
+    return {
+        "reply": update.text,
+        "finish_reason": stats.finish_reason if stats else None,
+        "stats": {"tokens": stats.tokens, "prompt_tokens": stats.prompt_tokens, "ttft_s": stats.ttft_s,
+                  "tokens_per_s": round(stats.tokens_per_s, 2), "total_s": round(stats.total_s, 3)} if stats else None,
+        "style": [{"rule": v.rule, "message": v.message} for v in update.violations or []],
+        "personality": update.personality,
+        "sources": [{"id": c.id, "title": c.title, "person": c.person, "source": c.source, "text": c.text}
+                    for c in update.sources],
+    }
+
+
 async def _updates(studio: Studio, *args: Any, **kwargs: Any) -> AsyncIterator[Update]:
     """`studio.chat` as an async iterator. Gradio cancels an event (Stop, or a client that went away)
     by cancelling its task; the `finally` here then flips the stop flag, so generate really ends.
@@ -94,8 +116,9 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
         persona = next(iter(personas))
     model_choices = [(t.label, t.id) for t in TIERS.values()]
     default_model = studio.default_model
-    if default_model not in TIERS:
-        model_choices.append((f"Custom · {default_model}", default_model))
+    extra = [default_model, *(studio.policy.allowed if studio.policy else [])]
+    model_choices += [(f"Custom · {m}", m) for m in dict.fromkeys(extra) if m not in TIERS]
+    open_models = studio.policy is None or studio.policy.open_to_any
 
     with gr.Blocks(title="krishna_ai studio") as demo:
         gr.Markdown("# krishna_ai studio\nChat with persona-specialised Gemma models.")
@@ -103,10 +126,10 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             persona_dd = gr.Dropdown([(p.name, p.id) for p in personas.values()], value=persona,
                                      label="Persona", scale=2)
             model_dd = gr.Dropdown(model_choices, value=default_model, label="Model tier",
-                                   allow_custom_value=True, scale=2,
+                                   allow_custom_value=open_models, scale=2,
                                    info="light runs offline on CPU (light-gguf: the same model on llama.cpp, "
-                                        "several times faster); e2b/e4b need Gemma 3n weights; "
-                                        "or type a local folder / hub id / .gguf file")
+                                        "several times faster); e2b/e4b need Gemma 3n weights"
+                                        + ("; or type a local folder / hub id / .gguf file" if open_models else ""))
         description = gr.Markdown(personas[persona].description)
         chatbot = gr.Chatbot(value=_greeting(studio, persona), label="Chat", height=480,
                              buttons=["copy"], feedback_options=None)
@@ -120,6 +143,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             clear_btn = gr.Button("Clear", scale=1)
         stats_md = gr.Markdown("", elem_id="reply-stats")
         badge_md = gr.Markdown("", elem_id="style-badge")
+        sources_md = gr.Markdown("", elem_id="reply-sources")
         examples = gr.Dataset(components=[gr.Textbox(visible=False)], label="Example questions",
                               samples=[[q] for q in personas[persona].examples])
         with gr.Accordion("Settings", open=False):
@@ -139,10 +163,11 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             pr = studio.persona(persona_id)
             s = pr.sampling
             return (_greeting(studio, persona_id), pr.description, gr.Dataset(samples=[[q] for q in pr.examples]),
-                    s.temperature, s.top_p, s.top_k, s.max_new_tokens, "", "")
+                    s.temperature, s.top_p, s.top_k, s.max_new_tokens, "", "", "")
 
         persona_dd.change(on_persona, persona_dd,
-                          [chatbot, description, examples, *sampling_inputs, stats_md, badge_md], queue=False)
+                          [chatbot, description, examples, *sampling_inputs, stats_md, badge_md, sources_md],
+                          queue=False)
 
         def on_model(spec: str, progress=gr.Progress()):
             spec = (spec or "").strip()
@@ -150,10 +175,10 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 raise gr.Error("Type a tier id, a local model folder or a hub id.")
             progress(0, desc=f"Loading {spec}…")
             try:
-                engine = studio.engine(spec)
+                engine = studio.client_engine(spec)
             except KrishnaError as exc:
                 raise _error(exc) from None
-            vision = "reads images" if engine.loaded.multimodal else "text only"
+            vision = "reads images" if engine.info.multimodal else "text only"
             return f"Model **{engine.name}** ready ({vision})."
 
         model_dd.input(on_model, model_dd, stats_md, concurrency_id=GENERATE)
@@ -192,22 +217,22 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                                              slice=None if size == "full" else size):
                     history[-1] = {"role": "assistant", "content": update.text}
                     if update.done:
-                        yield history, update.stats.line(), badge(update.violations or [])
+                        yield history, update.stats.line(), badge(update.violations or []), sources_line(update)
                     elif not started:
                         started = True
-                        yield history, "⏳ generating…", ""
+                        yield history, "⏳ generating…", "", sources_line(update)
                     else:
                         # Later chunks leave the stats line alone: a chunk still in flight when Stop is
                         # pressed must not overwrite Stop's "stopped" with "generating…".
-                        yield history, gr.skip(), gr.skip()
+                        yield history, gr.skip(), gr.skip(), gr.skip()
             except KrishnaError as exc:
                 # Keep the conversation on screen: the problem becomes a notice in the chat and a toast.
                 gr.Warning(str(exc))
                 history[-1] = {"role": "assistant", "content": str(exc), "metadata": {"title": NOTICE}}
-                yield history, "", ""
+                yield history, "", "", ""
 
         respond_inputs = [chatbot, persona_dd, model_dd, *sampling_inputs, personality, slice_dd]
-        respond_outputs = [chatbot, stats_md, badge_md]
+        respond_outputs = [chatbot, stats_md, badge_md, sources_md]
         unlock = dict(fn=lambda: gr.MultimodalTextbox(interactive=True), outputs=textbox, queue=False)
 
         submit_event = (textbox.submit(add_user, [chatbot, textbox], [chatbot, textbox], queue=False)
@@ -236,8 +261,8 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             return history[:keep], {"text": text, "files": []}
 
         undo_btn.click(undo, chatbot, [chatbot, textbox], queue=False)
-        clear_btn.click(lambda pid: (_greeting(studio, pid), "", ""), persona_dd,
-                        [chatbot, stats_md, badge_md], queue=False)
+        clear_btn.click(lambda pid: (_greeting(studio, pid), "", "", ""), persona_dd,
+                        [chatbot, stats_md, badge_md, sources_md], queue=False)
 
         def stop(request: gr.Request):
             # Flip the stop flag (generate ends at once and its thread is joined), and cancel the event,
@@ -278,4 +303,35 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 raise _error(exc) from None
 
         gr.api(chat, api_name="chat", concurrency_id=GENERATE, concurrency_limit=1)
+
+        async def reply(message: str, persona: str = "krishna", temperature: float | None = None,
+                        top_p: float | None = None, top_k: int | None = None, max_new_tokens: int | None = None,
+                        model: str | None = None, personality: str | None = None,
+                        slice: str | None = None) -> dict:
+            """A whole reply with what it rests on: text, finish reason, stats, style check and sources.
+
+            Args:
+                message: the question.
+                persona: persona id.
+                temperature: override the persona's sampling temperature (0 = greedy).
+                top_p: override top_p.
+                top_k: override top_k.
+                max_new_tokens: override the reply length limit.
+                model: model tier; default the app's model.
+                personality: whom the closing story is about (personas with stories).
+                slice: MatFormer size for an E4B-shaped Gemma 3n; default the full model.
+            """
+            final = None
+            try:
+                async for update in _updates(studio, persona, [], message, model=model, personality=personality,
+                                             temperature=temperature, top_p=top_p, top_k=top_k,
+                                             max_new_tokens=max_new_tokens, slice=slice or None):
+                    final = update
+            except (KrishnaError, ValueError) as exc:
+                raise _error(exc) from None
+            if final is None or final.stats is None:
+                raise gr.Error("the reply was stopped before it finished")
+            return reply_payload(final)
+
+        gr.api(reply, api_name="reply", concurrency_id=GENERATE, concurrency_limit=1)
     return demo

@@ -44,19 +44,19 @@ def zero_gpu(studio: Any, duration: int) -> Any:
     return studio
 
 
-def make_studio(personas: dict[str, Any], model: str, gpu_duration: int) -> Any:
+def make_studio(personas: dict[str, Any], model: str, gpu_duration: int, persona: str) -> Any:
+    from krishna_ai.runtime.load import load_engine
     from krishna_ai.studio import Studio
 
     if not on_zero_gpu():
         return zero_gpu(Studio(personas, default_model=model), gpu_duration)
-    from krishna_ai.generation import ChatEngine
-    from krishna_ai.models import load_model
 
-    def loader(spec: str, adapter: str | None) -> ChatEngine:
-        return ChatEngine(load_model(spec, adapter=adapter, quantize="none", device="cuda"))
+    def loader(spec: str, adapter: str | None) -> Any:
+        return load_engine(spec, adapter, quantize="none", device="cuda")
 
     studio = Studio(personas, default_model=model, loader=loader)
-    studio.engine()  # in this process, before any forked GPU call
+    # In this process, before any forked GPU call: the engine the first persona uses (its adapter merged).
+    studio.engine(model, studio.persona(persona))
     return zero_gpu(studio, gpu_duration)
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     personas = load_personas()
     if args.persona not in personas:
         raise SystemExit(f"unknown persona {args.persona!r}; available: {', '.join(sorted(personas))}")
-    studio = make_studio(personas, args.model, args.gpu_duration)
+    studio = make_studio(personas, args.model, args.gpu_duration, args.persona)
     demo = build_demo(studio, persona=args.persona)
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
                                                     auth=auth, max_file_size="20mb", show_error=True)

@@ -1,7 +1,8 @@
-"""Shared fixtures: the real embedded light model (loaded once), and a scripted engine for UI logic."""
+"""Shared fixtures: an isolated cache, the real embedded light model (loaded once), a scripted engine."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
@@ -11,9 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from krishna_ai.generation import ChatEngine, Reply, ReplyStats, SamplingParams
+from krishna_ai.runtime.engine import Completion, Engine, EngineInfo, Reply, ReplyStats
+from krishna_ai.runtime.hf import HFEngine
+from krishna_ai.sampling import SamplingParams
 
 REPO = Path(__file__).resolve().parent.parent
+TEST_CACHE = Path(os.environ.get("KRISHNA_AI_TEST_CACHE") or REPO / ".test-cache")
+"""The tests' own cache (converted light model, merged adapters, GGUF LoRAs): never the user's ~/.cache.
+Kept between runs of one checkout, so the light model is converted once per checkout."""
+
+
+os.environ["KRISHNA_AI_CACHE"] = str(TEST_CACHE)  # before any session fixture loads a model
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(monkeypatch):
+    """Every test writes caches under TEST_CACHE (a test may point KRISHNA_AI_CACHE at its tmp_path)."""
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(TEST_CACHE))
+    yield
 
 
 def free_port() -> int:
@@ -53,7 +69,7 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, log: Path |
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             output = log.read_text()[-3000:] if log else (proc.stdout.read() if proc.stdout else "")
-            pytest.fail(f"{proc.args} exited with {proc.returncode} before listening:\n{output}")
+            pytest.fail(f"{proc.args!r} exited with {proc.returncode} before listening:\n{output!s}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -80,11 +96,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def light_engine() -> ChatEngine:
+def light_engine() -> HFEngine:
     """The real Gemma 3 270M light tier (converted once into the user cache, then loaded)."""
-    from krishna_ai.models import load_model
+    from krishna_ai.runtime.weights import load_model
 
-    return ChatEngine(load_model("light"))
+    return HFEngine(load_model("light"))
 
 
 @pytest.fixture(scope="session")
@@ -106,30 +122,43 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-class _Loaded:
-    def __init__(self, name: str, multimodal: bool):
-        self.name = name
-        self.multimodal = multimodal
-
-
 class ScriptedEngine:
-    """Stands in for ChatEngine in UI tests: replies with scripted chunks, honours stop, records calls."""
+    """Stands in for a model engine in UI tests (the full `Engine` Protocol, checked by mypy): replies with
+    scripted chunks, honours stop, records calls, and can fail mid-reply."""
 
     def __init__(self, chunks: list[str] | None = None, *, delay: float = 0.0, name: str = "scripted",
-                 multimodal: bool = False, fail_after: int | None = None):
+                 multimodal: bool = False, fail_after: int | None = None, ends: bool = True):
         self.chunks = chunks or ["Partha, ", "act ", "without ", "fear."]
         self.delay = delay
-        self.loaded = _Loaded(name, multimodal)
+        self._info = EngineInfo(name=name, backend="scripted", family="other", multimodal=multimodal,
+                                context_length=8192)
         self.fail_after = fail_after
-        self.calls: list[tuple[list, SamplingParams]] = []
+        self.ends = ends
+        self.calls: list[tuple[list, SamplingParams | None]] = []
         self.produced = 0
 
     @property
-    def name(self) -> str:
-        return self.loaded.name
+    def info(self) -> EngineInfo:
+        return self._info
 
-    def generate_batch(self, conversations, params=None) -> list[str]:
-        return [self.stream(c, params).read() for c in conversations]
+    @property
+    def name(self) -> str:
+        return self._info.name
+
+    def count_tokens(self, messages) -> int:
+        return len(str(messages)) // 4
+
+    def check_slice(self, name: str) -> None:
+        from krishna_ai.errors import ConfigError
+
+        raise ConfigError(f"the scripted engine runs no slices (asked for {name!r})")
+
+    def generate_batch(self, conversations, params=None) -> list[Completion]:
+        out = []
+        for c in conversations:
+            reply = self.stream(c, params)
+            out.append(Completion(reply.read(), reply.stats.finish_reason or "max_tokens", reply.stats.tokens))
+        return out
 
     def stream(self, messages, params=None, stop_event=None, *, slice=None) -> Reply:
         stop_event = stop_event or threading.Event()
@@ -138,20 +167,26 @@ class ScriptedEngine:
 
         def gen() -> Iterator[str]:
             start = time.perf_counter()
-            for i, chunk in enumerate(self.chunks):
-                if stop_event.is_set():
-                    stats.stopped = True
-                    break
-                if self.fail_after is not None and i == self.fail_after:
-                    from krishna_ai.errors import GenerationError
+            stopped = failed = False
+            try:
+                for i, chunk in enumerate(self.chunks):
+                    if stop_event.is_set():
+                        stopped = True
+                        break
+                    if self.fail_after is not None and i == self.fail_after:
+                        from krishna_ai.errors import GenerationError
 
-                    raise GenerationError("scripted failure")
-                time.sleep(self.delay)
-                self.produced += 1
-                stats.tokens += 1
-                stats.ttft_s = stats.ttft_s or time.perf_counter() - start
-                yield chunk
-            stats.total_s = time.perf_counter() - start
+                        failed = True
+                        raise GenerationError("scripted failure")
+                    time.sleep(self.delay)
+                    self.produced += 1
+                    stats.tokens += 1
+                    stats.ttft_s = stats.ttft_s or time.perf_counter() - start
+                    yield chunk
+            finally:
+                stopped = stopped or stop_event.is_set()
+                stats.finish(stopped=stopped, ended=self.ends and not stopped and not failed, failed=failed,
+                             total_s=time.perf_counter() - start)
 
         return Reply(gen(), stop_event, stats)
 
@@ -159,3 +194,8 @@ class ScriptedEngine:
 @pytest.fixture
 def scripted():
     return ScriptedEngine
+
+
+def _satisfies_protocol() -> Engine:
+    """mypy (in CI) checks the fake against the Engine Protocol here, as it checks both real engines."""
+    return ScriptedEngine()

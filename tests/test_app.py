@@ -134,7 +134,8 @@ def test_share_without_auth_warns(monkeypatch, capsys):
     assert launched["share"] is True and launched["auth"] is None
     assert "WARNING" in capsys.readouterr().err
     app.main(["--auth", "u:p"])
-    assert launched["auth"] == ("u", "p")
+    guard = launched["auth"]
+    assert guard("u", "p") is True and guard.delay_for(0) == 0.0
 
 
 def test_persona_adapter_is_used_on_its_tier_only(scripted):

@@ -19,12 +19,12 @@ from gradio_client import handle_file
 from PIL import Image
 
 from krishna_ai.cli import main as cli
-from krishna_ai.generation import ChatEngine
-from krishna_ai.models import load_model
 from krishna_ai.personas import load_personas
+from krishna_ai.runtime.hf import HFEngine
+from krishna_ai.runtime.weights import load_model
 from krishna_ai.studio import Studio
 from krishna_ai.ui import build_demo
-from tests.conftest import serve
+from tests.conftest import REPO, serve
 
 pytestmark = pytest.mark.slow
 
@@ -104,14 +104,14 @@ CHAT_CASES: list[tuple[str, Chat, str | None]] = [
 
 @pytest.fixture(scope="module")
 def server(light_engine, tiny_dir):
-    tiny = ChatEngine(load_model(str(tiny_dir), dtype="float32", quantize="none"))
+    tiny = HFEngine(load_model(str(tiny_dir), dtype="float32", quantize="none"))
 
     def loader(spec, adapter):
         if spec == "tiny":
             return tiny
         if spec == "light":
             return light_engine
-        return ChatEngine(load_model(spec, adapter=adapter))
+        return HFEngine(load_model(spec, adapter=adapter))
 
     demo = build_demo(Studio(load_personas(), loader=loader))
     yield serve(demo, max_file_size="20mb")[1]
@@ -253,3 +253,25 @@ def test_file_bad_input(tmp_path, capsys, case, make, error):
 
 def test_the_table_has_at_least_25_cases():
     assert len(CHAT_CASES) + len(FILE_CASES) + 1 >= 25
+
+
+@pytest.mark.parametrize("damage", [b"\xff" * 64, b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}"],
+                         ids=["garbage", "empty", "bad-header"])
+def test_a_corrupt_adapter_is_refused_with_the_file_named_wherever_adapters_load(tmp_path, damage):
+    import shutil
+
+    from krishna_ai import merge as merge_mod
+    from krishna_ai.errors import ModelUnavailable
+    from krishna_ai.runtime.load import load_engine
+
+    bad = tmp_path / "adapter"
+    shutil.copytree(REPO / "adapters" / "krishna-light", bad)
+    (bad / "adapter_model.safetensors").write_bytes(damage)
+    expected = f"{bad / 'adapter_model.safetensors'} is damaged or not a safetensors file"
+    with pytest.raises(ModelUnavailable, match="damaged or not a safetensors file") as exc:
+        load_engine("light", bad)  # --adapter, and a persona's adapters (the Studio loads through this)
+    assert expected in str(exc.value)
+    out = tmp_path / "merged"
+    with pytest.raises(ModelUnavailable, match="damaged or not a safetensors file"):
+        merge_mod.merge("light", bad, out)
+    assert not out.exists()  # the merge leaves nothing behind

@@ -16,6 +16,7 @@ from krishna_ai.data import (
     persona_conversations,
 )
 from krishna_ai.errors import DataError
+from krishna_ai.knowledge import load_bank
 from krishna_ai.personas import load_personas
 from krishna_ai.style import check_reply
 from tests.conftest import REPO
@@ -97,28 +98,44 @@ def test_shipped_krishna_dataset_is_sound():
     assert len(train) >= 200 and len(held) == 50
     train_q = {r["question"].strip().lower() for r in train}
     assert not any(h["question"].strip().lower() in train_q for h in held)
-    assert len({r["personality"] for r in train}) >= 40
+    bank = load_bank(k.knowledge.bank)
+    assert len({r["card"] for r in train}) >= 40  # many different stories, each one a card retold
     bad = [(r["question"], [str(v) for v in check_reply(r["answer"], k)]) for r in train if check_reply(r["answer"], k)]
     assert not bad, bad[:3]
+    for r in train:  # the story a model learns is exactly its card: it learns to retell, not to recall
+        assert r["answer"].split("\n\n", 1)[1] == bank.card(r["card"]).text
     convs = persona_conversations(k, train[:2])
-    assert convs[0][0]["role"] == "system" and train[0]["personality"] in convs[0][0]["content"]
+    card = bank.card(train[0]["card"])
+    assert convs[0][0]["role"] == "system" and card.text in convs[0][0]["content"]
+    assert f"about {card.person}" in convs[0][0]["content"]
 
 
-@pytest.mark.parametrize("name", ["maize", "aurora"])
+@pytest.mark.parametrize("name", ["maize", "aurora", "pet"])
 def test_shipped_small_sets(name):
     persona = load_personas()[name]
     train = load_persona_source(REPO / f"data/{name}/train.jsonl")
     held = load_persona_source(REPO / f"data/{name}/heldout.jsonl")
-    assert len(train) >= 40 and len(held) >= 15
+    assert len(train) >= 100 and len(held) >= 15
+    train_q = {r["question"].strip().lower() for r in train}
+    assert not any(h["question"].strip().lower() in train_q for h in held)  # held-out stays apart
+    assert all(not check_reply(r["answer"], persona) for r in train), [
+        (r["question"], check_reply(r["answer"], persona)) for r in train if check_reply(r["answer"], persona)][:3]
     if name == "maize":
         assert {r["label"] for r in train} == set(persona.labels)
-        assert all(not check_reply(r["answer"], persona) for r in train)
+    if persona.knowledge:  # every fact a training answer states is in the card its prompt shows
+        from krishna_ai.data import record_cards
+        from krishna_ai.evaluate import faithfulness
+
+        unfaithful = [(r["question"], faithfulness(persona, r["question"], r["answer"], record_cards(persona, r)))
+                      for r in train]
+        unfaithful = [u for u in unfaithful if not u[1][0]]
+        assert len(unfaithful) <= len(train) // 20, unfaithful[:5]
 
 
 def test_labels_only_on_assistant_tokens():
     from transformers import AutoTokenizer
 
-    from krishna_ai.light import ensure_light_checkpoint
+    from krishna_ai.runtime.light import ensure_light_checkpoint
 
     tok = AutoTokenizer.from_pretrained(ensure_light_checkpoint())
     msgs = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi there"},

@@ -9,8 +9,8 @@ import pytest
 from krishna_ai.cli import main as cli
 from krishna_ai.errors import DataError
 from krishna_ai.evaluate import evaluate, format_table, load_questions, parse_label, rules_for, split_spec
-from krishna_ai.generation import SamplingParams
 from krishna_ai.personas import load_personas
+from krishna_ai.sampling import SamplingParams
 
 P = load_personas()
 LABELS = P["maize"].labels
@@ -23,8 +23,9 @@ def test_parse_label():
 
 
 def test_rules_for_personas():
-    assert rules_for(P["krishna"]) == ["empty_reply", "missing_address", "forbidden_word", "sentence_count",
-                                       "missing_story", "verse_quote", "too_long"]
+    assert rules_for(P["krishna"]) == ["empty_reply", "not_ended", "leaked", "looped", "missing_address",
+                                       "forbidden_word", "sentence_count", "missing_story", "verse_quote",
+                                       "too_long"]
     assert "missing_diagnosis" in rules_for(P["maize"])
 
 
@@ -39,7 +40,36 @@ def test_evaluate_scores_compliance_rules_and_accuracy(scripted):
     assert res["rules"]["missing_diagnosis"] == 1.0
     assert [r["correct"] for r in res["replies"]] == [True, False]
     table = format_table([res])
-    assert "| scripted | 2 | 100% | 50% |" in table
+    assert table.splitlines()[0].startswith("| model | n | all rules met | ended | leaked | looped | faithful |")
+    assert "| scripted | 2 | 100% | 100% | 0% | 0% | " in table and "| 50% |" in table
+    assert "has diagnosis" in table.splitlines()[0] and "missing_diagnosis" not in table
+
+
+RUN_ON = ("Partha, act without fear. Let the fruit go.\n\nThomas Edison kept working on his lamp for years "
+          "and did not give up when his tests failed again and again in the workshop.\n\n"
+          "Partha, act without fear. Let the fruit go.")
+
+
+@pytest.mark.parametrize("chunks, ends, broken", [
+    (["Partha, act without fear. Let the fruit go.\n\nThomas Edison kept working on his lamp for years and did "
+      "not give up when his tests failed again and again."], True, set()),
+    ([RUN_ON], True, {"leaked"}),  # a second reply in the text (its sentences are too short to count as a loop)
+    (["Partha, act without fear. Let the fruit go. stepToken"], True, {"leaked"}),
+    (["Partha, be calm. He was a great warrior of the land. He was a great warrior of the land."], True,
+     {"looped"}),
+    (["Partha, act without fear. Let the fruit go."], False, {"not_ended"}),  # cut at max_new_tokens
+])
+def test_evaluate_counts_ended_leaked_looped(scripted, chunks, ends, broken):
+    res = evaluate(scripted(chunks, ends=ends), P["krishna"], [{"question": "I am afraid."}],
+                   SamplingParams(temperature=0.0), progress=False)
+    row = res["replies"][0]
+    assert row["ended"] is ends and res["ended"] == float(ends)
+    assert row["leaked"] is ("leaked" in broken) and res["leaked"] == float("leaked" in broken)
+    assert row["looped"] is ("looped" in broken) and res["looped"] == float("looped" in broken)
+    for rule in ("not_ended", "leaked", "looped"):
+        assert res["rules"][rule] == (0.0 if rule in broken else 1.0)
+    if broken:
+        assert not row["ok"] and res["compliance"] == 0.0
 
 
 def test_load_questions(tmp_path):
@@ -52,6 +82,9 @@ def test_load_questions(tmp_path):
         load_questions(bad)
     assert "q.jsonl:2" in str(exc.value) and "q.jsonl:3" in str(exc.value)
     assert split_spec("light@runs/a") == ("light", "runs/a") and split_spec("e4b") == ("e4b", None)
+    # A bare tier is evaluated as the app serves it: with the persona's adapter; @none is the baseline.
+    k = P["krishna"]
+    assert split_spec("light", k) == ("light", k.adapters["light"]) and split_spec("light@none", k) == ("light", None)
 
 
 @pytest.mark.slow

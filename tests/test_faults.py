@@ -105,7 +105,7 @@ def test_merge_cut_short_leaves_no_complete_looking_folder(tmp_path, monkeypatch
     def boom(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C halfway
 
-    monkeypatch.setattr("krishna_ai.models.merge_adapter", boom)
+    monkeypatch.setattr("krishna_ai.runtime.weights.merge_adapter", boom)
     with pytest.raises(KeyboardInterrupt):
         merge_mod.merge("light", REPO / "adapters" / "krishna-light", out)
     assert not out.exists() and not list(tmp_path.iterdir())

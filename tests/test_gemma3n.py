@@ -1,7 +1,7 @@
 """Gemma 3n through the app's own code path, on a tiny random E4B-shaped checkpoint built once per session.
 
 No Gemma 3n weights are reachable here, so `krishna_ai.tiny` builds one from the real transformers
-config classes; everything else (load_model, 4-bit, adapter merge, processor, ChatEngine, Studio, the
+config classes; everything else (load_model, 4-bit, adapter merge, processor, HFEngine, Studio, the
 Gradio server) is the code that serves `google/gemma-3n-*`.
 """
 
@@ -17,11 +17,13 @@ import torch
 from PIL import Image
 
 from krishna_ai.errors import ImageError
-from krishna_ai.generation import ChatEngine, SamplingParams
-from krishna_ai.models import SKIP_4BIT, load_model
 from krishna_ai.personas import load_personas
 from krishna_ai.prompting import build_messages
-from krishna_ai.studio import Studio, default_loader
+from krishna_ai.runtime.hf import HFEngine
+from krishna_ai.runtime.weights import SKIP_4BIT, load_model
+from krishna_ai.sampling import SamplingParams
+from krishna_ai.runtime.load import load_engine as default_loader
+from krishna_ai.studio import Studio
 from krishna_ai.tiny import IMAGE_SOFT_TOKENS, SPECIAL_TOKENS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -34,8 +36,8 @@ E4B_LAYER_TYPES = ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention"
 
 
 @pytest.fixture(scope="module")
-def fp32_engine(tiny_dir) -> ChatEngine:
-    return ChatEngine(load_model(str(tiny_dir), dtype="float32", quantize="none"))
+def fp32_engine(tiny_dir) -> HFEngine:
+    return HFEngine(load_model(str(tiny_dir), dtype="float32", quantize="none"))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def _messages(persona_id: str = "maize", text: str = "What is wrong with this le
     return build_messages(persona, [], text, image=image)
 
 
-def _stream(engine: ChatEngine, messages) -> list[str]:
+def _stream(engine: HFEngine, messages) -> list[str]:
     reply = engine.stream(messages, GREEDY)
     chunks = list(reply)
     assert reply.stats.tokens >= 2 and reply.text == "".join(chunks)
@@ -142,7 +144,7 @@ def test_4bit_engine_on_cpu_streams_text_and_image_replies(tiny_dir, leaf):
 
     from krishna_ai.images import load_image
 
-    engine = ChatEngine(load_model(str(tiny_dir), quantize="4bit", device="cpu"))
+    engine = HFEngine(load_model(str(tiny_dir), quantize="4bit", device="cpu"))
     model = engine.loaded.model
     assert engine.loaded.quantized and engine.loaded.multimodal
     quantised = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -157,7 +159,7 @@ def test_text_only_load_of_the_multimodal_checkpoint(tiny_dir, fp32_engine, leaf
 
     loaded = load_model(str(tiny_dir), text_only=True, dtype="float32", quantize="none")
     assert isinstance(loaded.model, Gemma3nForCausalLM) and loaded.processor is None and not loaded.multimodal
-    engine = ChatEngine(loaded)
+    engine = HFEngine(loaded)
     messages = _messages("krishna", "Who are you?")
     with torch.no_grad():
         text_logits = loaded.model(**engine.encode(messages)).logits
@@ -189,7 +191,7 @@ def test_adapter_merged_at_load_equals_peft_merge_and_unload(tiny_dir, adapter, 
     adapter_dir, reference = adapter
     loaded = load_model(str(tiny_dir), adapter=adapter_dir, dtype="float32", quantize="none")
     assert loaded.adapter == str(adapter_dir) and loaded.multimodal
-    inputs = ChatEngine(loaded).encode(_messages("krishna", "Tell me about duty."))
+    inputs = HFEngine(loaded).encode(_messages("krishna", "Tell me about duty."))
     with torch.no_grad():
         merged = loaded.model(**inputs).logits
         expected = reference(**inputs).logits
@@ -202,10 +204,10 @@ def test_4bit_with_adapter_merges_in_bf16_into_a_cache_first(tiny_dir, adapter, 
                                                               monkeypatch):
     from safetensors.torch import load_file
 
-    from krishna_ai.models import merged_cache_dir
+    from krishna_ai.runtime.weights import merged_cache_dir
 
     adapter_dir, reference = adapter
-    monkeypatch.setattr("krishna_ai.light.cache_root", lambda: tmp_path)
+    monkeypatch.setattr("krishna_ai.runtime.weights.cache_root", lambda: tmp_path)
     loaded = load_model(str(tiny_dir), adapter=adapter_dir, quantize="4bit", device="cpu")
     cache = merged_cache_dir(str(tiny_dir), adapter_dir)
     assert loaded.quantized and loaded.notes == [f"adapter merged in bf16 and cached at {cache}"]
@@ -218,15 +220,17 @@ def test_4bit_with_adapter_merges_in_bf16_into_a_cache_first(tiny_dir, adapter, 
         assert merged.dtype == torch.bfloat16
         error = (merged.float() - expected).abs().max()
         assert error < 0.02 * expected.abs().max() < (expected - base[name]).abs().max()
-    assert len(_stream(ChatEngine(loaded), _messages("krishna", "Hello"))) >= 1
+    assert len(_stream(HFEngine(loaded), _messages("krishna", "Hello"))) >= 1
 
 
 # -- Studio and the Gradio server -----------------------------------------------------------------
 def test_maize_persona_takes_a_leaf_photo_on_the_gemma3n_tier(fp32_engine, leaf):
     studio = Studio(load_personas(), loader=lambda spec, adapter: fp32_engine)
-    reply, persona, _ = studio.start_reply("maize", [], "Which disease is this?", image=leaf,
-                                           temperature=0.0, max_new_tokens=6)
-    assert persona.accepts_images and len(list(reply)) >= 2 and reply.stats.prompt_tokens > IMAGE_SOFT_TOKENS
+    started = studio.start_reply("maize", [], "Which disease is this?", image=leaf,
+                                 temperature=0.0, max_new_tokens=6)
+    reply = started.reply
+    assert started.persona.accepts_images and len(list(reply)) >= 2
+    assert reply.stats.prompt_tokens > IMAGE_SOFT_TOKENS
     updates = list(studio.chat("maize", [], "", image=str(leaf), temperature=0.0, max_new_tokens=4))
     assert updates[-1].done and updates[-1].stats.tokens >= 1
     with pytest.raises(ImageError, match="does not take images"):
@@ -333,7 +337,7 @@ def test_cli_writes_a_text_only_checkpoint_that_load_model_reads(tmp_path, capsy
 
     loaded = load_model(str(out), quantize="none")
     assert isinstance(loaded.model, Gemma3nForCausalLM) and not loaded.multimodal
-    assert len(_stream(ChatEngine(loaded), _messages("krishna", "Hello"))) >= 1
+    assert len(_stream(HFEngine(loaded), _messages("krishna", "Hello"))) >= 1
     # a folder that is not an earlier tiny build is never overwritten
     assert main(["tiny-gemma3n", "--out", str(tmp_path), "--text-only"]) == 2
     assert "not an earlier tiny Gemma 3n build" in capsys.readouterr().err
@@ -346,7 +350,7 @@ def test_4bit_engine_on_cuda(tiny_dir, leaf):
 
     loaded = load_model(str(tiny_dir), quantize="auto")  # auto = 4-bit for Gemma 3n on CUDA
     assert loaded.quantized and loaded.model.device.type == "cuda"
-    engine = ChatEngine(loaded)
+    engine = HFEngine(loaded)
     assert len(_stream(engine, _messages("krishna", "I failed my exam."))) >= 2
     assert len(_stream(engine, _messages(image=load_image(leaf)))) >= 2
 
@@ -366,7 +370,7 @@ def test_live_slice_per_reply_matches_the_slice_on_disk(tiny_dir, fp32_engine, t
 
     out = tmp_path / "e2b"
     assert cli(["slice", "--src", str(tiny_dir), "--out", str(out), "--config", "e2b"]) == 0
-    disk = ChatEngine(load_model(str(out), dtype="float32", quantize="none"))
+    disk = HFEngine(load_model(str(out), dtype="float32", quantize="none"))
     assert disk.stream(msgs, GREEDY).read() == live_text
     assert fp32_engine.stream(msgs, GREEDY).read() == full_text
     with pytest.raises(ConfigError, match="unknown"):

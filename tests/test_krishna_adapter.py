@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from krishna_ai.generation import ChatEngine, SamplingParams
-from krishna_ai.models import load_model
 from krishna_ai.personas import load_personas
 from krishna_ai.prompting import build_messages
+from krishna_ai.runtime.hf import HFEngine
+from krishna_ai.runtime.weights import load_model
+from krishna_ai.sampling import SamplingParams
 from krishna_ai.style import check_reply
 from tests.conftest import REPO
 
@@ -30,7 +31,7 @@ def test_fine_tuned_light_tier_follows_the_krishna_style(light_engine):
     held = [json.loads(line)["question"] for line in (REPO / "data/krishna/heldout.jsonl").read_text().splitlines()]
     convs = [build_messages(k, [], q, personality=p) for q, p in zip(held[:4], k.personalities, strict=False)]
     greedy = SamplingParams(temperature=0.0, max_new_tokens=256)
-    tuned = ChatEngine(load_model("light", adapter=ADAPTER)).generate_batch(convs, greedy)
+    tuned = HFEngine(load_model("light", adapter=ADAPTER)).generate_batch(convs, greedy)
     base = light_engine.generate_batch(convs, greedy)
     ok_tuned = sum(not check_reply(r, k) for r in tuned)
     ok_base = sum(not check_reply(r, k) for r in base)

@@ -8,11 +8,11 @@ import time
 import pytest
 
 from krishna_ai.errors import GenerationError, ImageError, ModelUnavailable
-from krishna_ai.generation import SamplingParams
-from krishna_ai.light import is_complete, light_dir
-from krishna_ai.models import load_model
 from krishna_ai.personas import load_personas
 from krishna_ai.prompting import build_messages
+from krishna_ai.runtime.light import is_complete, light_dir
+from krishna_ai.runtime.weights import load_model
+from krishna_ai.sampling import SamplingParams
 from tests.conftest import fail_forward_on_call
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
 
 def plain(engine, prompt: str, params: SamplingParams = GREEDY):
     """A raw continuation (no chat turns) through the engine's generation loop."""
-    from krishna_ai.generation import Reply, ReplyStats
+    from krishna_ai.runtime.engine import Reply, ReplyStats
 
     inputs = engine.loaded.tokenizer(prompt, return_tensors="pt")
     event = threading.Event()

@@ -8,10 +8,11 @@ import time
 import pytest
 
 from krishna_ai.errors import ConfigError, ImageError, ModelUnavailable
-from krishna_ai.generation import SamplingParams
-from krishna_ai.models import is_gguf_spec, load_model
 from krishna_ai.personas import load_personas
 from krishna_ai.prompting import build_messages
+from krishna_ai.runtime.tiers import is_gguf_spec
+from krishna_ai.runtime.weights import load_model
+from krishna_ai.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
 
@@ -23,7 +24,7 @@ def test_gguf_specs_are_recognised_and_refused_by_transformers(tmp_path):
 
 
 def test_thread_count_from_the_environment(monkeypatch):
-    from krishna_ai.llamacpp import THREADS_ENV, default_threads
+    from krishna_ai.runtime.llamacpp import THREADS_ENV, default_threads
 
     monkeypatch.delenv(THREADS_ENV, raising=False)
     cores = default_threads()
@@ -37,7 +38,7 @@ def test_thread_count_from_the_environment(monkeypatch):
 
 
 def test_adapter_with_a_gguf_tier_is_a_clear_error(tmp_path):
-    from krishna_ai.studio import default_loader
+    from krishna_ai.runtime.load import load_engine as default_loader
 
     with pytest.raises(ModelUnavailable, match="merge.*export gguf"):
         default_loader("light-gguf", str(tmp_path))
@@ -45,7 +46,7 @@ def test_adapter_with_a_gguf_tier_is_a_clear_error(tmp_path):
 
 def test_a_file_that_is_not_gguf_is_refused(tmp_path):
     pytest.importorskip("llama_cpp")
-    from krishna_ai.llamacpp import load_gguf
+    from krishna_ai.runtime.llamacpp import load_gguf
 
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"not a gguf file")
@@ -58,15 +59,17 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def gguf_engine():
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install -r requirements-llamacpp.txt)")
-    from krishna_ai.llamacpp import load_gguf_engine
+    from krishna_ai.runtime.llamacpp import load_gguf
 
-    return load_gguf_engine("light-gguf")
+    return load_gguf("light-gguf")
 
 
 def test_loaded_model_describes_itself(gguf_engine):
-    loaded = gguf_engine.loaded
-    assert gguf_engine.name == "light-gguf" and loaded.family == "gemma3" and not loaded.multimodal
-    assert loaded.context_length == 8192 and len(gguf_engine.stop_token_ids) == 2
+    info = gguf_engine.info
+    assert gguf_engine.name == "light-gguf" and info.family == "gemma3" and not info.multimodal
+    assert info.backend == "llama.cpp" and not info.live_slices
+    # EOS, <end_of_turn> and <start_of_turn>: a run-on second turn is never generated.
+    assert info.context_length == 8192 and len(gguf_engine.stop_token_ids) == 3
 
 
 def test_greedy_factual_continuation(gguf_engine):
@@ -85,7 +88,8 @@ def test_chat_streams_chunks_with_stats(gguf_engine):
     # greedy is deterministic, and generate_batch gives the same text
     again = gguf_engine.stream(msgs, SamplingParams(temperature=0.0, max_new_tokens=16)).read()
     assert again == reply.text
-    assert gguf_engine.generate_batch([msgs], SamplingParams(temperature=0.0, max_new_tokens=16)) == [again.strip()]
+    assert [c.text for c in gguf_engine.generate_batch([msgs], SamplingParams(temperature=0.0, max_new_tokens=16))] == [
+        again.strip()]
 
 
 def test_sampling_is_seeded(gguf_engine):
@@ -135,7 +139,8 @@ def test_chat_endpoint_with_light_gguf(gguf_engine):
 
     from gradio_client import Client
 
-    from krishna_ai.studio import Studio, default_loader
+    from krishna_ai.runtime.load import load_engine as default_loader
+    from krishna_ai.studio import Studio
     from krishna_ai.ui import build_demo
 
     loaded: list[str] = []
@@ -163,9 +168,9 @@ def test_chat_endpoint_with_light_gguf(gguf_engine):
 
 
 def test_default_loader_dispatches_gguf_to_llama_cpp(gguf_engine):
-    from krishna_ai.light import light_gguf
-    from krishna_ai.llamacpp import LlamaCppEngine
-    from krishna_ai.studio import default_loader
+    from krishna_ai.runtime.light import light_gguf
+    from krishna_ai.runtime.llamacpp import LlamaCppEngine
+    from krishna_ai.runtime.load import load_engine as default_loader
 
     engine = default_loader(str(light_gguf()), None)  # --model path/to/file.gguf
     assert isinstance(engine, LlamaCppEngine) and engine.name.endswith(".gguf")

@@ -17,11 +17,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from krishna_ai import matformer
 from krishna_ai.cli import main
-from krishna_ai.elastic import restore_full, switch_slice
 from krishna_ai.errors import ConfigError
-from krishna_ai.matformer import ParentShape, load_slice_config, plan_slice, resolve, slice_checkpoint
+from krishna_ai.matformer import ParentShape, load_slice_config, plan_slice, resolve, shards, slice_checkpoint
+from krishna_ai.matformer.elastic import restore_full, switch_slice
 
 E2B_SKIP = [20, 21, 22, 23, 24]
 TOWERS = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.", "model.embed_audio.")
@@ -212,7 +211,7 @@ def test_text_only_parents_and_the_4_53_projection_name(parents, tmp_path, monke
     slice_checkpoint(parents["mm"], tmp_path / "from-mm", "e2b", text_only=True, progress=False)
     expected = _tensors(tmp_path / "from-mm")
     assert "model.per_layer_model_projection.weight" in expected
-    monkeypatch.setattr(matformer, "CHUNK_BYTES", 3000)  # every 2-D tensor now streams in many row blocks
+    monkeypatch.setattr(shards, "CHUNK_BYTES", 3000)  # every 2-D tensor now streams in many row blocks
     for kind in ("text", "old"):
         slice_checkpoint(parents[kind], tmp_path / kind, "e2b", progress=False)
         got = _tensors(tmp_path / kind)
@@ -291,7 +290,7 @@ def test_a_child_transformers_cannot_load_is_refused_and_nothing_is_left(parents
 
 
 def test_interrupted_slice_leaves_nothing_that_looks_complete(parents, monkeypatch, tmp_path):
-    real_chunks, calls = matformer._chunks, []
+    real_chunks, calls = shards._chunks, []
 
     def failing(handle, plan):
         calls.append(plan.name)
@@ -299,19 +298,19 @@ def test_interrupted_slice_leaves_nothing_that_looks_complete(parents, monkeypat
             raise RuntimeError("disk full (injected)")
         yield from real_chunks(handle, plan)
 
-    monkeypatch.setattr(matformer, "_chunks", failing)
+    monkeypatch.setattr(shards, "_chunks", failing)
     out = tmp_path / "child"
     with pytest.raises(RuntimeError, match="injected"):
         slice_checkpoint(parents["mm"], out, "e2b", max_shard_size="5MB", progress=False)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
-    # Even a run killed before it can clean up leaves only a hidden partial folder without config.json
+    # Even a run killed before it can clean up leaves only a partial folder without config.json
     calls.clear()
-    monkeypatch.setattr(matformer.shutil, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr("shutil.rmtree", lambda *a, **k: None)
     with pytest.raises(RuntimeError):
         slice_checkpoint(parents["mm"], out, "e2b", max_shard_size="5MB", progress=False)
     (left,) = tmp_path.iterdir()
-    assert not out.exists() and left.name.startswith(".child.partial-")
+    assert not out.exists() and left.name.startswith("child.partial-")
     assert not (left / "config.json").exists() and not (left / "model.safetensors.index.json").exists()
 
 
@@ -367,8 +366,8 @@ def test_slice_cli(parents, tmp_path, capsys):
 def test_live_switch_refuses_wrapped_ffns_and_leaves_the_model_untouched():
     from transformers import Gemma3nForCausalLM
 
-    from krishna_ai.elastic import current_slice
     from krishna_ai.matformer import SliceConfig
+    from krishna_ai.matformer.elastic import current_slice
     from krishna_ai.tiny import tiny_text_config
 
     model = Gemma3nForCausalLM(tiny_text_config(layers=5)).eval()

@@ -1,17 +1,22 @@
 import pytest
 
 from krishna_ai.errors import GenerationError
+from krishna_ai.knowledge import load_bank
 from krishna_ai.personas import load_personas
 from krishna_ai.prompting import build_messages, clean_history, fit_history, render_gemma_turns, system_text
 
 K = load_personas()["krishna"]
 
 
-def test_system_text_has_prompt_rules_and_story():
-    text = system_text(K, "Marie Curie")
+def test_system_text_has_prompt_rules_and_the_card_to_retell():
+    card = load_bank(K.knowledge.bank).card("curie-pierre-death")
+    text = system_text(K, "Marie Curie", [card])
     assert text.startswith(K.system_prompt.strip())
     assert "Rules:\n- Address the seeker as Partha" in text
-    assert "about Marie Curie" in text
+    assert "about Marie Curie" in text and card.text in text
+    # No card fits: counsel only, and no story instruction that would invite an invented one.
+    bare = system_text(K, "Marie Curie", [])
+    assert "Tell no story" in bare and "retell" not in bare
 
 
 def test_build_messages_drops_greeting_and_renders_gemma_turns():

@@ -67,8 +67,8 @@ def test_dry_run_writes_the_exact_upload_folder(merged, eval_json, tmp_path, cap
 
 
 def test_adapter_card_and_default_recipe(tmp_path):
-    from krishna_ai.light import light_dir
     from krishna_ai.push import push
+    from krishna_ai.runtime.light import light_dir
 
     run = tmp_path / "run"
     adapter = run / "adapter"

@@ -78,8 +78,8 @@ def test_merge_matches_peft_and_is_atomic(dataset, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from krishna_ai.light import ensure_light_checkpoint
-    from krishna_ai.models import load_model
+    from krishna_ai.runtime.light import ensure_light_checkpoint
+    from krishna_ai.runtime.weights import load_model
 
     run = tmp_path / "run"
     main(recipe(dataset, run, max_steps=2), progress=False)

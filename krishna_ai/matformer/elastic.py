@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from krishna_ai.errors import ConfigError
-from krishna_ai.matformer import ParentShape, Resolved, SliceConfig, load_slice_config, resolve
+from krishna_ai.matformer.config import ParentShape, Resolved, SliceConfig, load_slice_config, resolve
 
 _STATE = "_krishna_elastic"
 _CONFIG_FIELDS = ("num_hidden_layers", "intermediate_size", "num_kv_shared_layers", "activation_sparsity_pattern",

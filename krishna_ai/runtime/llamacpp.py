@@ -1,9 +1,7 @@
-"""The llama.cpp backend for GGUF tiers: `light-gguf` (the packaged Q4_K_M file) and `--model FILE.gguf`.
+"""The llama.cpp engine for GGUF tiers: `light-gguf` (the packaged Q4_K_M file) and `--model FILE.gguf`.
 
-`LlamaCppEngine` has the interface of `ChatEngine` that the Studio, the CLI and evaluation use:
-`.loaded` (name, family, multimodal=False, context_length), `.name`, `stream(messages, params,
-stop_event, *, slice=None) -> Reply` with its `ReplyStats`, `generate_batch`, `count_tokens`/`fit`.
-Prompts are Gemma's turn format (`render_gemma_turns`), generation stops at `<end_of_turn>` or EOS.
+It satisfies `runtime.engine.Engine`. Prompts are Gemma's turn format (`render_gemma_turns`);
+generation stops at EOS or a turn marker.
 
 llama-cpp-python's token generator runs in the consumer's own iteration: no thread and no queue
 between the model and the reader, which is what keeps the per-token overhead at a few tens of
@@ -19,6 +17,7 @@ Needs `pip install -r requirements-llamacpp.txt` (llama-cpp-python, built from s
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import threading
 import time
@@ -26,12 +25,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from krishna_ai.errors import ConfigError, GenerationError, ImageError, ModelUnavailable
-from krishna_ai.generation import Reply, ReplyStats, SamplingParams
-from krishna_ai.models import GGUF_TIER, LoadedModel, image_tiers_hint, is_gguf_spec
-from krishna_ai.prompting import Message, fit_history, has_image, render_gemma_turns
+from krishna_ai.errors import ConfigError, GenerationError, ModelUnavailable
+from krishna_ai.prompting import Message, render_gemma_turns
+from krishna_ai.runtime.engine import (
+    Completion,
+    EngineInfo,
+    Reply,
+    ReplyStats,
+    family_of,
+    generation_failed,
+    prepare,
+    stop_token_ids,
+)
+from krishna_ai.runtime.tiers import GGUF_TIER
+from krishna_ai.sampling import SamplingParams
 
-__all__ = ["GGUF_TIER", "LlamaCppEngine", "is_gguf_spec", "load_gguf", "load_gguf_engine"]
 DEFAULT_N_CTX = 8192
 """Context allocated when the file allows more: Gemma 3 270M is trained for 32k, whose KV cache is 4× larger."""
 POLL_S = 0.05
@@ -57,16 +65,51 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _family(arch: str) -> str:
-    if arch.startswith("gemma3n"):
-        return "gemma3n"
-    return "gemma3" if arch.startswith("gemma3") else "other"
+EXTRA_BUFFERS_ENV = "KRISHNA_AI_LLAMA_EXTRA_BUFFERS"
+_PARAMS_LOCK = threading.Lock()
+
+
+def use_extra_buffers() -> bool:
+    """Whether llama.cpp may repack weights into its extra CPU buffer types (AMX, repacked quants).
+
+    Off on CPUs with AMX: there ggml's AMX path segfaults on the first decode of a Q4_K_M model
+    (llama.cpp #20824, reproduced here with the light tier's GGUF). $KRISHNA_AI_LLAMA_EXTRA_BUFFERS=1/0
+    overrides the detection."""
+    raw = os.environ.get(EXTRA_BUFFERS_ENV, "").strip()
+    if raw:
+        return raw not in ("0", "false", "no", "off")
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return " amx_int8" not in flags and " amx_tile" not in flags
+
+
+@contextlib.contextmanager
+def _model_params(*, extra_buffers: bool) -> Iterator[None]:
+    """llama-cpp-python's `Llama()` takes no `use_extra_bufts`: while one is built, its default model
+    params come with the flag set as asked."""
+    import llama_cpp.llama as llama_module
+
+    real = llama_module.llama_cpp.llama_model_default_params
+
+    def params() -> Any:
+        p = real()
+        p.use_extra_bufts = extra_buffers
+        return p
+
+    with _PARAMS_LOCK:
+        llama_module.llama_cpp.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            llama_module.llama_cpp.llama_model_default_params = real
 
 
 def resolve_gguf(spec: str) -> tuple[str, Path]:
     """(name, file) for `light-gguf` or a path to a .gguf file. Raises ModelUnavailable."""
     if spec == GGUF_TIER:
-        from krishna_ai.light import light_gguf
+        from krishna_ai.runtime.light import light_gguf
 
         return GGUF_TIER, light_gguf()
     path = Path(spec).expanduser()
@@ -79,7 +122,7 @@ def resolve_gguf(spec: str) -> tuple[str, Path]:
 
 
 def load_gguf(spec: str, *, adapter: str | os.PathLike[str] | None = None, n_ctx: int | None = None,
-              n_threads: int | None = None) -> LoadedModel:
+              n_threads: int | None = None) -> LlamaCppEngine:
     """Load a GGUF tier or file with llama.cpp. Raises ModelUnavailable with what to do."""
     if adapter:
         raise ModelUnavailable(
@@ -96,8 +139,9 @@ def load_gguf(spec: str, *, adapter: str | os.PathLike[str] | None = None, n_ctx
 
     def load(ctx: int) -> Any:
         try:
-            return llama_cpp.Llama(model_path=str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
-                                   verbose=False)
+            with _model_params(extra_buffers=use_extra_buffers()):
+                return llama_cpp.Llama(model_path=str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
+                                       verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelUnavailable(f"llama.cpp cannot load {path}: {exc}") from None
 
@@ -106,45 +150,45 @@ def load_gguf(spec: str, *, adapter: str | os.PathLike[str] | None = None, n_ctx
     trained = int(llm.metadata.get(f"{arch}.context_length", 0) or 0)
     if not n_ctx and 0 < trained < DEFAULT_N_CTX:  # a model trained for less: allocate only that
         llm = load(trained)
-    n_ctx = llm.n_ctx()
-    family = _family(arch)
-    notes = [f"llama.cpp {llama_cpp.__version__}, {threads} threads, context {n_ctx}"]
+    family = family_of(arch)
+    notes = [f"llama.cpp {llama_cpp.__version__}, {threads} threads, context {llm.n_ctx()}"]
     if family == "other":
         notes.append(f"architecture {arch!r} is not Gemma: prompts still use Gemma's turn format")
-    return LoadedModel(model=llm, tokenizer=None, processor=None, family=family, name=name,  # type: ignore[arg-type]
-                       source=str(path), multimodal=False, context_length=n_ctx, quantized=True, notes=notes)
+    info = EngineInfo(name=name, backend="llama.cpp", family=family, multimodal=False,
+                      context_length=llm.n_ctx(), quantized=True, notes=tuple(notes))
+    return LlamaCppEngine(llm, info, source=path)
 
 
 class LlamaCppEngine:
-    """Wraps one llama.cpp model. `stream()` may be called from many threads; generation is serialised."""
+    """One llama.cpp model. `stream()` may be called from many threads; generation is serialised."""
 
-    def __init__(self, loaded: LoadedModel):
-        self.loaded = loaded
-        self.llm = loaded.model
+    def __init__(self, llm: Any, info: EngineInfo, source: Path | None = None):
+        self.llm = llm
+        self.source = source
+        self._info = info
         self._lock = threading.Lock()
-        stop = {self.llm.token_eos()}
-        end_of_turn = self.llm.tokenize(b"<end_of_turn>", add_bos=False, special=True)
-        if len(end_of_turn) == 1:
-            stop.add(end_of_turn[0])
-        self.stop_token_ids = sorted(t for t in stop if t is not None and t >= 0)
+
+        def lookup(token: str) -> int | None:
+            ids = llm.tokenize(token.encode(), add_bos=False, special=True)
+            return ids[0] if len(ids) == 1 else None
+
+        self.stop_token_ids = stop_token_ids(llm.token_eos(), lookup)
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
 
     @property
     def name(self) -> str:
-        return self.loaded.name
+        return self._info.name
 
     # -- prompt -----------------------------------------------------------------------------
     def tokenize(self, messages: list[Message]) -> list[int]:
         """BOS + Gemma's turn format, control tokens parsed (message text is sanitised upstream)."""
-        if has_image(messages):
-            raise ImageError(f"The model {self.name!r} reads text only. {image_tiers_hint()}")
-        return self.llm.tokenize(render_gemma_turns(messages).encode("utf-8"), add_bos=True, special=True)
+        return list(self.llm.tokenize(render_gemma_turns(messages).encode("utf-8"), add_bos=True, special=True))
 
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self.tokenize(messages))
-
-    def fit(self, messages: list[Message], max_new_tokens: int) -> list[Message]:
-        """Cut the oldest history so the prompt plus the reply fit the context."""
-        return fit_history(messages, self.count_tokens, self.loaded.context_length - max_new_tokens)
 
     def check_slice(self, name: str) -> None:
         raise ConfigError(f"{self.name!r} is a GGUF model run by llama.cpp, which cannot switch MatFormer slices "
@@ -156,11 +200,8 @@ class LlamaCppEngine:
                stop_event: threading.Event | None = None, *, slice: str | None = None) -> Reply:
         """Start a reply to `messages`; prompt errors are raised here, generation errors from the iterator."""
         started = time.perf_counter()
-        params = (params or SamplingParams()).validated()
-        if slice:
-            self.check_slice(slice)
-        tokens = self.tokenize(self.fit(messages, params.max_new_tokens))
-        return self._reply(tokens, params, stop_event, started)
+        messages, params = prepare(self, messages, params, slice)
+        return self._reply(self.tokenize(messages), params, stop_event, started)
 
     def complete(self, prompt: str, params: SamplingParams | None = None,
                  stop_event: threading.Event | None = None) -> Reply:
@@ -168,14 +209,21 @@ class LlamaCppEngine:
         started = time.perf_counter()
         params = (params or SamplingParams()).validated()
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-        if len(tokens) + params.max_new_tokens > self.loaded.context_length:
+        if len(tokens) + params.max_new_tokens > self._info.context_length:
             raise GenerationError(f"the prompt needs {len(tokens)} tokens; the context leaves "
-                                  f"{self.loaded.context_length - params.max_new_tokens}")
+                                  f"{self._info.context_length - params.max_new_tokens}")
         return self._reply(tokens, params, stop_event, started)
 
-    def generate_batch(self, conversations: list[list[Message]], params: SamplingParams | None = None) -> list[str]:
+    def generate_batch(self, conversations: list[list[Message]],
+                       params: SamplingParams | None = None) -> list[Completion]:
         """Replies to several conversations, one after the other (llama-cpp-python's API does not batch)."""
-        return [self.stream(c, params).read().strip() for c in conversations]
+        out = []
+        for conv in conversations:
+            reply = self.stream(conv, params)
+            text = reply.read().strip()
+            out.append(Completion(text=text, finish_reason=reply.stats.finish_reason or "max_tokens",
+                                  tokens=reply.stats.tokens))
+        return out
 
     def _reply(self, tokens: list[int], params: SamplingParams, stop_event: threading.Event | None,
                started: float) -> Reply:
@@ -195,7 +243,7 @@ class LlamaCppEngine:
         import llama_cpp
 
         llm, stop_ids = self.llm, set(self.stop_token_ids)
-        acquired = False
+        acquired = ended = failed = False
         try:
             while not (acquired := self._lock.acquire(timeout=POLL_S)):
                 if stop_event.is_set():  # stopped while another reply held the model
@@ -212,6 +260,7 @@ class LlamaCppEngine:
                         stats.ttft_s = time.perf_counter() - started
                     stats.tokens += 1
                     if token in stop_ids:
+                        ended = True
                         break
                     text = decoder.decode(llm.detokenize([token]))
                     if text:
@@ -223,17 +272,14 @@ class LlamaCppEngine:
             tail = decoder.decode(b"", final=True)
             if tail:
                 yield tail
-        except (GenerationError, GeneratorExit):
+        except GeneratorExit:
             raise
         except Exception as exc:  # noqa: BLE001 - one domain error for the edges
-            raise GenerationError(f"generation failed: {type(exc).__name__}: {exc}") from exc
+            failed = True
+            raise generation_failed(exc) from exc
         finally:
-            stats.stopped = stop_event.is_set()
+            stopped = stop_event.is_set()
             stop_event.set()
             if acquired:
                 self._lock.release()
-            stats.total_s = time.perf_counter() - started
-
-
-def load_gguf_engine(spec: str, adapter: str | os.PathLike[str] | None = None, **kwargs: Any) -> LlamaCppEngine:
-    return LlamaCppEngine(load_gguf(spec, adapter=adapter, **kwargs))
+            stats.finish(stopped=stopped, ended=ended, failed=failed, total_s=time.perf_counter() - started)

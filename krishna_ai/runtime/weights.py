@@ -1,4 +1,4 @@
-"""Model tiers and loading: the embedded light tier, Gemma 3n E2B/E4B, or any local folder / hub id.
+"""transformers weights: a tier, folder or hub id loaded in fp32/bf16 or 4-bit nf4, a LoRA adapter merged.
 
 One code path serves the real `google/gemma-3n-*` checkpoints and the tiny random ones the tests
 build: the family is read from `config.json`, never guessed from the name. Weights load from
@@ -9,33 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from krishna_ai.cache import atomic_dir, cache_root
 from krishna_ai.errors import ModelUnavailable
+from krishna_ai.runtime.engine import Family, family_of
+from krishna_ai.runtime.tiers import check_adapter, check_local_folder, resolve_source
 
 Quantize = Literal["auto", "4bit", "none"]
 DType = Literal["auto", "bfloat16", "float32"]
 
-
-@dataclass(frozen=True)
-class Tier:
-    id: str
-    label: str
-    source: str
-    """Hub id, or "embedded" for the packaged light model."""
-    multimodal: bool
-
-
-TIERS: dict[str, Tier] = {
-    "light": Tier("light", "Light · Gemma 3 270M (embedded, CPU)", "embedded", False),
-    "light-gguf": Tier("light-gguf", "Light · Gemma 3 270M Q4_K_M via llama.cpp (embedded, CPU, fastest)",
-                       "embedded GGUF, llama.cpp", False),
-    "e2b": Tier("e2b", "Gemma 3n E2B (google/gemma-3n-E2B-it)", "google/gemma-3n-E2B-it", True),
-    "e4b": Tier("e4b", "Gemma 3n E4B (google/gemma-3n-E4B-it)", "google/gemma-3n-E4B-it", True),
-}
 
 # Modules bitsandbytes must not quantise: AltUp's tiny routers/coefficient matrices have too few
 # output features for 4-bit blocks, and the output head stays in full precision.
@@ -47,7 +32,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     processor: Any | None
-    family: Literal["gemma3", "gemma3n", "other"]
+    family: Family
     name: str
     source: str
     multimodal: bool
@@ -67,61 +52,6 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def describe_tiers() -> str:
-    return ", ".join(f"{t.id} ({t.source})" for t in TIERS.values())
-
-
-def image_tiers_hint() -> str:
-    names = [t.id for t in TIERS.values() if t.multimodal]
-    return (f"Images work on the Gemma 3n tiers ({', '.join(names)}) or any Gemma 3n folder "
-            "loaded with --model.")
-
-
-GGUF_TIER = "light-gguf"
-
-
-def is_gguf_spec(spec: str | os.PathLike[str] | None) -> bool:
-    """True for the `light-gguf` tier and for paths ending in .gguf: models that llama.cpp runs."""
-    return spec is not None and (str(spec) == GGUF_TIER or str(spec).lower().endswith(".gguf"))
-
-
-def resolve_source(spec: str) -> tuple[str, str, bool]:
-    """Map a tier id / folder / hub id to (name, source, is_local). Raises ModelUnavailable."""
-    if is_gguf_spec(spec):
-        raise ModelUnavailable(
-            f"{spec!r} is a GGUF model: the app, `ask` and `eval` run it with llama.cpp, but this command needs "
-            "transformers weights (use the tier `light`, or the folder the GGUF was exported from)")
-    if spec == "light":
-        from krishna_ai.light import ensure_light_checkpoint
-
-        return "light", str(ensure_light_checkpoint()), True
-    if spec in TIERS:
-        return spec, TIERS[spec].source, False
-    path = Path(spec).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelUnavailable(f"model path {spec!r} is a file; give the folder that holds config.json")
-        return path.name, str(path), True
-    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
-    if looks_like_hub_id:
-        return spec, spec, False
-    raise ModelUnavailable(
-        f"no model {spec!r}: it is not a tier ({describe_tiers()}), not an existing folder, "
-        "and not a Hugging Face hub id (owner/name)"
-    )
-
-
-def check_local_folder(folder: Path) -> None:
-    if not (folder / "config.json").is_file():
-        raise ModelUnavailable(f"{folder} has no config.json: give a Hugging Face model folder")
-    if not any(folder.glob("*.safetensors")):
-        found = sorted(p.name for p in folder.glob("*.bin")) or ["no weight files"]
-        raise ModelUnavailable(
-            f"{folder} has no *.safetensors weights (found: {', '.join(found)}); this app loads "
-            "safetensors only, never pickled .bin files (convert them with transformers' save_pretrained)"
-        )
-
-
 def _hub_hint(source: str, exc: Exception) -> ModelUnavailable:
     reason = (str(exc).splitlines() or [""])[0][:200]
     return ModelUnavailable(
@@ -133,29 +63,8 @@ def _hub_hint(source: str, exc: Exception) -> ModelUnavailable:
     )
 
 
-def check_adapter(adapter: str | Path) -> Path:
-    """A LoRA adapter folder saved by peft, with safetensors weights. Raises ModelUnavailable."""
-    path = Path(adapter).expanduser()
-    if not path.is_dir():
-        raise ModelUnavailable(f"adapter folder {str(adapter)!r} does not exist")
-    if not (path / "adapter_config.json").is_file():
-        raise ModelUnavailable(f"{path} has no adapter_config.json: not a peft LoRA adapter folder")
-    if not (path / "adapter_model.safetensors").is_file():
-        found = sorted(p.name for p in path.iterdir() if p.name.startswith("adapter_model")) or ["nothing"]
-        raise ModelUnavailable(
-            f"{path} has no adapter_model.safetensors (found: {', '.join(found)}); adapters load from "
-            "safetensors only"
-        )
-    return path
-
-
-def model_family(config: Any) -> Literal["gemma3", "gemma3n", "other"]:
-    model_type = getattr(config, "model_type", "")
-    if model_type.startswith("gemma3n"):
-        return "gemma3n"
-    if model_type.startswith("gemma3"):
-        return "gemma3"
-    return "other"
+def model_family(config: Any) -> Family:
+    return family_of(str(getattr(config, "model_type", "")))
 
 
 def _context_length(config: Any) -> int:
@@ -177,7 +86,6 @@ def bnb_config(dtype: Any) -> Any:
 
 def merged_cache_dir(source: str, adapter: Path, text_only: bool = False) -> Path:
     """Cache folder for base+adapter merged in bf16 (reused by later 4-bit loads)."""
-    from krishna_ai.light import cache_root
 
     # A text-only merge holds no towers: it must not be reused for a multimodal load, and vice versa.
     h = hashlib.sha256(source.encode() + (b"\0text" if text_only else b""))
@@ -194,7 +102,7 @@ def merged_cache_dir(source: str, adapter: Path, text_only: bool = False) -> Pat
 def load_model(
     spec: str = "light",
     *,
-    adapter: str | Path | None = None,
+    adapter: str | os.PathLike[str] | None = None,
     quantize: Quantize = "auto",
     text_only: bool = False,
     device: str | None = None,
@@ -291,6 +199,10 @@ def merge_adapter(model: Any, adapter: Path) -> Any:
         peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelUnavailable(f"adapter {adapter} does not fit this model: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. safetensors' SafetensorError on a corrupt file
+        weights = Path(adapter) / "adapter_model.safetensors"
+        raise ModelUnavailable(f"cannot read the adapter weights {weights}: {type(exc).__name__}: {exc} "
+                               "(the file is damaged or not safetensors; re-copy or re-train the adapter)") from None
     return peft_model.merge_and_unload()
 
 
@@ -302,12 +214,8 @@ def _merge_to_cache(source: str, adapter: Path, family: str, text_only: bool) ->
         return target
     model = load_weights(source, family, torch.bfloat16, False, text_only, "cpu", True)
     model = merge_adapter(model, adapter)
-    tmp = target.with_name(target.name + f".partial-{os.getpid()}")
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -1,0 +1,66 @@
+"""The one sampling schema: a persona's `[sampling]` table, the UI's sliders, `/chat`, the CLI and eval.
+
+Bounds are declared once, on the fields. A persona file that breaks one fails to load with the file
+and field named (pydantic); a request that breaks one gets a `ConfigError` that lists every bad value.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from krishna_ai.errors import ConfigError, problems
+
+_MESSAGES = {
+    "temperature": "temperature must be between 0 and 2",
+    "top_p": "top_p must be in (0, 1]",
+    "top_k": "top_k must be an integer from 0 to 1000",
+    "max_new_tokens": "max_new_tokens must be an integer from 1 to 4096",
+    "repetition_penalty": "repetition_penalty must be between 1 and 2",
+    "seed": "seed must be an integer",
+}
+
+
+class SamplingParams(BaseModel):
+    """Per-request sampling. temperature 0 means greedy decoding."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    """0 = greedy; higher = more varied."""
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    top_k: Annotated[int, Field(ge=0, le=1000, strict=True)] = 64
+    """0 disables top-k filtering."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096, strict=True)] = 256
+    repetition_penalty: Annotated[float, Field(ge=1.0, le=2.0)] = 1.0
+    """> 1 makes tokens already in the prompt or reply less likely (repetition control for small models)."""
+    seed: int | None = None
+
+    @classmethod
+    def build(cls, **values: Any) -> SamplingParams:
+        """Validate `values` (None means the default); ConfigError lists every bad one."""
+        values = {k: v for k, v in values.items() if v is not None}
+        unknown = sorted(set(values) - set(cls.model_fields))
+        if unknown:
+            raise ConfigError(f"unknown sampling parameter(s): {', '.join(unknown)}")
+        bad = [f"{k} must be a number, got {v!r}" for k, v in values.items() if isinstance(v, bool)]
+        if bad:
+            raise ConfigError(problems("invalid sampling parameters:", bad))
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            fields = dict.fromkeys(str(e["loc"][0]) for e in exc.errors() if e["loc"])
+            raise ConfigError(problems("invalid sampling parameters:", [
+                f"{_MESSAGES.get(f, f + ' is invalid')}, got {values.get(f)!r}" for f in fields])) from None
+
+    @classmethod
+    def for_persona(cls, persona: Any, **overrides: Any) -> SamplingParams:
+        """The persona's defaults, with any non-None override applied, validated."""
+        base = persona.sampling.model_dump()
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.build(**base)
+
+    def validated(self) -> SamplingParams:
+        """Re-check after attributes were assigned directly."""
+        return type(self).build(**self.model_dump())

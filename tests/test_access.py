@@ -1,0 +1,124 @@
+"""What a stranger with the link can do: choose only the offered models, and guess passwords slowly.
+
+Every row of the table goes through the real server (`/chat` API) of an app built by `app.build` with
+its default policy; the loader records what it was asked to load, so "refused" means nothing loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import app
+from krishna_ai.access import LoginGuard, ModelPolicy, load_credentials
+from krishna_ai.errors import ConfigError, InputError
+from tests.conftest import free_port, serve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, tiny_dir):
+    """The app as `python app.py --no-preload` builds it, with a loader that records every load."""
+    from tests.conftest import ScriptedEngine
+
+    loads: list[str] = []
+    args = app.parse_args(["--no-preload", "--port", str(free_port())])
+    demo, studio = app.build(args)
+
+    def loader(spec, adapter):
+        loads.append(spec)
+        return ScriptedEngine(["fine"])
+
+    studio._loader = loader
+    url, client = serve(demo)
+    yield client, loads, tiny_dir
+    demo.close()
+
+
+ROWS = [
+    ("a folder on the server's disk", lambda tiny: str(tiny)),
+    ("a path with ..", lambda tiny: "../../" + tiny.name),
+    ("a hub id", lambda tiny: "someone/any-model"),
+    ("a GGUF path", lambda tiny: "/tmp/model.gguf"),
+    ("a home-relative path", lambda tiny: "~/models/x"),
+]
+
+
+@pytest.mark.parametrize("what, spec", ROWS, ids=[r[0] for r in ROWS])
+def test_a_client_cannot_make_the_server_load_an_unlisted_model(guarded, what, spec):
+    client, loads, tiny = guarded
+    before = list(loads)
+    with pytest.raises(Exception, match="is not offered by this server"):
+        client.predict("hello", "pet", model=spec(tiny), api_name="/chat")
+    assert loads == before  # nothing was loaded
+
+
+def test_a_client_cannot_pass_a_slice_config_path(guarded, tmp_path):
+    client, loads, _ = guarded
+    path = tmp_path / "evil.toml"
+    path.write_text("name = 'x'\n")
+    with pytest.raises(Exception, match="unknown MatFormer size"):
+        client.predict("hello", "pet", slice=str(path), api_name="/chat")
+
+
+def test_offered_models_still_work(guarded):
+    client, loads, _ = guarded
+    assert client.predict("hello", "pet", model="light", api_name="/chat") == "fine"
+    assert "light" in loads
+
+
+def test_the_policy_lists_tiers_and_the_operators_models():
+    policy = ModelPolicy(["./my-finetune"])
+    assert policy.check(" light ") == "light" and policy.check("./my-finetune") == "./my-finetune"
+    with pytest.raises(InputError, match="--allow-model"):
+        policy.check("./other")
+    assert ModelPolicy(open_to_any=True).check("./other") == "./other"
+
+
+def test_allow_any_model_is_refused_with_share():
+    with pytest.raises(SystemExit, match="cannot be combined with --share"):
+        app.build(app.parse_args(["--allow-any-model", "--share", "--no-preload"]))
+
+
+def test_twenty_wrong_passwords_are_slowed_and_logged_without_the_password(caplog):
+    waits: list[float] = []
+    guard = LoginGuard([("krishna", "s3cret")], sleep=waits.append)
+    with caplog.at_level(logging.WARNING, logger="krishna_ai.access"):
+        assert not any(guard("krishna", f"guess-{i}") for i in range(20))
+    assert waits[0] < 0.5 and waits == sorted(waits) and sum(waits) >= 100  # minutes, not milliseconds
+    assert "failed login for user 'krishna' (20 in a row)" in caplog.text
+    assert "guess-" not in caplog.text and "s3cret" not in caplog.text
+    assert guard("krishna", "s3cret") and guard.delay_for(0) == 0.0  # success resets the count
+
+
+def test_logins_from_file_and_environment(tmp_path, monkeypatch):
+    f = tmp_path / "logins.txt"
+    f.write_text("# team\nasha:pw1\n\nravi:pw:with:colons\n")
+    monkeypatch.setenv("KRISHNA_AI_AUTH", "env:pw2")
+    assert load_credentials(None, str(f)) == [("asha", "pw1"), ("ravi", "pw:with:colons"), ("env", "pw2")]
+    f.write_text("nocolon\n")
+    with pytest.raises(ConfigError, match="logins.txt:1: expected user:password"):
+        load_credentials(None, str(f))
+
+
+def test_a_port_in_use_is_a_clear_message(capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert app.main(["--port", str(port), "--no-preload"]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} is in use" in err and "pass --port N" in err
+
+
+def test_a_gguf_model_without_llama_cpp_is_refused_at_start(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(SystemExit, match="pip install -r requirements-llamacpp.txt"):
+        app.build(app.parse_args(["--model", "light-gguf"]))

@@ -1,0 +1,151 @@
+"""Knowledge banks: validation on load, BM25 retrieval (quality on the labelled held-out sets), the
+person restriction, the cache, and the `faithful` check that compares a reply with its cards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from krishna_ai.errors import PersonaError
+from krishna_ai.evaluate import faithfulness, load_questions, top3
+from krishna_ai.knowledge import facts_of, ground, load_bank
+from krishna_ai.personas import PROMPTS_DIR, load_persona, load_personas
+from krishna_ai.studio import Studio
+
+P = load_personas()
+BANKS = PROMPTS_DIR / "knowledge"
+CARD = '''[[cards]]
+id = "x-one"
+title = "One"
+themes = ["t"]
+text = "Ada Lovelace wrote about the Analytical Engine in 1843."
+source = "Encyclopaedia Britannica, 'Ada Lovelace'"
+'''
+
+
+def test_shipped_banks_are_complete():
+    krishna = load_bank(BANKS / "krishna")
+    for person in P["krishna"].personalities:
+        assert len([c for c in krishna.cards if c.person == person]) >= 3, person
+    assert all(c.source and c.text for bank in ("krishna", "aurora", "maize") for c in load_bank(BANKS / bank).cards)
+    maize = load_bank(BANKS / "maize")
+    for label in P["maize"].labels:
+        assert any(label.lower() in " ".join(c.themes).lower() for c in maize.cards), label
+
+
+@pytest.mark.parametrize("persona, path, floor", [
+    ("krishna", "data/krishna/heldout.jsonl", 0.9),
+    ("aurora", "data/aurora/heldout.jsonl", 0.9),
+    ("maize", "data/maize/heldout.jsonl", 0.9),
+])
+def test_retrieval_puts_the_expected_card_in_the_top_3(persona, path, floor):
+    rows = [q for q in load_questions(path) if q["cards"]]
+    hits = [any(c in top3(P[persona], q["question"]) for c in q["cards"]) for q in rows]
+    assert len(rows) >= 15 and sum(hits) / len(hits) >= floor, (sum(hits), len(hits))
+
+
+def test_a_named_person_restricts_the_story_to_their_cards():
+    k = P["krishna"]
+    g = ground(k, "I keep failing my exams, like Marie Curie did?")
+    assert g.person == "Marie Curie" and g.cards and all(c.person == "Marie Curie" for c in g.cards)
+    typed = ground(k, "I am afraid of speaking in public.", personality="Nelson Mandela")
+    assert typed.cards and typed.cards[0].person == "Nelson Mandela"
+    nobody = ground(k, "I am afraid of speaking in public.", personality="Serena Williams")
+    assert nobody.cards == [] and nobody.person == "Serena Williams"  # never someone else's story as hers
+
+
+def test_a_question_the_bank_does_not_cover_gets_no_card():
+    assert ground(P["aurora"], "What is the boiling point of water in kelvin?").cards == []
+    assert ground(P["aurora"], "Where was Shivaji Maharaj born?").cards[0].id.startswith("shivaji")
+
+
+def test_bad_banks_are_refused_with_file_card_and_field(tmp_path):
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    with pytest.raises(PersonaError, match="is empty"):
+        load_bank(bank)
+    (bank / "a.toml").write_text(CARD.replace('source = "Encyclopaedia Britannica, \'Ada Lovelace\'"\n', "")
+                                 + 'colour = "red"\n')
+    (bank / "b.toml").write_text(CARD.replace('text = "Ada Lovelace wrote about the Analytical Engine in 1843."',
+                                              'text = "  "'))
+    (bank / "c.toml").write_text("[[cards]\nbroken")
+    with pytest.raises(PersonaError) as exc:
+        load_bank(bank)
+    msg = str(exc.value)
+    assert "a.toml: card x-one: source: required field is missing" in msg
+    assert "a.toml: card x-one: colour: unknown key" in msg
+    assert "b.toml: card x-one: text" in msg and "c.toml: not valid TOML" in msg
+    with pytest.raises(PersonaError, match="does not exist"):
+        load_bank(tmp_path / "missing")
+
+
+def test_a_persona_naming_a_missing_bank_is_refused(tmp_path):
+    path = tmp_path / "aurora.toml"
+    path.write_text((PROMPTS_DIR / "aurora.toml").read_text())  # its bank "knowledge/aurora" is not beside it
+    with pytest.raises(PersonaError, match=r"aurora.toml: knowledge.bank: .*does not exist"):
+        load_persona(path)
+
+
+def test_a_bank_broken_while_serving_fails_that_persona_only(tmp_path, scripted):
+    bank = tmp_path / "knowledge" / "aurora"
+    shutil.copytree(BANKS / "aurora", bank)
+    (tmp_path / "aurora.toml").write_text((PROMPTS_DIR / "aurora.toml").read_text())
+    personas = dict(P, aurora=load_persona(tmp_path / "aurora.toml"))
+    studio = Studio(personas, loader=lambda spec, adapter: scripted(["Partha, fine."]))
+    assert list(studio.chat("aurora", [], "Who was Tukaram?"))[-1].sources
+    (bank / "saints.toml").write_text("[[cards]]\nid = 3\n")
+    with pytest.raises(PersonaError, match="saints.toml"):
+        list(studio.chat("aurora", [], "Who was Tukaram?"))
+    assert list(studio.chat("krishna", [], "I am afraid."))[-1].done  # the others keep serving
+
+
+def test_the_index_is_cached_and_rebuilt_when_a_card_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
+    bank_dir = tmp_path / "b"
+    bank_dir.mkdir()
+    (bank_dir / "a.toml").write_text(CARD)
+    first = load_bank(bank_dir)
+    assert first.search("Analytical Engine")[0].card.id == "x-one"
+    assert len(list((tmp_path / "cache" / "bm25").iterdir())) == 1
+    (bank_dir / "a.toml").write_text(CARD.replace("x-one", "x-two"))
+    second = load_bank(bank_dir)
+    assert second is not first and second.search("Analytical Engine")[0].card.id == "x-two"
+    assert len(list((tmp_path / "cache" / "bm25").iterdir())) == 2
+
+
+def test_faithful_compares_names_years_and_numbers_with_the_card():
+    k = P["krishna"]
+    card = load_bank(BANKS / "krishna").card("curie-pierre-death")
+    counsel = "Partha, grief is a river; let it carry you, not drown you. Walk on."
+    retold = counsel + "\n\n" + card.text
+    assert faithfulness(k, "I lost my husband.", retold, [card]) == (True, [])
+    invented = counsel + "\n\nMarie Curie won a gold medal at the 1912 Olympics in Stockholm."
+    ok, missing = faithfulness(k, "I lost my husband.", invented, [card])
+    assert not ok and "1912" in missing and "stockholm" in missing and "olympics" in missing
+    other = counsel + "\n\n" + card.text.replace("Marie Curie", "She").replace("Curie", "she")
+    assert "the story never names Marie Curie" in faithfulness(k, "q", other, [card])[1]
+    assert faithfulness(k, "q", counsel, []) == (True, [])
+    assert faithfulness(k, "q", retold, [])[0] is False  # a story with no card is never faithful
+    a = P["aurora"]
+    shivaji = ground(a, "Where was Shivaji Maharaj born?").cards
+    assert faithfulness(a, "Where was Shivaji Maharaj born?", "He was born at Shivneri fort in 1630.", shivaji)[0]
+    assert not faithfulness(a, "Where was Shivaji Maharaj born?", "He was born in Kutch in 1630.", shivaji)[0]
+
+
+def test_facts_of_skips_sentence_starts_and_keeps_names():
+    numbers, names = facts_of("After years of work, Thomas Edison opened Menlo Park in 1876. He had 40 helpers.")
+    assert numbers == {"1876", "40"} and {"thomas", "edison", "menlo", "park"} <= names
+    assert "after" not in names and "he" not in names
+
+
+def test_heldout_sets_are_labelled_with_existing_cards():
+    for persona in ("krishna", "aurora", "maize"):
+        bank = load_bank(BANKS / persona)
+        path = f"data/{persona}/heldout.jsonl"
+        for line in open(path, encoding="utf-8"):
+            row = json.loads(line)
+            for cid in row.get("cards") or [row.get("card")]:
+                if cid:
+                    bank.card(cid)
