@@ -22,9 +22,10 @@ from krishna_ai.errors import KrishnaError
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python app.py", description=__doc__.split("\n")[0])
     ap.add_argument("--persona", default="krishna", help="persona shown first (default: krishna)")
-    ap.add_argument("--model", default="light",
+    ap.add_argument("--model", default=None,
                     help="tier (light, light-gguf, e2b, e4b), a local model folder, a hub id, or a .gguf file "
-                         "(light-gguf and .gguf files run with llama.cpp; default: light)")
+                         "(light-gguf and .gguf files run with llama.cpp; default: light-gguf when "
+                         "llama-cpp-python is installed, else light)")
     ap.add_argument("--adapter", default=None, help="LoRA adapter folder merged into --model at load")
     ap.add_argument("--prompts", action="append", default=[], metavar="DIR",
                     help="extra persona folder (repeatable); its files override shipped ids")
@@ -38,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="another model clients may pick (repeatable); by default only the tiers and --model")
     ap.add_argument("--allow-any-model", dest="allow_any_model", action="store_true",
                     help="let clients load any folder or hub id (never with --share)")
+    ap.add_argument("--preload", dest="preload", action="store_true", default=True,
+                    help="load the model (and convert the light tier, once) before serving: the default")
     ap.add_argument("--no-preload", dest="preload", action="store_false",
                     help="start serving at once and load the model on the first message")
     return ap.parse_args(argv)
@@ -82,7 +85,9 @@ def build(args: argparse.Namespace):
     if args.persona not in personas:
         raise SystemExit(f"unknown persona {args.persona!r}; available: {', '.join(sorted(personas))}")
     from krishna_ai.access import ModelPolicy
-    from krishna_ai.runtime.tiers import is_gguf_spec
+    from krishna_ai.runtime.tiers import default_tier, is_gguf_spec
+
+    args.model = args.model or default_tier()
 
     if getattr(args, "allow_any_model", False) and args.share:
         raise SystemExit("--allow-any-model cannot be combined with --share: anyone with the link could make "

@@ -27,9 +27,11 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     from krishna_ai.personas import load_personas, persona_dirs
+    from krishna_ai.runtime.tiers import default_tier
     from krishna_ai.studio import Studio
     from krishna_ai.style import badge
 
+    args.model = args.model or default_tier()
     question = " ".join(args.question).strip()
     if question == "-":
         question = sys.stdin.read().strip()
@@ -239,8 +241,9 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ask", help="stream one reply to the terminal")
     p.add_argument("question", nargs="+", help="the question ('-' reads it from stdin)")
     p.add_argument("--persona", default="krishna")
-    p.add_argument("--model", default="light",
-                   help="tier (light, light-gguf, e2b, e4b), folder, hub id, or a .gguf file (llama.cpp)")
+    p.add_argument("--model", default=None,
+                   help="tier (light, light-gguf, e2b, e4b), folder, hub id, or a .gguf file (llama.cpp); "
+                        "default: light-gguf when llama-cpp-python is installed, else light")
     p.add_argument("--adapter", help="LoRA adapter folder merged at load")
     p.add_argument("--image", help="image file (image-capable personas on a Gemma 3n tier)")
     p.add_argument("--personality", help="whom the closing story is about")

@@ -211,5 +211,5 @@ def split_spec(spec: str, persona: Persona | None = None) -> tuple[str, str | No
     """
     model, sep, adapter = spec.partition("@")
     if not sep:
-        return model, (persona.adapters.get(model) if persona else None)
+        return model, (persona.adapter_for(model) if persona else None)
     return model, (None if adapter.lower() == "none" else adapter)

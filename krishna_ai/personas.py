@@ -153,6 +153,12 @@ class Persona(_Strict):
             raise ValueError("story_template uses $personality, so personalities must list at least one name")
         return self
 
+    def adapter_for(self, spec: str) -> str | None:
+        """The persona's adapter for a model spec; `light-gguf` (the same weights on llama.cpp) uses `light`'s."""
+        if spec in self.adapters:
+            return self.adapters[spec]
+        return self.adapters.get("light") if spec == "light-gguf" else None
+
     def story_instruction(self, personality: str | None) -> str | None:
         """The story instruction with `personality` filled in, or None when the persona tells no story."""
         if not self.story_template:

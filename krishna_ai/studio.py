@@ -90,7 +90,7 @@ class Studio:
         A failed load raises ModelUnavailable and leaves the engines already loaded untouched.
         """
         spec = (spec or self.default_model).strip()
-        adapter = self.adapters.get(spec) or (persona.adapters.get(spec) if persona else None)
+        adapter = self.adapters.get(spec) or (persona.adapter_for(spec) if persona else None)
         key = f"{spec}@{adapter}" if adapter else spec
         with self._load_lock:
             if key in self._engines:

@@ -16,7 +16,7 @@ import gradio as gr
 
 from krishna_ai.errors import KrishnaError
 from krishna_ai.matformer import known_configs
-from krishna_ai.runtime.tiers import TIERS
+from krishna_ai.runtime.tiers import FAST_PATH_HINT, TIERS, default_tier
 from krishna_ai.studio import Studio, Update
 from krishna_ai.style import badge
 
@@ -131,13 +131,17 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                                         "several times faster); e2b/e4b need Gemma 3n weights"
                                         + ("; or type a local folder / hub id / .gguf file" if open_models else ""))
         description = gr.Markdown(personas[persona].description)
+        if studio.default_model == "light" and default_tier() == "light":  # llama.cpp not installed
+            gr.Markdown(f"ℹ️ {FAST_PATH_HINT}", elem_id="fast-path-hint")
         chatbot = gr.Chatbot(value=_greeting(studio, persona), label="Chat", height=480,
                              buttons=["copy"], feedback_options=None)
         textbox = gr.MultimodalTextbox(placeholder="Ask a question (attach a maize-leaf photo on a Gemma 3n tier)",
                                        file_types=["image"], file_count="single", show_label=False,
                                        sources=["upload"])
+        personality = gr.Textbox(label="Story about (optional)", visible=bool(personas[persona].personalities),
+                                 placeholder="a famous person; empty = the story that fits your question best")
         with gr.Row():
-            stop_btn = gr.Button("Stop", variant="stop", scale=1)
+            stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False, elem_id="stop-button")
             retry_btn = gr.Button("Retry", scale=1)
             undo_btn = gr.Button("Undo", scale=1)
             clear_btn = gr.Button("Clear", scale=1)
@@ -152,8 +156,6 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             top_p = gr.Slider(0.05, 1.0, value=p.top_p, step=0.01, label="top_p")
             top_k = gr.Slider(0, 200, value=p.top_k, step=1, label="top_k (0 = off)")
             max_new = gr.Slider(16, 1024, value=p.max_new_tokens, step=16, label="Max new tokens")
-            personality = gr.Textbox(label="Story about (optional)",
-                                     placeholder="a famous person; empty = chosen from the persona's list")
             slice_dd = gr.Dropdown([("Full model", "full"), *[(n, n) for n in known_configs()]], value="full",
                                    label="MatFormer size (E4B-shaped Gemma 3n only)",
                                    info="runs the loaded E4B as a smaller slice, live, without reloading")
@@ -163,11 +165,12 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             pr = studio.persona(persona_id)
             s = pr.sampling
             return (_greeting(studio, persona_id), pr.description, gr.Dataset(samples=[[q] for q in pr.examples]),
-                    s.temperature, s.top_p, s.top_k, s.max_new_tokens, "", "", "")
+                    s.temperature, s.top_p, s.top_k, s.max_new_tokens, "", "", "",
+                    gr.Textbox(value="", visible=bool(pr.personalities)))
 
         persona_dd.change(on_persona, persona_dd,
-                          [chatbot, description, examples, *sampling_inputs, stats_md, badge_md, sources_md],
-                          queue=False)
+                          [chatbot, description, examples, *sampling_inputs, stats_md, badge_md, sources_md,
+                           personality], queue=False)
 
         def on_model(spec: str, progress=gr.Progress()):
             spec = (spec or "").strip()
@@ -200,7 +203,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 history.append({"role": "user", "content": {"path": path}})
             if text:
                 history.append({"role": "user", "content": text})
-            return history, gr.MultimodalTextbox(value=None, interactive=False)
+            return history, gr.MultimodalTextbox(value=None, interactive=False), gr.Button(interactive=True)
 
         async def respond(history: list[dict], persona_id: str, model: str, t: float, tp: float, tk: int, mn: int,
                           who: str, size: str, request: gr.Request) -> AsyncIterator[tuple]:
@@ -233,9 +236,11 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
 
         respond_inputs = [chatbot, persona_dd, model_dd, *sampling_inputs, personality, slice_dd]
         respond_outputs = [chatbot, stats_md, badge_md, sources_md]
-        unlock = dict(fn=lambda: gr.MultimodalTextbox(interactive=True), outputs=textbox, queue=False)
+        # Stop is live only while a reply streams; the textbox is locked meanwhile.
+        unlock = dict(fn=lambda: (gr.MultimodalTextbox(interactive=True), gr.Button(interactive=False)),
+                      outputs=[textbox, stop_btn], queue=False)
 
-        submit_event = (textbox.submit(add_user, [chatbot, textbox], [chatbot, textbox], queue=False)
+        submit_event = (textbox.submit(add_user, [chatbot, textbox], [chatbot, textbox, stop_btn], queue=False)
                         .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
                               concurrency_limit=1, api_visibility="private"))
         submit_event.then(**unlock)
@@ -246,9 +251,11 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 history.pop()
             return history
 
-        retry_event = (retry_btn.click(drop_reply, chatbot, chatbot, queue=False)
+        retry_event = (retry_btn.click(lambda h: (drop_reply(h), gr.Button(interactive=True)), chatbot,
+                                       [chatbot, stop_btn], queue=False)
                        .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
                              api_visibility="private"))
+        retry_event.then(**unlock)
 
         def undo(history: list[dict]):
             history = drop_reply(history)

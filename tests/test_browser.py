@@ -20,6 +20,7 @@ from tests.conftest import REPO, free_port, wait_for_port
 
 CHROMIUM = os.environ.get("KRISHNA_AI_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
+ARTIFACTS.mkdir(exist_ok=True)
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -29,9 +30,10 @@ if not Path(CHROMIUM).exists():
 
 @pytest.fixture(scope="module")
 def server(light_engine):
-    """`python app.py` on the light tier (the model is already converted by light_engine)."""
+    """`python app.py` on the light tier (the model is already converted by light_engine; the model and
+    Krishna's adapter load before the server listens)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--preload"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--model", "light"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     wait_for_port(port, proc, 180)
@@ -83,29 +85,42 @@ def wait_until(predicate, timeout: float, what: str):
 
 def test_stream_stop_retry_persona_and_image(page, tmp_path):
     pg = page
+    stop = pg.get_by_role("button", name="Stop", exact=True)
     assert "Partha, I am here" in last_bot(pg)  # Krishna's greeting
+    assert stop.is_disabled(), "Stop must be off while nothing runs"
     n_before = len(bot_texts(pg))
     send(pg, "I failed my exam again. What should I do?")
     wait_until(lambda: len(bot_texts(pg)) > n_before and len(last_bot(pg)) > 0, 60, "the reply to start")
+    assert stop.is_enabled(), "Stop must be live while a reply streams"
     first = len(last_bot(pg))
     grown = wait_until(lambda: len(last_bot(pg)) if len(last_bot(pg)) > first + 10 else 0, 60,
                        "the reply to grow while streaming")
     assert grown > first
 
-    pg.get_by_role("button", name="Stop", exact=True).click()
+    stop.click()
     time.sleep(2.0)
     stopped_at = last_bot(pg)
     time.sleep(3.0)
     assert last_bot(pg) == stopped_at, "the reply kept growing after Stop"
     assert stopped_at.strip(), "the partial reply should stay on screen"
     assert "stopped" in pg.locator("#reply-stats").inner_text()
+    wait_until(stop.is_disabled, 10, "Stop to switch off after the reply")
+
+    # a whole reply: it ends by itself, shows its stats, style check and the story's source
+    send(pg, "My manager criticises every piece of my work and I am losing confidence.")
+    wait_until(lambda: "ended" in pg.locator("#reply-stats").inner_text()
+               or "max tokens" in pg.locator("#reply-stats").inner_text(), 240, "a whole reply")
+    assert "📚" in pg.locator("#reply-sources").inner_text()
+    wait_until(stop.is_disabled, 10, "Stop to switch off after a finished reply")
+    pg.screenshot(path=str(ARTIFACTS / "screenshot.png"), full_page=False)
+    if os.environ.get("KRISHNA_AI_UPDATE_SCREENSHOT") == "1":  # the README's picture comes from this page
+        shutil.copy(ARTIFACTS / "screenshot.png", REPO / "docs" / "screenshot.png")
 
     pg.get_by_role("button", name="Retry", exact=True).click()
     wait_until(lambda: last_bot(pg) != stopped_at and len(last_bot(pg)) > 0, 60, "a retried reply")
     pg.get_by_role("button", name="Stop", exact=True).click()
     time.sleep(1.0)
 
-    ARTIFACTS.mkdir(exist_ok=True)
     pg.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)
 
     # switch persona: the chat restarts with the new greeting

@@ -97,6 +97,9 @@ def test_eval_cli_on_light_model(tmp_path, light_engine):
     data = json.loads(out.read_text())
     model = data["models"][0]
     assert data["persona"] == "krishna" and model["name"] == "light" and model["n"] == 2
-    assert 0.0 <= model["compliance"] <= 1.0 and model["accuracy"] is None
+    assert model["accuracy"] is None
+    # the rates are the replies' own verdicts, counted: 8 tokens never end a Krishna reply
+    assert model["compliance"] == sum(r["ok"] for r in model["replies"]) / 2 == 0.0
+    assert model["ended"] == 0.0 and all(r["finish_reason"] == "max_tokens" for r in model["replies"])
     assert set(model["rules"]) == set(rules_for(P["krishna"]))
     assert all(r["reply"] and "violations" in r for r in model["replies"])

@@ -100,7 +100,9 @@ def test_finetune_merge_slice_eval(tiny_dir, text_data, tmp_path, one_thread):
                 "--json", str(out)]) == 0
     models = json.loads(out.read_text())["models"]
     assert [m["name"] for m in models] == [str(merged), str(child)]
-    assert all(m["n"] == 2 and 0 <= m["compliance"] <= 1 for m in models)
+    for m in models:
+        assert m["n"] == 2 and m["compliance"] == sum(r["ok"] for r in m["replies"]) / 2
+        assert all(r["finish_reason"] in ("end_of_turn", "max_tokens") and r["reply"] for r in m["replies"])
     # the merged parent differs from the untouched base: the adapter is in its weights
     from safetensors import safe_open
 

@@ -20,9 +20,9 @@ from krishna_ai.errors import ImageError
 from krishna_ai.personas import load_personas
 from krishna_ai.prompting import build_messages
 from krishna_ai.runtime.hf import HFEngine
+from krishna_ai.runtime.load import load_engine as default_loader
 from krishna_ai.runtime.weights import SKIP_4BIT, load_model
 from krishna_ai.sampling import SamplingParams
-from krishna_ai.runtime.load import load_engine as default_loader
 from krishna_ai.studio import Studio
 from krishna_ai.tiny import IMAGE_SOFT_TOKENS, SPECIAL_TOKENS
 

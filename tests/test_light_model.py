@@ -69,7 +69,29 @@ def test_stop_ends_generate_thread_within_a_second(light_engine):
     elapsed = time.perf_counter() - t0
     assert elapsed < 1.0, elapsed
     assert reply.stats.stopped and reply.stats.tokens < 100 and len(rest) < 10
+    assert reply.stats.finish_reason == "stopped"
     assert not any(t.name == "krishna-generate" and t.is_alive() for t in threading.enumerate())
+    # The model is free again at once: the next request does not wait for a join timeout.
+    assert light_engine._lock.acquire(timeout=1.0)
+    light_engine._lock.release()
+    nxt = plain(light_engine, "The sky is", SamplingParams(temperature=0.0, max_new_tokens=3))
+    assert next(nxt) and nxt.stats.ttft_s is not None and nxt.stats.ttft_s < 5.0
+    nxt.close()
+
+
+def test_finish_reason_says_why_a_reply_ended(light_engine):
+    from krishna_ai.personas import load_personas
+    from krishna_ai.prompting import build_messages
+
+    cut = plain(light_engine, "Count from one to five hundred:", SamplingParams(temperature=0.0, max_new_tokens=5))
+    cut.read()
+    assert cut.stats.finish_reason == "max_tokens" and cut.stats.tokens == 5 and "cut at max tokens" in cut.stats.line()
+    msgs = build_messages(load_personas()["pet"], [], "Hi")
+    short = light_engine.stream(msgs, SamplingParams(temperature=0.0, max_new_tokens=200))
+    text = short.read()
+    assert short.stats.finish_reason in ("end_of_turn", "max_tokens")
+    if short.stats.finish_reason == "end_of_turn":  # the marker itself never reaches the text
+        assert "<end_of_turn>" not in text and "<start_of_turn>" not in text
 
 
 def test_consumer_going_away_stops_generation(light_engine):

@@ -13,6 +13,7 @@ from krishna_ai.prompting import build_messages
 from krishna_ai.runtime.tiers import is_gguf_spec
 from krishna_ai.runtime.weights import load_model
 from krishna_ai.sampling import SamplingParams
+from tests.conftest import REPO
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
 
@@ -37,11 +38,16 @@ def test_thread_count_from_the_environment(monkeypatch):
             default_threads()
 
 
-def test_adapter_with_a_gguf_tier_is_a_clear_error(tmp_path):
+def test_an_adapter_needs_a_real_adapter_folder_and_the_light_tier(tmp_path):
+    pytest.importorskip("llama_cpp")
     from krishna_ai.runtime.load import load_engine as default_loader
 
-    with pytest.raises(ModelUnavailable, match="merge.*export gguf"):
+    with pytest.raises(ModelUnavailable, match="has no adapter_config.json"):
         default_loader("light-gguf", str(tmp_path))
+    gguf = tmp_path / "other.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(ModelUnavailable, match="merge.*export gguf"):
+        default_loader(str(gguf), str(REPO / "adapters" / "krishna-light"))
 
 
 def test_a_file_that_is_not_gguf_is_refused(tmp_path):
@@ -159,7 +165,7 @@ def test_chat_endpoint_with_light_gguf(gguf_engine):
         job = client.submit("I failed my exam. What should I do?", "krishna", None, 0.0, None, None, 24,
                             "light-gguf", api_name="/chat")
         chunks = list(job)
-        assert loaded == ["light-gguf"] and len(chunks) >= 3
+        assert loaded == ["light-gguf"] and len(chunks) >= 3  # the loader was asked once, with Krishna's adapter
         assert all(chunks[i + 1].startswith(chunks[i]) for i in range(len(chunks) - 1)) and chunks[-1].strip()
         with pytest.raises(Exception, match="cannot switch MatFormer slices"):
             client.predict("hello", "krishna", None, 0.0, None, None, 8, "light-gguf", None, "e2b", api_name="/chat")
@@ -174,3 +180,91 @@ def test_default_loader_dispatches_gguf_to_llama_cpp(gguf_engine):
 
     engine = default_loader(str(light_gguf()), None)  # --model path/to/file.gguf
     assert isinstance(engine, LlamaCppEngine) and engine.name.endswith(".gguf")
+
+
+def test_greedy_text_is_the_same_on_transformers_and_llama_cpp(gguf_engine, light_engine):
+    """One prompt format, one model: the two engines tokenise a persona prompt to the same ids and agree
+    on 40 greedy tokens (transformers runs the dequantised Q4_K_M weights in fp32)."""
+    from krishna_ai.personas import load_personas
+    from krishna_ai.prompting import build_messages
+
+    msgs = build_messages(load_personas()["pet"], [], "Write a poem about the sea")
+    assert gguf_engine.tokenize(msgs) == light_engine.encode(msgs)["input_ids"][0].tolist()
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=40)
+    fast, slow = gguf_engine.stream(msgs, greedy), light_engine.stream(msgs, greedy)
+    assert fast.read() == slow.read() and fast.stats.tokens == slow.stats.tokens
+
+
+def test_extra_cpu_buffers_follow_the_cpu_and_the_override(monkeypatch):
+    from krishna_ai.runtime.llamacpp import EXTRA_BUFFERS_ENV, use_extra_buffers
+
+    monkeypatch.setenv(EXTRA_BUFFERS_ENV, "0")
+    assert use_extra_buffers() is False
+    monkeypatch.setenv(EXTRA_BUFFERS_ENV, "1")
+    assert use_extra_buffers() is True
+    monkeypatch.delenv(EXTRA_BUFFERS_ENV)
+    amx = " amx_int8" in open("/proc/cpuinfo").read()
+    assert use_extra_buffers() is (not amx)  # AMX repacking segfaults on Q4_K (llama.cpp #20824)
+
+
+@pytest.fixture(scope="module")
+def krishna_gguf():
+    """light-gguf with Krishna's adapter merged: built once into the test cache (merge + llama.cpp's converter)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install -r requirements-llamacpp.txt)")
+    from krishna_ai.runtime.llamacpp import load_gguf
+
+    return load_gguf("light-gguf", adapter=str(REPO / "adapters" / "krishna-light"))
+
+
+def test_light_gguf_serves_a_persona_with_its_adapter(krishna_gguf):
+    from krishna_ai.knowledge import ground
+    from krishna_ai.personas import load_personas
+    from krishna_ai.prompting import build_messages
+
+    k = load_personas()["krishna"]
+    question = "I failed my exam again. What should I do?"
+    g = ground(k, question)
+    reply = krishna_gguf.stream(build_messages(k, [], question, personality=g.person, cards=g.cards),
+                                SamplingParams(temperature=0.0, max_new_tokens=256))
+    text = reply.read()
+    assert reply.stats.finish_reason == "end_of_turn", text  # the adapter's turn-ending survived the export
+    assert text.startswith("Partha") and g.cards[0].person.split()[-1] in text
+    assert krishna_gguf.info.adapter and krishna_gguf.name.startswith("light-gguf@")
+
+
+def _broken_adapter(tmp_path, how: str):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / f"adapter-{how}"
+    shutil.copytree(REPO / "adapters" / "krishna-light", bad)
+    weights = load_file(str(bad / "adapter_model.safetensors"))
+    if how == "missing-tensors":
+        weights = {k: v for k, v in weights.items() if "layers.5." not in k}
+    elif how == "wrong-rank":
+        key = next(k for k in weights if "lora_A" in k)
+        weights[key] = weights[key][:4]
+    save_file(weights, str(bad / "adapter_model.safetensors"))
+    if how == "corrupt":
+        (bad / "adapter_model.safetensors").write_bytes(b"\0" * 100)
+    return bad
+
+
+@pytest.mark.parametrize("how, message", [("corrupt", "damaged or not a safetensors file"),
+                                          ("wrong-rank", "does not fit this model"),
+                                          ("missing-tensors", "is incomplete")])
+def test_a_bad_adapter_for_light_gguf_is_refused_and_leaves_nothing_in_the_cache(tmp_path, how, message):
+    pytest.importorskip("llama_cpp")
+    from krishna_ai.cache import cache_root
+    from krishna_ai.errors import ModelUnavailable
+    from krishna_ai.runtime.gguf_adapter import adapted_path
+    from krishna_ai.runtime.llamacpp import load_gguf
+
+    bad = _broken_adapter(tmp_path, how)
+    before = set((cache_root() / "gguf").rglob("*"))
+    with pytest.raises(ModelUnavailable, match=message):
+        load_gguf("light-gguf", adapter=str(bad))
+    assert set((cache_root() / "gguf").rglob("*")) == before
+    if how != "corrupt":
+        assert not adapted_path(bad).exists()

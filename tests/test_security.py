@@ -78,14 +78,38 @@ def test_upload_size_is_capped(served, tmp_path):
     assert status == 413
 
 
-def test_models_never_run_remote_code_or_load_pickles():
-    import inspect
+def test_a_checkpoint_that_asks_for_remote_code_is_refused_and_its_code_never_runs(tmp_path, tiny_dir):
+    """A folder whose config points at its own Python (auto_map): loading it must fail, and that Python must
+    never be imported (it would write a marker file)."""
+    import json
+    import shutil
 
-    from krishna_ai import merge, train
-    from krishna_ai.runtime import weights as models
+    from krishna_ai.errors import ModelUnavailable
+    from krishna_ai.runtime.load import load_engine
 
-    for module in (models, train, merge):
-        src = inspect.getsource(module)
-        assert "trust_remote_code=True" not in src
-    src = inspect.getsource(models)
-    assert src.count("use_safetensors=True") >= 1 and "trust_remote_code=False" in src
+    evil = tmp_path / "evil"
+    shutil.copytree(tiny_dir, evil)
+    marker = tmp_path / "code-ran"
+    (evil / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    config = json.loads((evil / "config.json").read_text())
+    config.update(model_type="evil_remote", auto_map={"AutoConfig": "modeling_evil.EvilConfig",
+                                                      "AutoModelForCausalLM": "modeling_evil.EvilModel"})
+    (evil / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelUnavailable, match="cannot read config.json"):
+        load_engine(str(evil))
+    assert not marker.exists()
+
+
+def test_pickled_weights_are_never_loaded(tmp_path, tiny_dir):
+    import shutil
+
+    import torch
+
+    from krishna_ai.errors import ModelUnavailable
+    from krishna_ai.runtime.load import load_engine
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_dir, pickled, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
+    torch.save({"x": torch.zeros(1)}, pickled / "pytorch_model.bin")
+    with pytest.raises(ModelUnavailable, match="no \\*.safetensors weights .*pytorch_model.bin.*never pickled"):
+        load_engine(str(pickled))

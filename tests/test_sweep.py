@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -74,7 +75,7 @@ def test_sweep_writes_reports_prunes_adapters_and_resumes(tiny_text, files, tmp_
     assert [r["number"] for r in rows] == ["0", "1"] and {r["state"] for r in rows} == {"COMPLETE"}
     assert list(rows[0]) == ["number", "state", "learning_rate", "lora.r", "value", "compliance", "accuracy",
                              "train_loss", "seconds", "error"]
-    assert all(0.0 <= float(r["value"]) <= 1.0 and r["error"] == "" for r in rows)
+    assert all(float(r["value"]) == float(r["compliance"]) and r["error"] == "" for r in rows)
     md = (folder / "trials.md").read_text()
     assert md.count("| COMPLETE |") == 2 and "| number | state | learning_rate | lora.r |" in md
     # trials keep their logs and evaluation, not their adapters or checkpoints
@@ -98,6 +99,29 @@ def test_sweep_writes_reports_prunes_adapters_and_resumes(tiny_text, files, tmp_
     assert rows[2]["learning_rate"] not in (rows[0]["learning_rate"], rows[1]["learning_rate"])
     assert run_sweep(settings(recipe, tmp_path / "sweeps", 3, questions=questions))["finished"] == 3
     assert len(read_csv(folder)) == 3
+
+
+def test_best_yaml_is_the_trial_with_the_best_score(tiny_text, files, tmp_path, monkeypatch):
+    """Trials are really trained; the score each gets is set here (r=4 scores high, r=2 low) so that which
+    trial wins is known, and best.yaml must carry the winner's settings."""
+    import krishna_ai.evaluate
+
+    real = krishna_ai.evaluate.evaluate
+
+    def scored(engine, persona, questions, params, **kw):
+        result = real(engine, persona, questions, params, **kw)
+        r = json.loads((Path(engine.info.adapter) / "adapter_config.json").read_text())["r"]
+        result["compliance"] = {2: 0.1, 4: 0.9}[r]
+        return result
+
+    monkeypatch.setattr(krishna_ai.evaluate, "evaluate", scored)
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path / "pick.yaml", tiny_text, data := files[0], {"lora.r": [2, 4]})
+    run_sweep(settings(recipe, tmp_path / "sweeps", 4, questions=files[1], seed=1))
+    rows = read_csv(tmp_path / "sweeps" / "pick")
+    assert {r["lora.r"] for r in rows} == {"2", "4"}, "the sampler should try both ranks in 4 trials"
+    best = yaml.safe_load((tmp_path / "sweeps" / "pick" / "best.yaml").read_text())
+    assert best["lora"]["r"] == 4 and best["data"] == str(data)
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(tiny_text, files, tmp_path, monkeypatch):

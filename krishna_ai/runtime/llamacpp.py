@@ -123,18 +123,18 @@ def resolve_gguf(spec: str) -> tuple[str, Path]:
 
 def load_gguf(spec: str, *, adapter: str | os.PathLike[str] | None = None, n_ctx: int | None = None,
               n_threads: int | None = None) -> LlamaCppEngine:
-    """Load a GGUF tier or file with llama.cpp. Raises ModelUnavailable with what to do."""
-    if adapter:
-        raise ModelUnavailable(
-            f"a LoRA adapter cannot be merged into the GGUF model {spec!r} at load. Merge it into the "
-            "transformers weights and export that: python -m krishna_ai merge --base light --adapter "
-            f"{adapter} --out merged/m, then python -m krishna_ai export gguf --model merged/m --out m.gguf, "
-            "and start with --model m.gguf")
+    """Load a GGUF tier or file with llama.cpp (the light tier with `adapter` merged, built once and cached).
+    Raises ModelUnavailable with what to do."""
     try:
         import llama_cpp
     except ImportError:
         raise ModelUnavailable(INSTALL_HINT) from None
-    name, path = resolve_gguf(spec)
+    if adapter:
+        from krishna_ai.runtime.gguf_adapter import adapted_gguf
+
+        name, path = f"{spec}@{Path(adapter).name}", adapted_gguf(spec, adapter)
+    else:
+        name, path = resolve_gguf(spec)
     threads = n_threads or default_threads()
 
     def load(ctx: int) -> Any:
@@ -155,7 +155,8 @@ def load_gguf(spec: str, *, adapter: str | os.PathLike[str] | None = None, n_ctx
     if family == "other":
         notes.append(f"architecture {arch!r} is not Gemma: prompts still use Gemma's turn format")
     info = EngineInfo(name=name, backend="llama.cpp", family=family, multimodal=False,
-                      context_length=llm.n_ctx(), quantized=True, notes=tuple(notes))
+                      context_length=llm.n_ctx(), quantized=True, notes=tuple(notes),
+                      adapter=str(adapter) if adapter else None)
     return LlamaCppEngine(llm, info, source=path)
 
 

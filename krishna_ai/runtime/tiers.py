@@ -33,6 +33,19 @@ TIERS: dict[str, Tier] = {
 GGUF_TIER = "light-gguf"
 
 
+def default_tier() -> str:
+    """The fastest light tier this install can run: `light-gguf` when llama-cpp-python is installed
+    (about 5x the transformers decode rate on a CPU), else `light`."""
+    import importlib.util
+
+    return GGUF_TIER if importlib.util.find_spec("llama_cpp") is not None else "light"
+
+
+FAST_PATH_HINT = ("Replies here run on transformers. For about 5x faster replies on a CPU, install llama.cpp "
+                  "(pip install -r requirements-llamacpp.txt, a one-off ~5 minute build) and restart: "
+                  "the app then serves light-gguf, with every persona's adapter.")
+
+
 def describe_tiers() -> str:
     return ", ".join(f"{t.id} ({t.source})" for t in TIERS.values())
 

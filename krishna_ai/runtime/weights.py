@@ -198,12 +198,31 @@ def merge_adapter(model: Any, adapter: Path) -> Any:
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelUnavailable(f"adapter {adapter} does not fit this model: {exc}") from None
+        reason = " ".join(str(exc).split())[:300]
+        raise ModelUnavailable(f"adapter {adapter} does not fit this model (wrong base or rank?): {reason}") from None
     except Exception as exc:  # noqa: BLE001 - e.g. safetensors' SafetensorError on a corrupt file
         weights = Path(adapter) / "adapter_model.safetensors"
         raise ModelUnavailable(f"cannot read the adapter weights {weights}: {type(exc).__name__}: {exc} "
                                "(the file is damaged or not safetensors; re-copy or re-train the adapter)") from None
+    _check_complete(peft_model, adapter)
     return peft_model.merge_and_unload()
+
+
+def _check_complete(peft_model: Any, adapter: Path) -> None:
+    """peft only warns when the file lacks tensors for some adapted modules (they would merge as a no-op):
+    refuse such an adapter instead, naming how many are missing."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as fh:
+        stored = {k.rsplit(".lora_", 1)[0] for k in fh.keys() if ".lora_A" in k or ".lora_B" in k}
+        pairs = {k.rsplit(".lora_", 1)[0] for k in fh.keys() if ".lora_A" in k} & \
+            {k.rsplit(".lora_", 1)[0] for k in fh.keys() if ".lora_B" in k}
+    adapted = [name for name, module in peft_model.named_modules() if "default" in getattr(module, "lora_A", {})]
+    missing = len(adapted) - len(pairs)
+    if missing > 0 or len(pairs) < len(stored):
+        raise ModelUnavailable(f"adapter {adapter} is incomplete: {max(missing, len(stored) - len(pairs))} of "
+                               f"{len(adapted)} adapted modules have no lora_A/lora_B pair in "
+                               "adapter_model.safetensors (a damaged or truncated file); re-train or re-copy it")
 
 
 def _merge_to_cache(source: str, adapter: Path, family: str, text_only: bool) -> Path:

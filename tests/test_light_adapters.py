@@ -1,0 +1,47 @@
+"""The light tier as the app serves it: every persona's shipped adapter, trained by the project's recipe,
+ends its turn, leaks nothing, does not loop, and (krishna) retells its card."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from krishna_ai.evaluate import evaluate, load_questions
+from krishna_ai.personas import load_personas
+from krishna_ai.runtime.load import load_engine
+from krishna_ai.sampling import SamplingParams
+from krishna_ai.train import TrainConfig
+from tests.conftest import REPO
+
+PERSONAS = ["krishna", "aurora", "maize", "pet"]
+P = load_personas()
+
+
+@pytest.mark.parametrize("name", PERSONAS)
+def test_each_persona_ships_an_adapter_trained_by_its_recipe(name):
+    adapter = REPO / "adapters" / f"{name}-light"
+    assert P[name].adapters == {"light": str(adapter.resolve())}
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    # the turn markers' embedding rows were trained: a base model cannot end its turn without them
+    assert config["trainable_token_indices"] == [105, 106]
+    summary = json.loads((adapter / "train_summary.json").read_text())
+    assert summary["final_loss"] < summary["first_loss"] and summary["steps"] > 0
+    recipe = yaml.safe_load((adapter / "recipe.yaml").read_text())
+    shipped = TrainConfig.from_yaml(REPO / "configs" / f"{name}-light.yaml").to_dict()
+    assert {k: v for k, v in recipe.items() if k != "output_dir"} == \
+        {k: v for k, v in shipped.items() if k != "output_dir"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PERSONAS)
+def test_tuned_replies_end_cleanly(name):
+    persona = P[name]
+    engine = load_engine("light", persona.adapters["light"])
+    questions = load_questions(REPO / "data" / name / "heldout.jsonl")[:3]
+    res = evaluate(engine, persona, questions, SamplingParams.for_persona(persona, seed=0), progress=False)
+    assert res["ended"] == 1.0 and res["leaked"] == 0.0 and res["looped"] == 0.0, [
+        (r["finish_reason"], r["violations"], r["reply"][-200:]) for r in res["replies"]]
+    if persona.knowledge is not None and persona.knowledge.checked == "story":
+        assert res["faithful"] >= 2 / 3, [(r["unsupported"], r["reply"]) for r in res["replies"]]
