@@ -53,7 +53,11 @@ def test_training_lowers_loss_and_writes_artifacts(dataset, tmp_path):
     assert (run / "loss.png").stat().st_size > 1000 and (run / "adapter" / "adapter_model.safetensors").is_file()
     assert summary["steps"] == 6 and summary["engine"] == "hf"
     keys = list(adapter_tensors(run))
-    assert keys and all(".layers." in k and ("self_attn" in k or "mlp" in k) for k in keys)
+    lora = [k for k in keys if "trainable_tokens" not in k]
+    assert lora and all(".layers." in k and ("self_attn" in k or "mlp" in k) for k in lora)
+    # the turn markers' embedding rows are trained too (the base model never learned to end a turn)
+    assert [k for k in keys if "trainable_tokens" in k] == [
+        "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]
 
 
 def test_resume_reaches_the_same_state(dataset, tmp_path):
