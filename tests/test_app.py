@@ -20,7 +20,7 @@ def test_app_imports_without_loading_a_model():
 
     mod = importlib.reload(app)
     args = mod.parse_args(["--persona", "maize", "--port", "9999"])
-    assert args.persona == "maize" and args.model == "light"
+    assert args.persona == "maize" and args.model is None  # build() picks light-gguf if llama.cpp is there, else light
     assert mod.parse_auth("me:pw") == ("me", "pw")
     with pytest.raises(SystemExit):
         mod.parse_auth("nopassword")
@@ -147,6 +147,7 @@ def test_persona_adapter_is_used_on_its_tier_only(scripted):
 
     personas = load_personas()
     personas["krishna"] = personas["krishna"].model_copy(update={"adapters": {"light": "/adapters/k"}})
+    personas["aurora"] = personas["aurora"].model_copy(update={"adapters": {}})  # a persona without one
     studio = Studio(personas, loader=loader)
     list(studio.chat("krishna", [], "hi"))
     list(studio.chat("aurora", [], "hi"))

@@ -49,7 +49,9 @@ def test_lora_lands_only_on_the_language_model(tiny_dir, text_data, tmp_path, on
     assert {n.split(".")[-2] for n in lora} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                 "down_proj"}
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable)
+    assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    # the turn markers' rows of the text embedding are the only non-LoRA trainables
+    assert all(".language_model.embed_tokens." in n for n in trainable if "trainable_tokens" in n)
 
 
 def test_training_lowers_loss_on_tiny_gemma3n(tiny_dir, text_data, tmp_path, one_thread):

@@ -317,7 +317,8 @@ def test_chat_api_on_the_tiny_tier_streams_image_replies_and_rejects_bad_images(
         with pytest.raises(Exception, match="reads text only"):
             ask(leaf, "light")
         assert ask(leaf, str(tiny_dir))[-1]
-        assert loads == [str(tiny_dir), "light"] and set(studio.loaded()) == {str(tiny_dir), "light"}
+        # the light tier was loaded once per persona adapter (pet's, maize's), the tiny folder once
+        assert loads[0] == str(tiny_dir) and loads[1:] == ["light", "light"] and len(studio.loaded()) == 3
     finally:
         demo.close()
 

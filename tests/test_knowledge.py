@@ -15,6 +15,8 @@ from krishna_ai.personas import PROMPTS_DIR, load_persona, load_personas
 from krishna_ai.studio import Studio
 
 P = load_personas()
+AURORA_NO_ADAPTER = (PROMPTS_DIR / "aurora.toml").read_text().replace(
+    'adapters = { light = "../adapters/aurora-light" }\n', "")  # written elsewhere: no adapter beside it
 BANKS = PROMPTS_DIR / "knowledge"
 CARD = '''[[cards]]
 id = "x-one"
@@ -83,7 +85,7 @@ def test_bad_banks_are_refused_with_file_card_and_field(tmp_path):
 
 def test_a_persona_naming_a_missing_bank_is_refused(tmp_path):
     path = tmp_path / "aurora.toml"
-    path.write_text((PROMPTS_DIR / "aurora.toml").read_text())  # its bank "knowledge/aurora" is not beside it
+    path.write_text(AURORA_NO_ADAPTER)  # its bank "knowledge/aurora" is not beside it
     with pytest.raises(PersonaError, match=r"aurora.toml: knowledge.bank: .*does not exist"):
         load_persona(path)
 
@@ -91,7 +93,7 @@ def test_a_persona_naming_a_missing_bank_is_refused(tmp_path):
 def test_a_bank_broken_while_serving_fails_that_persona_only(tmp_path, scripted):
     bank = tmp_path / "knowledge" / "aurora"
     shutil.copytree(BANKS / "aurora", bank)
-    (tmp_path / "aurora.toml").write_text((PROMPTS_DIR / "aurora.toml").read_text())
+    (tmp_path / "aurora.toml").write_text(AURORA_NO_ADAPTER)
     personas = dict(P, aurora=load_persona(tmp_path / "aurora.toml"))
     studio = Studio(personas, loader=lambda spec, adapter: scripted(["Partha, fine."]))
     assert list(studio.chat("aurora", [], "Who was Tukaram?"))[-1].sources

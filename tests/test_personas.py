@@ -7,7 +7,8 @@ from krishna_ai.personas import PROMPTS_DIR, get_persona, load_persona, load_per
 
 # The shipped aurora persona, with its knowledge bank made absolute so the file can be written anywhere.
 GOOD = (PROMPTS_DIR / "aurora.toml").read_text().replace(
-    'bank = "knowledge/aurora"', f'bank = "{(PROMPTS_DIR / "knowledge" / "aurora").as_posix()}"')
+    'bank = "knowledge/aurora"', f'bank = "{(PROMPTS_DIR / "knowledge" / "aurora").as_posix()}"').replace(
+    'adapters = { light = "../adapters/aurora-light" }\n', "")
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
