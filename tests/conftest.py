@@ -154,11 +154,7 @@ class ScriptedEngine:
         raise ConfigError(f"the scripted engine runs no slices (asked for {name!r})")
 
     def generate_batch(self, conversations, params=None) -> list[Completion]:
-        out = []
-        for c in conversations:
-            reply = self.stream(c, params)
-            out.append(Completion(reply.read(), reply.stats.finish_reason or "max_tokens", reply.stats.tokens))
-        return out
+        return [self.stream(c, params).completion() for c in conversations]
 
     def stream(self, messages, params=None, stop_event=None, *, slice=None) -> Reply:
         stop_event = stop_event or threading.Event()

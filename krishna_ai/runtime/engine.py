@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from krishna_ai.errors import ConfigError, GenerationError, ImageError
+from krishna_ai.errors import GenerationError, ImageError
 from krishna_ai.prompting import Message, fit_history, has_image
 from krishna_ai.runtime.tiers import image_tiers_hint
 from krishna_ai.sampling import SamplingParams
@@ -137,6 +137,11 @@ class Reply:
             pass
         return self.text
 
+    def completion(self) -> Completion:
+        """Consume the whole reply: its stripped text, how it ended, and its token count."""
+        text = self.read().strip()
+        return Completion(text=text, finish_reason=self.stats.finish_reason or "max_tokens", tokens=self.stats.tokens)
+
 
 @dataclass
 class Completion:
@@ -145,7 +150,6 @@ class Completion:
     text: str
     finish_reason: FinishReason
     tokens: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -190,10 +194,6 @@ def prepare(engine: Engine, messages: list[Message], params: SamplingParams | No
         raise ImageError(f"The model {info.name!r} reads text only. {image_tiers_hint()}")
     budget = info.context_length - params.max_new_tokens
     return fit_history(messages, engine.count_tokens, budget), params
-
-
-def no_live_slices(name: str, why: str) -> ConfigError:
-    return ConfigError(f"{name!r} cannot switch MatFormer slices live: {why}")
 
 
 def stop_token_ids(eos: int | None, lookup: Callable[[str], int | None]) -> list[int]:

@@ -157,7 +157,7 @@ class HFEngine:
         import torch
 
         if any(has_image(c) for c in conversations):
-            return [self._one(c, params) for c in conversations]
+            return [self.stream(c, params).completion() for c in conversations]
         prepared = [prepare(self, c, params) for c in conversations]
         params = prepared[0][1] if prepared else (params or SamplingParams())
         tok = self.loaded.tokenizer
@@ -183,12 +183,6 @@ class HFEngine:
                                       finish_reason="end_of_turn" if ended is not None else "max_tokens",
                                       tokens=len(kept) + (ended is not None)))
         return results
-
-    def _one(self, messages: list[Message], params: SamplingParams | None) -> Completion:
-        reply = self.stream(messages, params)
-        text = reply.read().strip()
-        return Completion(text=text, finish_reason=reply.stats.finish_reason or "max_tokens",
-                          tokens=reply.stats.tokens)
 
     def _pad_id(self) -> int:
         pad = self.loaded.tokenizer.pad_token_id

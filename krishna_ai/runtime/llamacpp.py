@@ -218,13 +218,7 @@ class LlamaCppEngine:
     def generate_batch(self, conversations: list[list[Message]],
                        params: SamplingParams | None = None) -> list[Completion]:
         """Replies to several conversations, one after the other (llama-cpp-python's API does not batch)."""
-        out = []
-        for conv in conversations:
-            reply = self.stream(conv, params)
-            text = reply.read().strip()
-            out.append(Completion(text=text, finish_reason=reply.stats.finish_reason or "max_tokens",
-                                  tokens=reply.stats.tokens))
-        return out
+        return [self.stream(conv, params).completion() for conv in conversations]
 
     def _reply(self, tokens: list[int], params: SamplingParams, stop_event: threading.Event | None,
                started: float) -> Reply:
