@@ -18,6 +18,9 @@ import warnings
 
 from krishna_ai.errors import KrishnaError
 
+REMOTE_CONCURRENCY = 32
+"""Replies in flight at once against a model server: it queues what its slots cannot take yet."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python app.py", description=__doc__.split("\n")[0])
@@ -39,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="another model clients may pick (repeatable); by default only the tiers and --model")
     ap.add_argument("--allow-any-model", dest="allow_any_model", action="store_true",
                     help="let clients load any folder or hub id (never with --share)")
+    ap.add_argument("--concurrency", type=int, default=None, metavar="N",
+                    help=f"replies generated at once (default: 1 in-process; {REMOTE_CONCURRENCY} for a model "
+                         "server (--model openai:URL), which batches them)")
     ap.add_argument("--preload", dest="preload", action="store_true", default=True,
                     help="load the model (and convert the light tier, once) before serving: the default")
     ap.add_argument("--no-preload", dest="preload", action="store_false",
@@ -102,7 +108,13 @@ def build(args: argparse.Namespace):
     adapters = {args.model: args.adapter} if args.adapter else None
     policy = ModelPolicy([args.model, *getattr(args, "allow_model", [])],
                          open_to_any=getattr(args, "allow_any_model", False))
-    studio = Studio(personas, default_model=args.model, adapters=adapters, policy=policy)
+    from krishna_ai.runtime.remote import is_remote_spec
+
+    concurrency = args.concurrency if args.concurrency is not None else (
+        REMOTE_CONCURRENCY if is_remote_spec(args.model) else 1)
+    if concurrency < 1:
+        raise SystemExit(f"--concurrency {concurrency}: give 1 or more")
+    studio = Studio(personas, default_model=args.model, adapters=adapters, policy=policy, concurrency=concurrency)
     if args.preload:  # the engine the first persona's first reply uses (its adapter merged), not the bare base
         print(f"Loading {args.model} for {args.persona}…", file=sys.stderr)
         try:
@@ -115,9 +127,9 @@ def build(args: argparse.Namespace):
 MAX_UPLOAD = "20mb"
 
 
-def launch(demo, args: argparse.Namespace, **extra):
-    """Queue and launch with the app's limits: one generation at a time per model, capped uploads."""
-    return demo.queue(default_concurrency_limit=1).launch(
+def launch(demo, args: argparse.Namespace, concurrency: int = 1, **extra):
+    """Queue and launch with the app's limits: `concurrency` generations at once, capped uploads."""
+    return demo.queue(default_concurrency_limit=concurrency).launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=login_guard(args),
         max_file_size=MAX_UPLOAD, show_error=True, **extra)
 
@@ -139,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         print("WARNING: --share without --auth exposes the app to anyone with the link; "
               "add --auth USER:PASSWORD", file=sys.stderr)
     try:
-        demo, _ = build(args)
+        demo, studio = build(args)
     except KrishnaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    launch(demo, args)
+    launch(demo, args, concurrency=studio.concurrency)
     return 0
 
 

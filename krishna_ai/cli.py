@@ -56,6 +56,24 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from krishna_ai.personas import load_personas, persona_dirs
+    from krishna_ai.serve import ServerConfig, model_file, serve
+
+    adapter = args.adapter
+    if adapter is None and args.persona:
+        persona = load_personas(persona_dirs(args.prompts)).get(args.persona)
+        if persona is None:
+            raise ConfigError(f"unknown persona {args.persona!r}")
+        adapter = persona.adapter_for(args.model)
+    if adapter in ("", "none"):
+        adapter = None
+    alias, path = model_file(args.model, adapter)
+    return serve(ServerConfig(model=path, alias=args.alias or alias, parallel=args.parallel,
+                              ctx_per_slot=args.ctx_per_slot, host=args.host, port=args.port, threads=args.threads,
+                              api_key_env=args.api_key_env))
+
+
 def _cmd_personas(args: argparse.Namespace) -> int:
     from krishna_ai.personas import load_personas, persona_dirs
 
@@ -251,6 +269,20 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="do not print stats and style check")
     _add_sampling(p)
     p.set_defaults(func=_cmd_ask)
+
+    p = sub.add_parser("serve", help="llama.cpp's OpenAI-compatible server on the light GGUF, N users at once")
+    p.add_argument("--persona", default="krishna", help="serve this persona's light adapter (merged)")
+    p.add_argument("--model", default="light-gguf", help="light-gguf (default) or a .gguf file")
+    p.add_argument("--adapter", help="adapter folder to merge instead of the persona's ('none': the bare model)")
+    p.add_argument("--alias", help="model name clients ask for (default: the adapter's folder name)")
+    p.add_argument("--parallel", type=int, default=8, help="slots decoded together (default 8)")
+    p.add_argument("--ctx-per-slot", dest="ctx_per_slot", type=int, default=2048, help="context per slot (tokens)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
+    p.add_argument("--api-key-env", dest="api_key_env", metavar="VAR",
+                   help="require the key held in this environment variable (never on the command line)")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("personas", help="list (and validate) the available personas")
     p.set_defaults(func=_cmd_personas)

@@ -67,6 +67,7 @@ class Studio:
         loader: EngineLoader | None = None,
         max_loaded: int = 3,
         policy: ModelPolicy | None = None,
+        concurrency: int = 1,
     ):
         self.personas = personas if personas is not None else load_personas()
         self.default_model = default_model
@@ -78,6 +79,9 @@ class Studio:
         self._load_lock = threading.Lock()
         self._stops: dict[str, threading.Event] = {}
         self._stops_lock = threading.Lock()
+        self.concurrency = concurrency
+        """Replies generated at once (the UI's queue): 1 for a model in this process, which runs one reply at
+        a time anyway; more for a model server, which batches them."""
         self.policy = policy
         """Which models a client may name (None: any, for library and CLI use; the app always sets one)."""
 

@@ -22,7 +22,7 @@ from krishna_ai.style import badge
 
 NOTICE = "⚠️ Not answered"
 """Title of the chat notice shown when a request is refused (kept out of the model's history)."""
-GENERATE = "generate"  # one concurrency group: the UI and the API share the model one request at a time
+GENERATE = "generate"  # one concurrency group for the UI and the API: Studio.concurrency replies at a time
 
 
 def _files(content: Any) -> list[str]:
@@ -242,7 +242,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
 
         submit_event = (textbox.submit(add_user, [chatbot, textbox], [chatbot, textbox, stop_btn], queue=False)
                         .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
-                              concurrency_limit=1, api_visibility="private"))
+                              concurrency_limit=studio.concurrency, api_visibility="private"))
         submit_event.then(**unlock)
 
         def drop_reply(history: list[dict]):
@@ -309,7 +309,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             except (KrishnaError, ValueError) as exc:
                 raise _error(exc) from None
 
-        gr.api(chat, api_name="chat", concurrency_id=GENERATE, concurrency_limit=1)
+        gr.api(chat, api_name="chat", concurrency_id=GENERATE, concurrency_limit=studio.concurrency)
 
         async def reply(message: str, persona: str = "krishna", temperature: float | None = None,
                         top_p: float | None = None, top_k: int | None = None, max_new_tokens: int | None = None,
@@ -340,5 +340,5 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 raise gr.Error("the reply was stopped before it finished")
             return reply_payload(final)
 
-        gr.api(reply, api_name="reply", concurrency_id=GENERATE, concurrency_limit=1)
+        gr.api(reply, api_name="reply", concurrency_id=GENERATE, concurrency_limit=studio.concurrency)
     return demo

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 from gradio_client import handle_file
@@ -128,7 +129,7 @@ def test_share_without_auth_warns(monkeypatch, capsys):
         def launch(self, **kw):
             launched.update(kw)
 
-    monkeypatch.setattr(app, "build", lambda args: (FakeDemo(), None))
+    monkeypatch.setattr(app, "build", lambda args: (FakeDemo(), SimpleNamespace(concurrency=1)))
     with pytest.warns(UserWarning, match="--share without --auth"):
         app.main(["--share"])
     assert launched["share"] is True and launched["auth"] is None
@@ -136,6 +137,19 @@ def test_share_without_auth_warns(monkeypatch, capsys):
     app.main(["--auth", "u:p"])
     guard = launched["auth"]
     assert guard("u", "p") is True and guard.delay_for(0) == 0.0
+
+
+def test_a_model_server_gets_concurrent_replies_and_in_process_models_one():
+    """In-process engines run one reply at a time, so the queue does too; a model server batches, so the app
+    sends it many at once (or --concurrency N). Nothing is loaded: --no-preload."""
+    _, studio = app.build(app.parse_args(["--model", "openai:http://127.0.0.1:9/v1#m", "--no-preload"]))
+    assert studio.concurrency == app.REMOTE_CONCURRENCY
+    _, studio = app.build(app.parse_args(["--model", "light", "--no-preload"]))
+    assert studio.concurrency == 1
+    _, studio = app.build(app.parse_args(["--model", "light", "--no-preload", "--concurrency", "3"]))
+    assert studio.concurrency == 3
+    with pytest.raises(SystemExit, match="--concurrency 0"):
+        app.build(app.parse_args(["--model", "light", "--no-preload", "--concurrency", "0"]))
 
 
 def test_persona_adapter_is_used_on_its_tier_only(scripted):

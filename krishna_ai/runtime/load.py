@@ -6,13 +6,19 @@ import os
 from typing import Any
 
 from krishna_ai.runtime.engine import Engine
+from krishna_ai.runtime.remote import is_remote_spec
 from krishna_ai.runtime.tiers import is_gguf_spec
 
 
 def load_engine(spec: str, adapter: str | os.PathLike[str] | None = None, **options: Any) -> Engine:
-    """An engine for a model spec: llama.cpp for `light-gguf` and *.gguf files, transformers for tiers,
-    folders and hub ids. `options` go to the back end's loader (quantize, dtype, text_only, device for
-    transformers; n_ctx, n_threads for llama.cpp). Raises ModelUnavailable with what to do."""
+    """An engine for a model spec: a model server for `openai:URL[#MODEL]`, llama.cpp for `light-gguf` and
+    *.gguf files, transformers for tiers, folders and hub ids. `options` go to the back end's loader (quantize,
+    dtype, text_only, device for transformers; n_ctx, n_threads for llama.cpp). Raises ModelUnavailable with
+    what to do."""
+    if is_remote_spec(spec):
+        from krishna_ai.runtime.remote import load_remote
+
+        return load_remote(spec, adapter=adapter)
     if is_gguf_spec(spec):
         from krishna_ai.runtime.llamacpp import load_gguf
 

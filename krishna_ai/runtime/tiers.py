@@ -67,6 +67,9 @@ def resolve_source(spec: str) -> tuple[str, str, bool]:
         raise ModelUnavailable(
             f"{spec!r} is a GGUF model: the app, `ask` and `eval` run it with llama.cpp, but this command needs "
             "transformers weights (use the tier `light`, or the folder the GGUF was exported from)")
+    if spec.startswith("openai:"):
+        raise ModelUnavailable(f"{spec!r} is a model on a server: the app, `ask` and `eval` can use it, but this "
+                               "command needs the weights themselves (a tier, or a local model folder)")
     if spec == "light":
         from krishna_ai.runtime.light import ensure_light_checkpoint
 
