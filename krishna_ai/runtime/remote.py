@@ -49,8 +49,9 @@ from krishna_ai.sampling import SamplingParams
 PREFIX = "openai:"
 KEY_ENVS = ("KRISHNA_AI_API_KEY", "OPENAI_API_KEY")
 TIMEOUT_ENV = "KRISHNA_AI_REMOTE_TIMEOUT"
-DEFAULT_STALL_S = 30.0
-"""Longest wait for the next streamed piece (or the first, while the server queues the request)."""
+DEFAULT_STALL_S = 120.0
+"""Longest wait for the next streamed piece, or for the first while the request waits in the server's queue
+(llama-server sends nothing until a slot takes it: with 32 users on 8 slots that can take a minute)."""
 DEFAULT_CONTEXT = 8192
 """Context assumed when the server does not say (the server still refuses a prompt that is too long)."""
 BYTES_PER_TOKEN = 3
