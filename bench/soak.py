@@ -2,6 +2,7 @@
 
     python bench/soak.py                        # 8 clients, 120 s, the app in-process on the light tier
     python bench/soak.py --clients 4 --seconds 20 --max-new-tokens 12
+    python bench/soak.py --clients 32 --serve 8           # the app on llama-server (8 slots): `serve`
 
 Pass criteria (printed, and the exit code): no failed request, no generate thread left running,
 resident memory stable within 10% (median of the last fifth vs the first fifth after warm-up), and a
@@ -18,6 +19,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,26 +88,28 @@ def sample_rss(until: float, soak: Soak) -> None:
         time.sleep(0.5)
 
 
-def start_app(model: str, adapter: str | None) -> tuple[object, str]:
+def start_app(model: str, adapter: str | None, concurrency: int = 1) -> tuple[object, str]:
     from krishna_ai.personas import load_personas
     from krishna_ai.studio import Studio
     from krishna_ai.ui import build_demo
 
-    studio = Studio(load_personas(), default_model=model, adapters={model: adapter} if adapter else None)
+    studio = Studio(load_personas(), default_model=model, adapters={model: adapter} if adapter else None,
+                    concurrency=concurrency)
     studio.engine()  # load before the clock starts
     demo = build_demo(studio)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    demo.queue(default_concurrency_limit=concurrency).launch(prevent_thread_lock=True, server_port=port, quiet=True)
     return demo, f"http://127.0.0.1:{port}/"
 
 
 def run(clients: int = 8, seconds: float = 120.0, max_new: int = 24, cancel_rate: float = 0.3, seed: int = 0,
-        model: str = "light", adapter: str | None = None, url: str | None = None) -> dict:
+        model: str = "light", adapter: str | None = None, url: str | None = None, concurrency: int = 1,
+        busy_slots: Callable[[], list[bool]] | None = None) -> dict:
     demo = None
     if url is None:
-        demo, url = start_app(model, adapter)
+        demo, url = start_app(model, adapter, concurrency)
     soak = Soak()
     rng = random.Random(seed)
     started = time.time()
@@ -120,9 +124,14 @@ def run(clients: int = 8, seconds: float = 120.0, max_new: int = 24, cancel_rate
         t.join(seconds + 300)
     time.sleep(1.0)  # let cancelled generations wind down
     leftover = [t.name for t in threading.enumerate() if t.name == "krishna-generate" and t.is_alive()]
+    busy = sum(busy_slots()) if busy_slots else None  # a model server: slots still generating after the run
     if demo is not None:
         demo.close()
-    return summarise(soak, clients, time.time() - started, leftover)
+    out = summarise(soak, clients, time.time() - started, leftover)
+    if busy is not None:
+        out["server_slots_busy_after"] = busy
+        out["checks"]["no server slot left busy"] = busy == 0
+    return out
 
 
 def summarise(soak: Soak, clients: int, elapsed: float, leftover: list[str]) -> dict:
@@ -163,15 +172,31 @@ def main() -> int:
     ap.add_argument("--adapter")
     ap.add_argument("--url", help="soak a running app instead of starting one in-process")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--serve", type=int, metavar="SLOTS",
+                    help="run the app on llama-server with this many slots (Krishna's light adapter merged)")
     args = ap.parse_args()
-    out = run(args.clients, args.seconds, args.max_new_tokens, args.cancel_rate, args.seed, args.model,
-              args.adapter, args.url)
+    if args.serve:
+        from krishna_ai.personas import load_personas
+        from krishna_ai.serve import LlamaServer, ServerConfig, model_file, slot_states
+        from tests.conftest import free_port
+
+        alias, gguf = model_file("light-gguf", load_personas()["krishna"].adapter_for("light-gguf"))
+        config = ServerConfig(model=gguf, alias=alias, parallel=args.serve, port=free_port())
+        with LlamaServer(config).start():
+            time.sleep(0.5)
+            out = run(args.clients, args.seconds, args.max_new_tokens, args.cancel_rate, args.seed, config.spec,
+                      None, args.url, concurrency=32,
+                      busy_slots=lambda: (time.sleep(2.0), slot_states(config.host, config.port))[1])
+    else:
+        out = run(args.clients, args.seconds, args.max_new_tokens, args.cancel_rate, args.seed, args.model,
+                  args.adapter, args.url)
     print(f"{args.clients} clients × {args.seconds:.0f} s, max_new_tokens ≤ {args.max_new_tokens}, "
           f"cancel rate {args.cancel_rate}")
     print("| measure | value |\n|---|---|")
     for key in ("requests", "completed", "cancelled", "failed", "wait_median_s", "wait_max_s", "per_client",
-                "rss_early_mb", "rss_late_mb", "rss_drift", "generate_threads_left"):
-        print(f"| {key} | {out[key]} |")
+                "rss_early_mb", "rss_late_mb", "rss_drift", "generate_threads_left", "server_slots_busy_after"):
+        if key in out:
+            print(f"| {key} | {out[key]} |")
     for name, ok in out["checks"].items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     for err in out["errors"]:
