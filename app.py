@@ -17,6 +17,7 @@ import sys
 import warnings
 
 from krishna_ai.errors import KrishnaError
+from krishna_ai.serve import port_free
 
 REMOTE_CONCURRENCY = 32
 """Replies in flight at once against a model server: it queues what its slots cannot take yet."""
@@ -68,18 +69,6 @@ def login_guard(args: argparse.Namespace):
     parse_auth(args.auth)  # the clear message for a malformed --auth
     pairs = load_credentials(args.auth, getattr(args, "auth_file", None))
     return LoginGuard(pairs) if pairs else None
-
-
-def port_free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def build(args: argparse.Namespace):
