@@ -46,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=None, metavar="N",
                     help=f"replies generated at once (default: 1 in-process; {REMOTE_CONCURRENCY} for a model "
                          "server (--model openai:URL), which batches them)")
+    ap.add_argument("--db", default=None, metavar="URL",
+                    help="where chats are saved: any SQLAlchemy URL (default: $KRISHNA_AI_DB, else SQLite at "
+                         "$KRISHNA_AI_DATA/history.db, ~/.local/share/krishna_ai by default)")
+    ap.add_argument("--no-history", dest="history", action="store_false", default=True,
+                    help="save nothing: chats live in the browser tab only")
     ap.add_argument("--preload", dest="preload", action="store_true", default=True,
                     help="load the model (and convert the light tier, once) before serving: the default")
     ap.add_argument("--no-preload", dest="preload", action="store_false",
@@ -69,6 +74,21 @@ def login_guard(args: argparse.Namespace):
     parse_auth(args.auth)  # the clear message for a malformed --auth
     pairs = load_credentials(args.auth, getattr(args, "auth_file", None))
     return LoginGuard(pairs) if pairs else None
+
+
+def open_history(args: argparse.Namespace):
+    """(store, None), or (None, why) when history is off: a broken database never stops the app from chatting."""
+    if not getattr(args, "history", True):
+        return None, "started with --no-history"
+    from krishna_ai.history import open_store
+
+    try:
+        store = open_store(getattr(args, "db", None))
+    except KrishnaError as exc:
+        print(f"warning: chats will not be saved: {exc}", file=sys.stderr)
+        return None, str(exc)
+    print(f"Chats are saved in {store.where}", file=sys.stderr)
+    return store, None
 
 
 def build(args: argparse.Namespace):
@@ -103,7 +123,9 @@ def build(args: argparse.Namespace):
         REMOTE_CONCURRENCY if is_remote_spec(args.model) else 1)
     if concurrency < 1:
         raise SystemExit(f"--concurrency {concurrency}: give 1 or more")
-    studio = Studio(personas, default_model=args.model, adapters=adapters, policy=policy, concurrency=concurrency)
+    store, history_error = open_history(args)
+    studio = Studio(personas, default_model=args.model, adapters=adapters, policy=policy, concurrency=concurrency,
+                    store=store, history_error=history_error)
     if args.preload:  # the engine the first persona's first reply uses (its adapter merged), not the bare base
         print(f"Loading {args.model} for {args.persona}…", file=sys.stderr)
         try:

@@ -16,6 +16,7 @@ from typing import Any
 
 from krishna_ai.access import ModelPolicy
 from krishna_ai.errors import ImageError, InputError
+from krishna_ai.history import HistoryStore
 from krishna_ai.images import load_image
 from krishna_ai.knowledge import Card, ground
 from krishna_ai.personas import Persona, get_persona, load_personas
@@ -68,6 +69,8 @@ class Studio:
         max_loaded: int = 3,
         policy: ModelPolicy | None = None,
         concurrency: int = 1,
+        store: HistoryStore | None = None,
+        history_error: str | None = None,
     ):
         self.personas = personas if personas is not None else load_personas()
         self.default_model = default_model
@@ -82,6 +85,9 @@ class Studio:
         self.concurrency = concurrency
         """Replies generated at once (the UI's queue): 1 for a model in this process, which runs one reply at
         a time anyway; more for a model server, which batches them."""
+        self.store = store
+        """Saved chats (None: history is off, because it was not asked for or `history_error` says why)."""
+        self.history_error = history_error
         self.policy = policy
         """Which models a client may name (None: any, for library and CLI use; the app always sets one)."""
 
@@ -94,7 +100,7 @@ class Studio:
         A failed load raises ModelUnavailable and leaves the engines already loaded untouched.
         """
         spec = (spec or self.default_model).strip()
-        adapter = self.adapters.get(spec) or (persona.adapter_for(spec) if persona else None)
+        adapter = self.adapter(spec, persona)
         key = f"{spec}@{adapter}" if adapter else spec
         with self._load_lock:
             if key in self._engines:
@@ -105,6 +111,11 @@ class Studio:
             while len(self._engines) > self._max_loaded:
                 self._engines.popitem(last=False)
             return engine
+
+    def adapter(self, spec: str | None, persona: Persona | None = None) -> str | None:
+        """The adapter merged into `spec` for `persona`: the startup one for this spec, else the persona's own."""
+        spec = (spec or self.default_model).strip()
+        return self.adapters.get(spec) or (persona.adapter_for(spec) if persona else None)
 
     def client_engine(self, spec: str | None, persona: Persona | None = None) -> Engine:
         """`engine()` for a spec a client sent: refused (InputError, nothing loaded) unless the policy allows it."""

@@ -19,30 +19,24 @@ from krishna_ai.matformer import known_configs
 from krishna_ai.runtime.tiers import FAST_PATH_HINT, TIERS, default_tier
 from krishna_ai.studio import Studio, Update
 from krishna_ai.style import badge
+from krishna_ai.ui_chats import (
+    api_turn,
+    build_sidebar,
+    choices,
+    content_files,
+    content_text,
+    history_api,
+    message_id,
+    save_question,
+    save_reply,
+    tag,
+    user_of,
+    wire_sidebar,
+)
 
 NOTICE = "⚠️ Not answered"
 """Title of the chat notice shown when a request is refused (kept out of the model's history)."""
 GENERATE = "generate"  # one concurrency group for the UI and the API: Studio.concurrency replies at a time
-
-
-def _files(content: Any) -> list[str]:
-    if isinstance(content, dict) and content.get("type") == "file":
-        return [content["file"]["path"]]
-    if isinstance(content, dict) and "path" in content:
-        return [content["path"]]
-    if isinstance(content, list):
-        return [p for block in content for p in _files(block)]
-    return []
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict) and content.get("type") == "text":
-        return content.get("text", "")
-    if isinstance(content, list):
-        return "\n".join(t for t in (_text(b) for b in content) if t)
-    return ""
 
 
 def split_pending(history: list[dict]) -> tuple[list[dict], str, str | None]:
@@ -51,15 +45,15 @@ def split_pending(history: list[dict]) -> tuple[list[dict], str, str | None]:
     while i > 0 and history[i - 1]["role"] == "user":
         i -= 1
     pending = history[i:]
-    text = "\n".join(t for t in (_text(m["content"]) for m in pending) if t).strip()
-    images = [f for m in pending for f in _files(m["content"])]
+    text = "\n".join(t for t in (content_text(m["content"]) for m in pending) if t).strip()
+    images = [f for m in pending for f in content_files(m["content"])]
     earlier: list[dict] = []
     for m in history[:i]:
         if (m.get("metadata") or {}).get("title") == NOTICE:  # an unanswered turn: drop it and its question
             while earlier and earlier[-1]["role"] == "user":
                 earlier.pop()
             continue
-        earlier.append({"role": m["role"], "content": _text(m["content"])})
+        earlier.append({"role": m["role"], "content": content_text(m["content"])})
     return earlier, text, images[-1] if images else None
 
 
@@ -120,7 +114,10 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
     model_choices += [(f"Custom · {m}", m) for m in dict.fromkeys(extra) if m not in TIERS]
     open_models = studio.policy is None or studio.policy.open_to_any
 
+    store = studio.store
     with gr.Blocks(title="krishna_ai studio") as demo:
+        chat_id = gr.State(None)  # the saved chat on screen (None: not saved yet; one is made on the first message)
+        sidebar = build_sidebar(studio)
         gr.Markdown("# krishna_ai studio\nChat with persona-specialised Gemma models.")
         with gr.Row():
             persona_dd = gr.Dropdown([(p.name, p.id) for p in personas.values()], value=persona,
@@ -134,10 +131,10 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
         if studio.default_model == "light" and default_tier() == "light":  # llama.cpp not installed
             gr.Markdown(f"ℹ️ {FAST_PATH_HINT}", elem_id="fast-path-hint")
         chatbot = gr.Chatbot(value=_greeting(studio, persona), label="Chat", height=480,
-                             buttons=["copy"], feedback_options=None)
+                             buttons=["copy"], feedback_options=("Like", "Dislike") if store is not None else None)
         textbox = gr.MultimodalTextbox(placeholder="Ask a question (attach a maize-leaf photo on a Gemma 3n tier)",
                                        file_types=["image"], file_count="single", show_label=False,
-                                       sources=["upload"])
+                                       sources=["upload"], elem_id="chat-input")
         personality = gr.Textbox(label="Story about (optional)", visible=bool(personas[persona].personalities),
                                  placeholder="a famous person; empty = the story that fits your question best")
         with gr.Row():
@@ -162,15 +159,17 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
         sampling_inputs = [temperature, top_p, top_k, max_new]
 
         def on_persona(persona_id: str):
+            """A persona switch starts a new chat (a saved chat keeps the persona it was held with)."""
             pr = studio.persona(persona_id)
             s = pr.sampling
             return (_greeting(studio, persona_id), pr.description, gr.Dataset(samples=[[q] for q in pr.examples]),
                     s.temperature, s.top_p, s.top_k, s.max_new_tokens, "", "", "",
-                    gr.Textbox(value="", visible=bool(pr.personalities)))
+                    gr.Textbox(value="", visible=bool(pr.personalities)), None, "")
 
-        persona_dd.change(on_persona, persona_dd,
-                          [chatbot, description, examples, *sampling_inputs, stats_md, badge_md, sources_md,
-                           personality], queue=False)
+        persona_outputs = [chatbot, description, examples, *sampling_inputs, stats_md, badge_md, sources_md,
+                           personality, chat_id, sidebar.title]
+        # .input, not .change: opening a saved chat sets the persona too, and must not reset the chat.
+        persona_dd.input(on_persona, persona_dd, persona_outputs, queue=False)
 
         def on_model(spec: str, progress=gr.Progress()):
             spec = (spec or "").strip()
@@ -206,36 +205,58 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             return history, gr.MultimodalTextbox(value=None, interactive=False), gr.Button(interactive=True)
 
         async def respond(history: list[dict], persona_id: str, model: str, t: float, tp: float, tk: int, mn: int,
-                          who: str, size: str, request: gr.Request) -> AsyncIterator[tuple]:
+                          who: str, size: str, cid: str | None, request: gr.Request) -> AsyncIterator[tuple]:
             earlier, text, image = split_pending(history)
             if not text and image is None:
                 return
             session = request.session_hash or ""
+            user = user_of(request)
+            listed: Any = gr.skip()
+            if store is not None:
+                try:  # the question is saved before the model runs: a crash loses at most the reply
+                    new = not cid
+                    cid, history = save_question(store, user, cid, persona_id, history)
+                    if new:
+                        listed = gr.Radio(choices=choices(store, user), value=cid)
+                except KrishnaError as exc:  # the store is down, the chat was deleted elsewhere, a huge image
+                    gr.Warning(f"This message was not saved: {exc}")
+            sampling = {"temperature": t, "top_p": tp, "top_k": int(tk), "max_new_tokens": int(mn)}
             history = list(history) + [{"role": "assistant", "content": ""}]
-            started = False
+            yield history, "⏳ waiting for the model…", "", "", cid, listed
+            last: Update | None = None
+            started = finished = failed = False
             try:
                 async for update in _updates(studio, persona_id, earlier, text, session=session, image=image,
-                                             model=model, personality=who or None, temperature=t, top_p=tp,
-                                             top_k=int(tk), max_new_tokens=int(mn),
-                                             slice=None if size == "full" else size):
+                                             model=model, personality=who or None,
+                                             slice=None if size == "full" else size, **sampling):
+                    last = update
                     history[-1] = {"role": "assistant", "content": update.text}
                     if update.done:
-                        yield history, update.stats.line(), badge(update.violations or []), sources_line(update)
+                        finished = True
+                        saved = save_reply(studio, user, cid, update, model, persona_id, size, sampling)
+                        if saved is not None:
+                            history[-1] = tag(history[-1], saved)
+                        yield (history, update.stats.line(), badge(update.violations or []), sources_line(update),
+                               cid, gr.skip())
                     elif not started:
                         started = True
-                        yield history, "⏳ generating…", "", sources_line(update)
+                        yield history, "⏳ generating…", "", sources_line(update), gr.skip(), gr.skip()
                     else:
                         # Later chunks leave the stats line alone: a chunk still in flight when Stop is
                         # pressed must not overwrite Stop's "stopped" with "generating…".
-                        yield history, gr.skip(), gr.skip(), gr.skip()
+                        yield history, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             except KrishnaError as exc:
+                failed = True
                 # Keep the conversation on screen: the problem becomes a notice in the chat and a toast.
                 gr.Warning(str(exc))
                 history[-1] = {"role": "assistant", "content": str(exc), "metadata": {"title": NOTICE}}
-                yield history, "", "", ""
+                yield history, "", "", "", cid, gr.skip()
+            finally:
+                if not finished and not failed and last is not None and last.text.strip():
+                    save_reply(studio, user, cid, last, model, persona_id, size, sampling, finish="stopped")
 
-        respond_inputs = [chatbot, persona_dd, model_dd, *sampling_inputs, personality, slice_dd]
-        respond_outputs = [chatbot, stats_md, badge_md, sources_md]
+        respond_inputs = [chatbot, persona_dd, model_dd, *sampling_inputs, personality, slice_dd, chat_id]
+        respond_outputs = [chatbot, stats_md, badge_md, sources_md, chat_id, sidebar.chats]
         # Stop is live only while a reply streams; the textbox is locked meanwhile.
         unlock = dict(fn=lambda: (gr.MultimodalTextbox(interactive=True), gr.Button(interactive=False)),
                       outputs=[textbox, stop_btn], queue=False)
@@ -251,25 +272,43 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 history.pop()
             return history
 
-        retry_event = (retry_btn.click(lambda h: (drop_reply(h), gr.Button(interactive=True)), chatbot,
-                                       [chatbot, stop_btn], queue=False)
+        def retry(history: list[dict], cid: str | None, request: gr.Request):
+            if store is not None and cid:
+                try:  # the replies to the last question are hidden, and kept as rejected answers
+                    store.retry(user_of(request), cid)
+                except KrishnaError as exc:
+                    gr.Warning(f"The retried reply stays in the saved chat: {exc}")
+            return drop_reply(history), gr.Button(interactive=True)
+
+        retry_event = (retry_btn.click(retry, [chatbot, chat_id], [chatbot, stop_btn], queue=False)
                        .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
                              api_visibility="private"))
         retry_event.then(**unlock)
 
-        def undo(history: list[dict]):
+        def undo(history: list[dict], persona_id: str, cid: str | None, request: gr.Request):
             history = drop_reply(history)
             earlier, text, _ = split_pending(history)
             keep = len(history)
             while keep > 0 and history[keep - 1]["role"] == "user":
                 keep -= 1
+            if store is not None and cid and any(message_id(m) for m in history[keep:]):
+                try:
+                    store.undo(user_of(request), cid)
+                except KrishnaError as exc:
+                    gr.Warning(f"The saved chat still has this turn: {exc}")
             if keep == 0 and not earlier:
-                return history[:keep] or _greeting(studio, persona_dd.value), {"text": text, "files": []}
+                return history[:keep] or _greeting(studio, persona_id), {"text": text, "files": []}
             return history[:keep], {"text": text, "files": []}
 
-        undo_btn.click(undo, chatbot, [chatbot, textbox], queue=False)
-        clear_btn.click(lambda pid: (_greeting(studio, pid), "", "", ""), persona_dd,
-                        [chatbot, stats_md, badge_md, sources_md], queue=False)
+        undo_btn.click(undo, [chatbot, persona_dd, chat_id], [chatbot, textbox], queue=False)
+
+        def new_chat(persona_id: str):
+            """Clear and New chat: an empty chat on screen; the one before stays saved in the list."""
+            return _greeting(studio, persona_id), "", "", "", None, "", gr.Radio(value=None)
+
+        new_chat_outputs = [chatbot, stats_md, badge_md, sources_md, chat_id, sidebar.title, sidebar.chats]
+        clear_btn.click(new_chat, persona_dd, new_chat_outputs, queue=False)
+        sidebar.new.click(new_chat, persona_dd, new_chat_outputs, queue=False)
 
         def stop(request: gr.Request):
             # Flip the stop flag (generate ends at once and its thread is joined), and cancel the event,
@@ -279,11 +318,17 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
 
         stop_btn.click(stop, None, stats_md, queue=False, cancels=[submit_event, retry_event]).then(**unlock)
 
-        # -- the documented API endpoint ------------------------------------------------------
+        wire_sidebar(studio, demo, sidebar, chatbot=chatbot, chat_id=chat_id, persona_dd=persona_dd,
+                     persona_outputs=persona_outputs, on_persona=on_persona, new_chat=new_chat,
+                     new_chat_outputs=new_chat_outputs)
+        history_api(studio)
+
+        # -- the documented API endpoints ----------------------------------------------------
         async def chat(message: str, persona: str = "krishna", image: gr.FileData | None = None,
-                 temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-                 max_new_tokens: int | None = None, model: str | None = None,
-                 personality: str | None = None, slice: str | None = None) -> AsyncIterator[str]:
+                       temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                       max_new_tokens: int | None = None, model: str | None = None, personality: str | None = None,
+                       slice: str | None = None, chat_id: str | None = None,
+                       request: gr.Request = None) -> AsyncIterator[str]:  # type: ignore[assignment]
             """Stream a reply from a persona; yields the growing reply text.
 
             Args:
@@ -297,24 +342,35 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 model: model tier / folder / hub id; default the app's model.
                 personality: whom the closing story is about (personas with stories).
                 slice: MatFormer size to run an E4B-shaped Gemma 3n as (e.g. "e2b"); default the full model.
+                chat_id: continue one of your saved chats (its persona and history; see /chats), or "new" to save
+                    this exchange as a new chat; empty: nothing is saved.
             """
             path = None
             if image is not None:
                 path = image["path"] if isinstance(image, dict) else getattr(image, "path", image)
+            sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens}
+            last, done, turn = None, False, None
             try:
-                async for update in _updates(studio, persona, [], message, image=path, model=model,
-                                             personality=personality, temperature=temperature, top_p=top_p,
-                                             top_k=top_k, max_new_tokens=max_new_tokens, slice=slice or None):
+                turn = api_turn(studio, request, chat_id, persona, message, path)
+                async for update in _updates(studio, turn.persona, turn.earlier, message, image=path, model=model,
+                                             personality=personality, slice=slice or None, **sampling):
+                    last = update
+                    if update.done:
+                        done = True
+                        turn.save(update, model, slice, sampling)
                     yield update.text
             except (KrishnaError, ValueError) as exc:
                 raise _error(exc) from None
+            finally:
+                if turn is not None and not done and last is not None and last.text.strip():
+                    turn.save(last, model, slice, sampling, finish="stopped")
 
         gr.api(chat, api_name="chat", concurrency_id=GENERATE, concurrency_limit=studio.concurrency)
 
         async def reply(message: str, persona: str = "krishna", temperature: float | None = None,
                         top_p: float | None = None, top_k: int | None = None, max_new_tokens: int | None = None,
-                        model: str | None = None, personality: str | None = None,
-                        slice: str | None = None) -> dict:
+                        model: str | None = None, personality: str | None = None, slice: str | None = None,
+                        chat_id: str | None = None, request: gr.Request = None) -> dict:  # type: ignore[assignment]
             """A whole reply with what it rests on: text, finish reason, stats, style check and sources.
 
             Args:
@@ -327,18 +383,25 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 model: model tier; default the app's model.
                 personality: whom the closing story is about (personas with stories).
                 slice: MatFormer size for an E4B-shaped Gemma 3n; default the full model.
+                chat_id: continue one of your saved chats, or "new" to start one; empty: nothing is saved.
+                    The result then carries chat_id and the saved reply's message_id (for /chat_feedback).
             """
+            sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens}
             final = None
             try:
-                async for update in _updates(studio, persona, [], message, model=model, personality=personality,
-                                             temperature=temperature, top_p=top_p, top_k=top_k,
-                                             max_new_tokens=max_new_tokens, slice=slice or None):
+                turn = api_turn(studio, request, chat_id, persona, message, None)
+                async for update in _updates(studio, turn.persona, turn.earlier, message, model=model,
+                                             personality=personality, slice=slice or None, **sampling):
                     final = update
             except (KrishnaError, ValueError) as exc:
                 raise _error(exc) from None
             if final is None or final.stats is None:
                 raise gr.Error("the reply was stopped before it finished")
-            return reply_payload(final)
+            saved = turn.save(final, model, slice, sampling)
+            payload = reply_payload(final)
+            if turn.chat_id:
+                payload.update(chat_id=turn.chat_id, message_id=f"m{saved.id}" if saved else None)
+            return payload
 
         gr.api(reply, api_name="reply", concurrency_id=GENERATE, concurrency_limit=studio.concurrency)
     return demo

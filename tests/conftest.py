@@ -26,9 +26,12 @@ os.environ["KRISHNA_AI_CACHE"] = str(TEST_CACHE)  # before any session fixture l
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(monkeypatch):
-    """Every test writes caches under TEST_CACHE (a test may point KRISHNA_AI_CACHE at its tmp_path)."""
+def isolated_cache(monkeypatch, tmp_path):
+    """Every test writes caches under TEST_CACHE (a test may point KRISHNA_AI_CACHE at its tmp_path), and
+    saved chats under its own tmp_path (never the user's ~/.local/share/krishna_ai)."""
     monkeypatch.setenv("KRISHNA_AI_CACHE", str(TEST_CACHE))
+    monkeypatch.setenv("KRISHNA_AI_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("KRISHNA_AI_DB", raising=False)
     yield
 
 

@@ -1,4 +1,5 @@
-"""The real page in headless Chromium: stream, stop, retry, switch persona, image refusal, screenshot.
+"""The real page in headless Chromium: stream, stop, retry, switch persona, image refusal, screenshot;
+saved chats: reload, the chat is still there, like a reply, export it.
 
 Needs Debian's chromium (/usr/bin/chromium; `.ci/run` installs it) and the playwright package
 (its browser download is not used). Skips cleanly where either is missing.
@@ -6,8 +7,10 @@ Needs Debian's chromium (/usr/bin/chromium; `.ci/run` installs it) and the playw
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,12 +32,20 @@ if not Path(CHROMIUM).exists():
 
 
 @pytest.fixture(scope="module")
-def server(light_engine):
+def data_dir(tmp_path_factory) -> Path:
+    """The app's data folder (its chat database), apart from the user's."""
+    return tmp_path_factory.mktemp("app-data")
+
+
+@pytest.fixture(scope="module")
+def server(light_engine, data_dir):
     """`python app.py` on the light tier (the model is already converted by light_engine; the model and
     Krishna's adapter load before the server listens)."""
     port = free_port()
+    env = {**os.environ, "KRISHNA_AI_DATA": str(data_dir)}
+    env.pop("KRISHNA_AI_DB", None)
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--model", "light"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}/"
     wait_for_port(port, proc, 180)
     yield url
@@ -53,7 +64,7 @@ def page(server):
             "--disable-component-update", "--disable-sync"])
         pg = browser.new_page(viewport={"width": 1280, "height": 1100})
         pg.goto(server)
-        pg.wait_for_selector("textarea")
+        pg.wait_for_selector("#chat-input textarea")
         yield pg
         browser.close()
 
@@ -68,7 +79,7 @@ def last_bot(pg) -> str:
 
 
 def send(pg, text: str) -> None:
-    box = pg.locator("textarea").first
+    box = pg.locator("#chat-input textarea").first
     box.fill(text)
     box.press("Enter")
 
@@ -132,7 +143,7 @@ def test_stream_stop_retry_persona_and_image(page, tmp_path):
     # an image on the text-only light tier gets the clear message
     leaf = tmp_path / "leaf.png"
     Image.new("RGB", (64, 64), (40, 150, 40)).save(leaf)
-    pg.locator('input[type="file"]').first.set_input_files(str(leaf))
+    pg.locator('#chat-input input[type="file"]').first.set_input_files(str(leaf))
     time.sleep(1.0)
     send(pg, "What disease is this?")
     toast = pg.get_by_text("reads text only", exact=False)  # the in-chat notice and the toast
@@ -140,3 +151,36 @@ def test_stream_stop_retry_persona_and_image(page, tmp_path):
     assert "Gemma 3n" in pg.locator("body").inner_text()
     pg.screenshot(path=str(ARTIFACTS / "browser-image-refused.png"), full_page=True)
     shutil.copy(ARTIFACTS / "browser-chat.png", tmp_path / "browser-chat.png")
+
+
+def test_saved_chat_survives_a_reload_takes_a_like_and_exports(page, data_dir, tmp_path):
+    pg = page
+    pg.reload()
+    pg.wait_for_selector("#chat-input textarea")
+    saved = pg.locator("#chat-list label", has_text="I failed my exam again")
+    saved.first.wait_for(timeout=20_000)  # the Krishna chat of the test above, listed after the reload
+    saved.first.click()
+    wait_until(lambda: any("losing confidence" in t for t in pg.locator('[data-testid="user"]').all_inner_texts()),
+               20, "the saved chat to open")
+    assert "Krishna" in pg.get_by_label("Persona").input_value()
+    reply = last_bot(pg)
+    assert reply.strip()
+
+    pg.get_by_role("button", name="Like", exact=True).last.click()
+    db = sqlite3.connect(data_dir / "history.db")
+    liked = wait_until(lambda: db.execute("SELECT content FROM messages WHERE feedback = 1").fetchall(), 10,
+                       "the like to be saved")
+    assert liked[0][0].strip()[:40] in reply
+
+    pg.locator("#export-json").click()
+    link = pg.locator("#chat-export a").first
+    link.wait_for(timeout=10_000)
+    with pg.expect_download() as download:
+        link.click()
+    path = tmp_path / "chat.json"
+    download.value.save_as(path)
+    exported = json.loads(path.read_text())
+    assert exported["format"] == "krishna_ai.chat" and exported["persona"] == "krishna"
+    assert exported["messages"][0]["content"] == "I failed my exam again. What should I do?"
+    assert any(m.get("feedback") == 1 for m in exported["messages"])
+    pg.screenshot(path=str(ARTIFACTS / "browser-saved-chat.png"), full_page=False)

@@ -1,0 +1,155 @@
+"""Saved chats through the running app (gradio_client against a real server): the API, users kept apart,
+a restart, and an app whose database is broken (it keeps chatting and says history is off)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from gradio_client import Client, handle_file
+
+import app
+from krishna_ai.history import HistoryStore
+from krishna_ai.personas import load_personas
+from krishna_ai.studio import Studio
+from krishna_ai.ui import build_demo
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def launched(scripted, tmp_path):
+    """start(*argv) -> (url, engine, studio): the app's own build and launch, with a scripted model."""
+    demos = []
+
+    def start(*argv, chunks=None):
+        args = app.parse_args(["--port", str(free_port()), "--no-preload", "--model", "light", *argv])
+        engine = scripted(chunks or ["Partha, ", "be ", "still."])
+        store, error = app.open_history(args)
+        studio = Studio(load_personas(), default_model="light", loader=lambda spec, adapter: engine, store=store,
+                        history_error=error)
+        demo = build_demo(studio)
+        app.launch(demo, args, prevent_thread_lock=True, quiet=True)
+        demos.append(demo)
+        return f"http://127.0.0.1:{args.port}/", engine, studio
+
+    yield start
+    for demo in demos:
+        demo.close()
+
+
+def test_api_saves_continues_rates_exports_and_imports_a_chat(launched, tmp_path):
+    db = f"sqlite:///{tmp_path / 'h.db'}"
+    url, engine, studio = launched("--db", db)
+    client = Client(url, verbose=False)
+    first = client.predict("How do I stay calm?", "krishna", 0.0, api_name="/reply", chat_id="new")
+    cid, mid = first["chat_id"], first["message_id"]
+    assert first["reply"] == "Partha, be still." and mid.startswith("m")
+    second = client.predict("And tomorrow?", "aurora", api_name="/reply", chat_id=cid)  # the chat's persona wins
+    assert second["chat_id"] == cid
+    sent = engine.calls[-1][0]
+    assert [m["role"] for m in sent[-3:]] == ["user", "assistant", "user"]
+    system = json.dumps(sent[0]["content"])
+    assert studio.persona("krishna").system_prompt.strip()[:40] in system  # Krishna's, not aurora's
+    assert studio.persona("aurora").system_prompt.strip()[:40] not in system
+    assert [c["id"] for c in client.predict(api_name="/chats")] == [cid]
+    assert client.predict("tomorrow", api_name="/chats")[0]["title"] == "How do I stay calm?"
+
+    client.predict(mid, 1, api_name="/chat_feedback")
+    saved = client.predict(cid, api_name="/chat_history")
+    assert [(m["role"], m["content"]) for m in saved["messages"]] == [
+        ("user", "How do I stay calm?"), ("assistant", "Partha, be still."), ("user", "And tomorrow?"),
+        ("assistant", "Partha, be still.")]
+    reply = saved["messages"][1]
+    assert reply["feedback"] == 1 and reply["meta"]["model"] == "light"
+    assert reply["meta"]["stats"]["finish_reason"] == "end_of_turn" and reply["meta"]["sampling"]["temperature"] == 0.0
+
+    md = client.predict(cid, "md", api_name="/chat_export")
+    assert md.startswith("# How do I stay calm?") and "👍" in md
+    exported = tmp_path / "chat.json"
+    exported.write_text(client.predict(cid, "json", api_name="/chat_export"))
+    copy = client.predict(handle_file(str(exported)), api_name="/chat_import")
+    assert copy != cid and len(client.predict(api_name="/chats")) == 2
+    assert client.predict(copy, "Imported", api_name="/chat_rename") == "Imported"
+    client.predict(copy, api_name="/chat_delete")
+    assert [c["id"] for c in client.predict(api_name="/chats")] == [cid]
+
+    # streaming /chat continues the chat too, and saves the reply
+    chunks = list(client.submit("One more?", api_name="/chat", chat_id=cid))
+    assert chunks[-1] == "Partha, be still."
+    assert len(client.predict(cid, api_name="/chat_history")["messages"]) == 6
+
+
+def test_the_chat_survives_a_restart(launched, tmp_path):
+    db = f"sqlite:///{tmp_path / 'h.db'}"
+    url, _, studio = launched("--db", db)
+    cid = Client(url, verbose=False).predict("Remember me?", api_name="/reply", chat_id="new")["chat_id"]
+    studio.store.close()
+    url2, _, _ = launched("--db", db)  # a second app on the same database: as after a restart
+    again = Client(url2, verbose=False)
+    assert [c["id"] for c in again.predict(api_name="/chats")] == [cid]
+    assert again.predict(cid, api_name="/chat_history")["messages"][0]["content"] == "Remember me?"
+
+
+ISOLATION = {
+    "read": lambda c, cid, mid: c.predict(cid, api_name="/chat_history"),
+    "rename": lambda c, cid, mid: c.predict(cid, "mine", api_name="/chat_rename"),
+    "delete": lambda c, cid, mid: c.predict(cid, api_name="/chat_delete"),
+    "export json": lambda c, cid, mid: c.predict(cid, "json", api_name="/chat_export"),
+    "export md": lambda c, cid, mid: c.predict(cid, "md", api_name="/chat_export"),
+    "continue (reply)": lambda c, cid, mid: c.predict("hi", api_name="/reply", chat_id=cid),
+    "continue (stream)": lambda c, cid, mid: c.submit("hi", api_name="/chat", chat_id=cid).result(),
+    "rate a reply": lambda c, cid, mid: c.predict(mid, -1, api_name="/chat_feedback"),
+    "forged id": lambda c, cid, mid: c.predict("' OR '1'='1", api_name="/chat_history"),
+}
+
+
+def test_each_login_sees_only_its_own_chats(launched, tmp_path):
+    logins = tmp_path / "logins.txt"
+    logins.write_text("asha:pw-asha\nbob:pw-bob\n")
+    url, _, studio = launched("--db", f"sqlite:///{tmp_path / 'h.db'}", "--auth-file", str(logins))
+    asha = Client(url, auth=("asha", "pw-asha"), verbose=False)
+    bob = Client(url, auth=("bob", "pw-bob"), verbose=False)
+    mine = asha.predict("My secret worry", api_name="/reply", chat_id="new")
+    bob.predict("Bob's own question", api_name="/reply", chat_id="new")
+    assert [c["title"] for c in bob.predict(api_name="/chats")] == ["Bob's own question"]
+    assert bob.predict("secret", api_name="/chats") == []
+    before = asha.predict(mine["chat_id"], api_name="/chat_history")
+    refused = []
+    for name, attempt in ISOLATION.items():
+        with pytest.raises(Exception, match="no (chat|message) .* in your history") as err:
+            attempt(bob, mine["chat_id"], mine["message_id"])
+            pytest.fail(f"{name}: not refused")
+        refused.append((name, str(err.value).splitlines()[0]))
+    assert len(refused) == len(ISOLATION)
+    assert asha.predict(mine["chat_id"], api_name="/chat_history") == before  # nothing changed
+    assert set(studio.store.users()) == {"asha", "bob"}
+
+
+def test_a_broken_database_leaves_the_app_chatting_without_history(launched, tmp_path, capsys):
+    bad = tmp_path / "history.db"
+    bad.write_bytes(b"not a database " * 500)
+    url, _, studio = launched("--db", f"sqlite:///{bad}")
+    assert studio.store is None and "not a SQLite database" in studio.history_error
+    assert "chats will not be saved" in capsys.readouterr().err
+    client = Client(url, verbose=False)
+    assert client.predict("Still there?", api_name="/reply")["reply"] == "Partha, be still."
+    with pytest.raises(Exception, match="history is off.*not a SQLite database"):
+        client.predict(api_name="/chats")
+    with pytest.raises(Exception, match="history is off"):
+        client.predict("hi", api_name="/reply", chat_id="new")
+    assert bad.read_bytes().startswith(b"not a database")  # left as it was, for the operator to look at
+
+
+def test_no_history_saves_nothing(launched, tmp_path):
+    url, _, studio = launched("--no-history")
+    assert studio.store is None and studio.history_error == "started with --no-history"
+    assert Client(url, verbose=False).predict("hi", api_name="/reply")["reply"]
+    assert not (tmp_path / "data").exists()
+
+
+def test_history_store_is_what_the_app_opens_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRISHNA_AI_DATA", str(tmp_path / "here"))
+    store, error = app.open_history(app.parse_args([]))
+    assert error is None and isinstance(store, HistoryStore)
+    assert (tmp_path / "here" / "history.db").is_file()
+    store.close()
