@@ -135,13 +135,15 @@ def parse_chat_file(raw: bytes | str, where: str = "the file", personas: set[str
     if data.get("format") != FORMAT:
         raise InputError(f"{where}: not a krishna_ai chat export (\"format\" must be {FORMAT!r}, "
                          f"got {data.get('format')!r})")
+    items = []
+    if personas is not None and isinstance(data.get("persona"), str) and data["persona"] not in personas:
+        items.append(f"persona: unknown persona {data['persona']!r}; this app has: {', '.join(sorted(personas))}")
     try:
         chat = ChatFile.model_validate(data)
     except ValidationError as exc:
-        items = [f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
-        raise InputError(problems(f"{where} is not a valid chat file:", items[:20])) from None
-    if personas is not None and chat.persona not in personas:
-        raise InputError(f"{where}: unknown persona {chat.persona!r}; this app has: {', '.join(sorted(personas))}")
+        items += [f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
+    if items:
+        raise InputError(problems(f"{where} is not a valid chat file:", items[:20]))
     return chat
 
 

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from krishna_ai import export, matformer, push, space, sweep, tiny
+from krishna_ai import cli_history, export, matformer, push, space, sweep, tiny
 from krishna_ai.errors import ConfigError, KrishnaError
 
 
@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_chat(sub)  # ask, personas, check-style
     _add_train(sub)  # train, merge, eval, build-dataset, tiny-gemma3n, sweep
     _add_ship(sub)  # export gguf|fetch-converter|modelfile, push, space, slice
+    cli_history.add_parsers(sub)  # chats list|export|import|check, feedback export
     for p in sub.choices.values():
         p.add_argument("--prompts", action="append", default=[], metavar="DIR",
                        help="extra persona folder (repeatable)")

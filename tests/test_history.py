@@ -291,3 +291,30 @@ def test_feedback_export_writes_sft_and_dpo_files_the_pipeline_reads(store, tmp_
 def test_replies_without_a_preference_make_no_pairs(store):
     chat, q, a = conversation(store)
     assert feedback_examples([store.chat("asha", chat.id)]) == ({}, {})
+
+
+def test_cli_lists_exports_imports_checks_and_exports_feedback(store, tmp_path, capsys):
+    from krishna_ai.cli import main
+
+    chat, q, a = conversation(store, "local")
+    store.feedback("local", a.id, 1)
+    db = ["--db", store.url]
+    assert main(["chats", "list", *db]) == 0
+    assert chat.id in capsys.readouterr().out
+    assert main(["chats", "export", chat.id, "--format", "md", *db]) == 0
+    assert "**Krishna**:" in capsys.readouterr().out  # the persona's name, not its id
+    out = tmp_path / "chat.json"
+    assert main(["chats", "export", chat.id, "-o", str(out), *db]) == 0
+    assert main(["chats", "import", str(out), "--user", "bob", *db]) == 0
+    new_id = capsys.readouterr().out.strip()
+    assert [m.content for m in store.chat("bob", new_id).messages] == [q.content, a.content]
+    assert main(["chats", "export", chat.id, "--user", "bob", *db]) == 2  # not bob's
+    assert "no chat" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(good_file(persona="zeus", messages=[{"role": "system", "content": "x"}])))
+    assert main(["chats", "import", str(bad), *db]) == 2
+    err = capsys.readouterr().err
+    assert "unknown persona 'zeus'" in err and "messages.0.role" in err  # every problem at once
+    assert main(["chats", "check", *db]) == 0
+    assert main(["feedback", "export", str(tmp_path / "fb"), *db]) == 0
+    assert "krishna: 2 liked replies" in capsys.readouterr().out  # asha's (local's) and bob's copy

@@ -1,0 +1,122 @@
+"""`python -m krishna_ai chats …` and `feedback export`: the saved chats from a terminal (the operator's view).
+
+    python -m krishna_ai chats list [--user U] [--search TEXT]
+    python -m krishna_ai chats export CHAT_ID [--user U] [--format json|md] [-o FILE]
+    python -m krishna_ai chats import FILE [--user U]
+    python -m krishna_ai chats check                   # the database's integrity check
+    python -m krishna_ai feedback export OUT_DIR [--user U]
+
+The database is --db URL, else $KRISHNA_AI_DB, else the app's SQLite file. --user is a login name
+(default "local", the one user of an app started without --auth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from krishna_ai.cache import write_text
+from krishna_ai.history import LOCAL_USER, HistoryStore, open_store
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=None, metavar="URL", help="the history database (default: the app's)")
+
+    p = sub.add_parser("chats", help="saved chats: list, export, import, check")
+    verbs = p.add_subparsers(dest="chats_command", required=True, metavar="VERB")
+    v = verbs.add_parser("list", parents=[common], help="the user's chats, latest first")
+    v.add_argument("--user", default=LOCAL_USER, help=f"whose chats (default: {LOCAL_USER!r})")
+    v.add_argument("--search", default="", help="only chats whose title or messages contain this text")
+    v.add_argument("--json", action="store_true", help="one JSON object per chat")
+    v.set_defaults(func=_list)
+    v = verbs.add_parser("export", parents=[common], help="one chat as JSON (the import format) or Markdown")
+    v.add_argument("chat_id")
+    v.add_argument("--user", default=LOCAL_USER, help=f"whose chat (default: {LOCAL_USER!r})")
+    v.add_argument("--format", choices=["json", "md"], default="json")
+    v.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
+    v.set_defaults(func=_export)
+    v = verbs.add_parser("import", parents=[common], help="add a chat exported as JSON to the user's history")
+    v.add_argument("file")
+    v.add_argument("--user", default=LOCAL_USER, help=f"into whose history (default: {LOCAL_USER!r})")
+    v.set_defaults(func=_import)
+    v = verbs.add_parser("check", parents=[common], help="run the database's integrity check")
+    v.set_defaults(func=_check)
+
+    p = sub.add_parser("feedback", help="liked/disliked replies as training data")
+    verbs = p.add_subparsers(dest="feedback_command", required=True, metavar="VERB")
+    v = verbs.add_parser("export", parents=[common],
+                         help="write sft-<persona>.jsonl (liked replies) and dpo-<persona>.jsonl (preference pairs)")
+    v.add_argument("out", help="output folder (replaced whole)")
+    v.add_argument("--user", default=None, help="only this user's chats (default: everyone's)")
+    v.set_defaults(func=_feedback)
+
+
+def _store(args: argparse.Namespace) -> HistoryStore:
+    return open_store(args.db)
+
+
+def _list(args: argparse.Namespace) -> int:
+    chats = _store(args).chats(args.user, args.search)
+    for c in chats:
+        if args.json:
+            print(json.dumps({"id": c.id, "title": c.title, "persona": c.persona,
+                              "updated_at": c.updated_at.isoformat()}, ensure_ascii=False))
+        else:
+            print(f"{c.id}  {c.updated_at:%Y-%m-%d %H:%M}  {c.persona:<8}  {c.title}")
+    if not chats and not args.json:
+        print(f"no chats for {args.user!r}" + (f" matching {args.search!r}" if args.search else ""), file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from krishna_ai.chatfile import to_json, to_markdown
+    from krishna_ai.personas import load_personas, persona_dirs
+
+    chat = _store(args).chat(args.user, args.chat_id)
+    persona = load_personas(persona_dirs(args.prompts)).get(chat.persona)
+    text = (json.dumps(to_json(chat), ensure_ascii=False, indent=1) + "\n" if args.format == "json"
+            else to_markdown(chat, persona.name if persona else None))
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    write_text(args.output, text)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from krishna_ai.chatfile import import_chat
+    from krishna_ai.personas import load_personas, persona_dirs
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    chat = import_chat(_store(args), args.user, path.read_bytes(), path.name,
+                       set(load_personas(persona_dirs(args.prompts))))
+    print(chat.id)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    store = _store(args)
+    problems = store.check()
+    for p in problems:
+        print(p)
+    print(f"{store.where}: " + ("ok" if not problems else f"{len(problems)} problem(s)"), file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    from krishna_ai.chatfile import export_feedback
+
+    counts = export_feedback(_store(args), args.out, user=args.user)
+    for persona, n in sorted(counts.items()):
+        print(f"{persona}: {n['sft']} liked replies (sft-{persona}.jsonl), {n['dpo']} preference pairs "
+              f"(dpo-{persona}.jsonl)")
+    if not counts:
+        print("no liked, disliked or retried replies yet: nothing to export", file=sys.stderr)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
