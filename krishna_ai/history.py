@@ -149,6 +149,7 @@ class ChatInfo:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # transactions are begun by _sqlite_begin, not by the driver
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
@@ -172,6 +173,9 @@ class HistoryStore:
             raise HistoryError(f"history database {self.where}: {_reason(exc)}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            # BEGIN IMMEDIATE: a transaction takes the write lock when it starts, so two writers never both
+            # read a chat's last position (they queue for busy_timeout instead of failing mid-transaction).
+            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         if migrate:
             from krishna_ai.migrations import upgrade
@@ -207,10 +211,11 @@ class HistoryStore:
             session.flush()
         return row
 
-    def _owned(self, session: Session, user: str, chat_id: str) -> ChatRow:
+    def _owned(self, session: Session, user: str, chat_id: str, lock: bool = False) -> ChatRow:
+        """The user's chat (`lock`: held until the transaction ends, so writers to one chat take turns)."""
         owner = self._user(session, user, create=False)
-        row = session.get(ChatRow, str(chat_id or "")) if owner is not None else None
-        if row is None or row.user_id != owner.id:  # the same answer for "not yours" and "no such chat"
+        row = session.get(ChatRow, str(chat_id or ""), with_for_update=lock) if owner is not None else None
+        if owner is None or row is None or row.user_id != owner.id:  # the same answer for "not yours" and "no such chat"
             raise ChatNotFound(f"no chat {chat_id!r} in your history")
         return row
 
@@ -290,7 +295,7 @@ class HistoryStore:
         stored_image = self._keep_image(image) if image is not None else None
 
         def fn(session: Session) -> StoredMessage:
-            row = self._owned(session, user, chat_id)
+            row = self._owned(session, user, chat_id, lock=True)
             seq = (session.scalar(select(func.max(MessageRow.seq)).where(MessageRow.chat_id == row.id)) or 0) + 1
             msg = MessageRow(chat_id=row.id, seq=seq, role=role, content=content, image=stored_image,
                              meta=meta or {})
@@ -300,13 +305,7 @@ class HistoryStore:
                 row.title = clean_title(content)
             session.flush()
             return self._message(msg)
-        for attempt in range(3):  # two writers racing for the same position: the loser takes the next one
-            try:
-                return self._run(fn)
-            except HistoryError as exc:
-                if attempt == 2 or not any(k in str(exc) for k in ("uq_messages_chat_seq", "UNIQUE constraint")):
-                    raise
-        raise AssertionError("unreachable")
+        return self._run(fn)
 
     def _message_owned(self, session: Session, user: str, message_id: int | str) -> MessageRow:
         mid = str(message_id).removeprefix("m")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 
 import pytest
 from PIL import Image
+from sqlalchemy import text
 
 from krishna_ai.chatfile import (
     MAX_IMPORT_BYTES,
@@ -72,7 +74,7 @@ def test_listing_search_rename_delete(store):
     with pytest.raises(ChatNotFound):
         store.chat("asha", first.id)
     with store.engine.connect() as conn:  # its messages went with it
-        assert conn.exec_driver_sql("SELECT COUNT(*) FROM messages WHERE chat_id = ?", (first.id,)).scalar() == 0
+        assert conn.execute(text("SELECT COUNT(*) FROM messages WHERE chat_id = :c"), {"c": first.id}).scalar() == 0
 
 
 def test_retry_hides_the_old_reply_and_undo_removes_the_turn(store):
@@ -318,3 +320,28 @@ def test_cli_lists_exports_imports_checks_and_exports_feedback(store, tmp_path, 
     assert main(["chats", "check", *db]) == 0
     assert main(["feedback", "export", str(tmp_path / "fb"), *db]) == 0
     assert "krishna: 2 liked replies" in capsys.readouterr().out  # asha's (local's) and bob's copy
+
+
+def test_writers_racing_for_one_chat_each_get_their_own_place(store):
+    chat = store.new_chat("asha", "krishna")
+    errors = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(10):
+                store.add_message("asha", chat.id, "user", f"writer {n} message {i}")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    messages = store.chat("asha", chat.id).messages
+    assert [m.seq for m in messages] == list(range(1, 61))
+    for n in range(6):  # each writer's messages keep their order
+        mine = [m.content for m in messages if m.content.startswith(f"writer {n} ")]
+        assert mine == [f"writer {n} message {i}" for i in range(10)]
+    assert store.check() == []
