@@ -10,9 +10,11 @@ are only user/assistant (no forged system turn), Gemma's turn markers are refuse
 turns when the chat is continued), sizes are capped, and the persona must exist here. Images are not
 carried (the file says where one was).
 
-Feedback export (`python -m krishna_ai feedback export OUT`) writes, per persona:
+Feedback export (`python -m krishna_ai feedback export OUT`) writes, per persona, each example opening with the
+system part its reply was generated with (the persona's prompt and the cards the reply was grounded in):
   sft-<persona>.jsonl   liked replies with the conversation before them: the project's conversation format
-  dpo-<persona>.jsonl   preference pairs in TRL's conversational DPO format {"prompt", "chosen", "rejected"}:
+  dpo-<persona>.jsonl   preference pairs in TRL's conversational DPO format {"prompt", "chosen", "rejected"}
+                        (`train` with `method: dpo` reads them):
                         chosen = a liked reply, or the reply kept after a Retry when not disliked;
                         rejected = a disliked reply, or one the user replaced with Retry (unless liked).
 """
@@ -30,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from krishna_ai.cache import atomic_dir
 from krishna_ai.errors import InputError, problems
 from krishna_ai.history import ChatInfo, HistoryStore, StoredMessage, clean_title
-from krishna_ai.prompting import Message
+from krishna_ai.personas import Persona
+from krishna_ai.prompting import Message, system_text
 
 FORMAT = "krishna_ai.chat"
 VERSION = 1
@@ -187,15 +190,37 @@ def _turns(messages: list[StoredMessage]) -> list[tuple[list[Message], list[Stor
     return out
 
 
-def feedback_examples(chats: list[ChatInfo]) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
-    """(SFT conversations, DPO pairs), each keyed by persona."""
+def system_message(persona: Persona, reply: StoredMessage, question: str) -> Message:
+    """The system part the reply was generated with: the persona's, with the cards its meta names (the
+    prompt a fine-tune learns from is the prompt the app built)."""
+    from krishna_ai.data import record_cards
+
+    ids = [s["id"] for s in reply.meta.get("sources") or [] if isinstance(s, dict) and s.get("id")]
+    record = {"question": question, "cards": ids, "personality": reply.meta.get("personality")}
+    cards = record_cards(persona, record) if persona.knowledge is not None else None
+    return {"role": "system", "content": system_text(persona, reply.meta.get("personality"), cards)}
+
+
+def _with_system(persona: Persona | None, context: list[Message], reply: StoredMessage) -> list[Message]:
+    return context if persona is None else [system_message(persona, reply, context[-1]["content"]), *context]
+
+
+def feedback_examples(chats: list[ChatInfo], personas: dict[str, Persona] | None = None
+                      ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """(SFT conversations, DPO pairs), each keyed by persona. With `personas`, each example starts with the
+    system part its reply was generated with (chats of a persona not in `personas` are left out)."""
     sft: dict[str, list[dict]] = defaultdict(list)
     dpo: dict[str, list[dict]] = defaultdict(list)
     for chat in chats:
+        persona = personas.get(chat.persona) if personas is not None else None
+        if personas is not None and persona is None:
+            continue
+
         for context, replies in _turns(chat.messages):
             liked = [r for r in replies if r.feedback == 1 and r.content.strip()]
             for r in liked:
-                sft[chat.persona].append({"messages": [*context, {"role": "assistant", "content": r.content}],
+                sft[chat.persona].append({"messages": [*_with_system(persona, context, r),
+                                                       {"role": "assistant", "content": r.content}],
                                           "meta": {"chat": chat.id, "message": r.id}})
             chosen = liked or [r for r in replies if not r.superseded and r.feedback != -1
                                and len(replies) > 1 and r.content.strip()]
@@ -204,16 +229,17 @@ def feedback_examples(chats: list[ChatInfo]) -> tuple[dict[str, list[dict]], dic
             for c in chosen:
                 for r in rejected:
                     if c.id != r.id and c.content != r.content:
-                        dpo[chat.persona].append({"prompt": context,
+                        dpo[chat.persona].append({"prompt": _with_system(persona, context, c),
                                                   "chosen": [{"role": "assistant", "content": c.content}],
                                                   "rejected": [{"role": "assistant", "content": r.content}]})
     return dict(sft), dict(dpo)
 
 
-def export_feedback(store: HistoryStore, out: str | Path, user: str | None = None) -> dict[str, dict[str, int]]:
+def export_feedback(store: HistoryStore, out: str | Path, user: str | None = None,
+                    personas: dict[str, Persona] | None = None) -> dict[str, dict[str, int]]:
     """Write sft-<persona>.jsonl and dpo-<persona>.jsonl into `out` (replaced whole); {persona: counts}."""
     chats = [c for _, c in store.all_chats(user)]
-    sft, dpo = feedback_examples(chats)
+    sft, dpo = feedback_examples(chats, personas)
     counts: dict[str, dict[str, int]] = {}
     with atomic_dir(out) as tmp:
         for kind, rows_by in (("sft", sft), ("dpo", dpo)):

@@ -111,8 +111,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _feedback(args: argparse.Namespace) -> int:
     from krishna_ai.chatfile import export_feedback
+    from krishna_ai.personas import load_personas, persona_dirs
 
-    counts = export_feedback(_store(args), args.out, user=args.user)
+    counts = export_feedback(_store(args), args.out, user=args.user, personas=load_personas(persona_dirs(args.prompts)))
     for persona, n in sorted(counts.items()):
         print(f"{persona}: {n['sft']} liked replies (sft-{persona}.jsonl), {n['dpo']} preference pairs "
               f"(dpo-{persona}.jsonl)")

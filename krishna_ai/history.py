@@ -215,7 +215,7 @@ class HistoryStore:
         """The user's chat (`lock`: held until the transaction ends, so writers to one chat take turns)."""
         owner = self._user(session, user, create=False)
         row = session.get(ChatRow, str(chat_id or ""), with_for_update=lock) if owner is not None else None
-        if owner is None or row is None or row.user_id != owner.id:  # the same answer for "not yours" and "no such chat"
+        if owner is None or row is None or row.user_id != owner.id:  # "not yours" reads as "no such chat"
             raise ChatNotFound(f"no chat {chat_id!r} in your history")
         return row
 

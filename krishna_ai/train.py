@@ -55,7 +55,14 @@ class TrainConfig:
     output_dir: str = "runs/default"
     data: str = ""
     """Training data: conversation JSONL, persona source JSONL, or an image folder."""
-    data_format: Literal["messages", "persona", "image_folder"] = "messages"
+    data_format: Literal["messages", "persona", "image_folder", "preference"] = "messages"
+    """preference: {"prompt", "chosen", "rejected"} pairs (feedback export's dpo-<persona>.jsonl), for method dpo."""
+    method: Literal["sft", "dpo"] = "sft"
+    """sft: learn the answers; dpo: prefer the chosen reply over the rejected one (TRL's DPOTrainer)."""
+    beta: float = 0.1
+    """DPO: how far the tuned model may move from the reference (higher = stays closer)."""
+    adapter: str | None = None
+    """DPO: the adapter to refine (default: the persona's own for the model; "none" = a fresh LoRA)."""
     persona: str | None = None
     """Persona whose system part is rendered into each conversation (data_format persona / image_folder)."""
     engine: Literal["auto", "hf", "unsloth"] = "hf"
@@ -120,8 +127,17 @@ class TrainConfig:
             e.append("data: required (a JSONL file or an image folder)")
         elif not Path(self.data).exists():
             e.append(f"data: {self.data} does not exist")
-        if self.data_format not in ("messages", "persona", "image_folder"):
-            e.append(f"data_format: {self.data_format!r} is not messages, persona or image_folder")
+        if self.data_format not in ("messages", "persona", "image_folder", "preference"):
+            e.append(f"data_format: {self.data_format!r} is not messages, persona, image_folder or preference")
+        if self.method not in ("sft", "dpo"):
+            e.append(f"method: {self.method!r} is not sft or dpo")
+        elif (self.method == "dpo") != (self.data_format == "preference"):
+            e.append("method dpo takes data_format preference (chosen/rejected pairs), and only it does; "
+                     f"got method {self.method!r} with data_format {self.data_format!r}")
+        if self.method == "dpo" and not (isinstance(self.beta, int | float) and self.beta > 0):
+            e.append(f"beta: must be positive, got {self.beta!r}")
+        if self.method == "dpo" and self.quantization != "none":
+            e.append("quantization: DPO here refines a LoRA on a bf16/fp32 base; use quantization: none")
         if self.data_format == "persona" and not self.persona:
             e.append("persona: required when data_format is persona")
         if self.engine not in ("auto", "hf", "unsloth"):
@@ -327,6 +343,13 @@ def setup(cfg: TrainConfig) -> tuple[Any, Any, Any, Any]:
 
 def main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train; returns the summary written to train_summary.json."""
+    if cfg.method == "dpo":
+        from krishna_ai import dpo
+
+        if resume:
+            raise ConfigError("--resume: DPO runs are short and restart from the start adapter; run again")
+        cfg.validate()
+        return dpo.main(cfg, progress=progress)
     import torch
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
