@@ -1,10 +1,13 @@
-"""`python -m krishna_ai chats …` and `feedback export`: the saved chats from a terminal (the operator's view).
+"""`python -m krishna_ai chats …`, `feedback export` and `persona import|export`: what users make (saved chats,
+their feedback, character cards) from a terminal.
 
     python -m krishna_ai chats list [--user U] [--search TEXT]
     python -m krishna_ai chats export CHAT_ID [--user U] [--format json|md] [-o FILE]
     python -m krishna_ai chats import FILE [--user U]
     python -m krishna_ai chats check                   # the database's integrity check
     python -m krishna_ai feedback export OUT_DIR [--user U]
+    python -m krishna_ai persona import CARD.png|CARD.json [--id ID] [--out DIR]
+    python -m krishna_ai persona export ID -o CARD.png|CARD.json [--image PORTRAIT]
 
 The database is --db URL, else $KRISHNA_AI_DB, else the app's SQLite file. --user is a login name
 (default "local", the one user of an app started without --auth).
@@ -24,6 +27,9 @@ from krishna_ai.history import LOCAL_USER, HistoryStore, open_store
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=None, metavar="URL", help="the history database (default: the app's)")
+    prompts = argparse.ArgumentParser(add_help=False)
+    prompts.add_argument("--prompts", action="append", default=[], metavar="DIR",
+                         help="extra persona folder (repeatable)")
 
     p = sub.add_parser("chats", help="saved chats: list, export, import, check")
     verbs = p.add_subparsers(dest="chats_command", required=True, metavar="VERB")
@@ -32,13 +38,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--search", default="", help="only chats whose title or messages contain this text")
     v.add_argument("--json", action="store_true", help="one JSON object per chat")
     v.set_defaults(func=_list)
-    v = verbs.add_parser("export", parents=[common], help="one chat as JSON (the import format) or Markdown")
+    v = verbs.add_parser("export", parents=[common, prompts], help="one chat as JSON (the import format) or Markdown")
     v.add_argument("chat_id")
     v.add_argument("--user", default=LOCAL_USER, help=f"whose chat (default: {LOCAL_USER!r})")
     v.add_argument("--format", choices=["json", "md"], default="json")
     v.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
     v.set_defaults(func=_export)
-    v = verbs.add_parser("import", parents=[common], help="add a chat exported as JSON to the user's history")
+    v = verbs.add_parser("import", parents=[common, prompts], help="add a chat exported as JSON to the user's history")
     v.add_argument("file")
     v.add_argument("--user", default=LOCAL_USER, help=f"into whose history (default: {LOCAL_USER!r})")
     v.set_defaults(func=_import)
@@ -47,11 +53,51 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("feedback", help="liked/disliked replies as training data")
     verbs = p.add_subparsers(dest="feedback_command", required=True, metavar="VERB")
-    v = verbs.add_parser("export", parents=[common],
+    v = verbs.add_parser("export", parents=[common, prompts],
                          help="write sft-<persona>.jsonl (liked replies) and dpo-<persona>.jsonl (preference pairs)")
     v.add_argument("out", help="output folder (replaced whole)")
     v.add_argument("--user", default=None, help="only this user's chats (default: everyone's)")
     v.set_defaults(func=_feedback)
+
+
+    p = sub.add_parser("persona", help="character cards: import a SillyTavern V2 card as a persona, export one")
+    verbs = p.add_subparsers(dest="persona_command", required=True, metavar="VERB")
+    v = verbs.add_parser("import", parents=[prompts], help="a persona file from a Character Card V2 (.json/.png)")
+    v.add_argument("card")
+    v.add_argument("--id", default=None, help="the persona id (default: from the card's name)")
+    v.add_argument("--out", default=None, help="folder to write <id>.toml into (default: the shipped prompts/)")
+    v.add_argument("--force", action="store_true", help="replace a persona with the same id")
+    v.set_defaults(func=_card_import)
+    v = verbs.add_parser("export", parents=[prompts], help="a persona as a Character Card V2 (.json, or a .png)")
+    v.add_argument("persona")
+    v.add_argument("-o", "--output", required=True, help="the card file: .json or .png")
+    v.add_argument("--image", default=None, help="portrait for a .png card (default: a plain one)")
+    v.set_defaults(func=_card_export)
+
+
+def _card_import(args: argparse.Namespace) -> int:
+    from krishna_ai.cards import import_card
+    from krishna_ai.personas import PROMPTS_DIR, load_personas, persona_dirs
+
+    out = Path(args.out) if args.out else PROMPTS_DIR
+    target, imported = import_card(args.card, out, args.id, existing=set(load_personas(persona_dirs(args.prompts))),
+                                   force=args.force)
+    print(f"wrote {target} (persona {imported.persona.id!r}: {imported.persona.name})")
+    for item in imported.not_carried:
+        print(f"  not carried: {item}", file=sys.stderr)
+    if args.out:
+        print(f"use it with --prompts {args.out}", file=sys.stderr)
+    return 0
+
+
+def _card_export(args: argparse.Namespace) -> int:
+    from krishna_ai.cards import write_card
+    from krishna_ai.personas import get_persona, load_personas, persona_dirs
+
+    persona = get_persona(load_personas(persona_dirs(args.prompts)), args.persona)
+    print(f"wrote {write_card(persona, args.output, args.image)}")
+    print("  not carried: knowledge bank, LoRA adapters, style checks (a card has no place for them)", file=sys.stderr)
+    return 0
 
 
 def _store(args: argparse.Namespace) -> HistoryStore:
