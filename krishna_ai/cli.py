@@ -100,7 +100,10 @@ def _cmd_check_style(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from krishna_ai.train import TrainConfig, main
 
-    overrides = {"output_dir": args.output_dir, "max_steps": args.max_steps, "limit": args.limit, "data": args.data}
+    overrides = {"output_dir": args.output_dir, "max_steps": args.max_steps, "limit": args.limit, "data": args.data,
+                 "method": args.method}
+    if args.method == "dpo":
+        overrides["data_format"] = "preference"
     cfg = TrainConfig.from_yaml(args.config, **overrides)
     summary = main(cfg, resume=args.resume)
     print(json.dumps(summary, indent=2))
@@ -302,6 +305,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", dest="max_steps", type=int, help="override (smoke runs)")
     p.add_argument("--limit", type=int, help="use only the first N conversations")
     p.add_argument("--data", help="override the recipe's data file")
+    p.add_argument("--method", choices=["sft", "dpo"],
+                   help="override: dpo trains on preference pairs (data_format preference; `feedback export`)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("merge", help="merge a LoRA adapter into its base (bf16 safetensors)")

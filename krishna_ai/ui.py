@@ -212,17 +212,19 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             session = request.session_hash or ""
             user = user_of(request)
             listed: Any = gr.skip()
+            title: Any = gr.skip()
             if store is not None:
                 try:  # the question is saved before the model runs: a crash loses at most the reply
                     new = not cid
                     cid, history = save_question(store, user, cid, persona_id, history)
                     if new:
                         listed = gr.Radio(choices=choices(store, user), value=cid)
+                        title = store.chat(user, cid).title
                 except KrishnaError as exc:  # the store is down, the chat was deleted elsewhere, a huge image
                     gr.Warning(f"This message was not saved: {exc}")
             sampling = {"temperature": t, "top_p": tp, "top_k": int(tk), "max_new_tokens": int(mn)}
             history = list(history) + [{"role": "assistant", "content": ""}]
-            yield history, "⏳ waiting for the model…", "", "", cid, listed
+            yield history, "⏳ waiting for the model…", "", "", cid, listed, title
             last: Update | None = None
             started = finished = failed = False
             try:
@@ -237,26 +239,26 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                         if saved is not None:
                             history[-1] = tag(history[-1], saved)
                         yield (history, update.stats.line(), badge(update.violations or []), sources_line(update),
-                               cid, gr.skip())
+                               cid, gr.skip(), gr.skip())
                     elif not started:
                         started = True
-                        yield history, "⏳ generating…", "", sources_line(update), gr.skip(), gr.skip()
+                        yield history, "⏳ generating…", "", sources_line(update), gr.skip(), gr.skip(), gr.skip()
                     else:
                         # Later chunks leave the stats line alone: a chunk still in flight when Stop is
                         # pressed must not overwrite Stop's "stopped" with "generating…".
-                        yield history, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                        yield history, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             except KrishnaError as exc:
                 failed = True
                 # Keep the conversation on screen: the problem becomes a notice in the chat and a toast.
                 gr.Warning(str(exc))
                 history[-1] = {"role": "assistant", "content": str(exc), "metadata": {"title": NOTICE}}
-                yield history, "", "", "", cid, gr.skip()
+                yield history, "", "", "", cid, gr.skip(), gr.skip()
             finally:
                 if not finished and not failed and last is not None and last.text.strip():
                     save_reply(studio, user, cid, last, model, persona_id, size, sampling, finish="stopped")
 
         respond_inputs = [chatbot, persona_dd, model_dd, *sampling_inputs, personality, slice_dd, chat_id]
-        respond_outputs = [chatbot, stats_md, badge_md, sources_md, chat_id, sidebar.chats]
+        respond_outputs = [chatbot, stats_md, badge_md, sources_md, chat_id, sidebar.chats, sidebar.title]
         # Stop is live only while a reply streams; the textbox is locked meanwhile.
         unlock = dict(fn=lambda: (gr.MultimodalTextbox(interactive=True), gr.Button(interactive=False)),
                       outputs=[textbox, stop_btn], queue=False)

@@ -102,6 +102,7 @@ def test_stream_stop_retry_persona_and_image(page, tmp_path):
     n_before = len(bot_texts(pg))
     send(pg, "I failed my exam again. What should I do?")
     wait_until(lambda: len(bot_texts(pg)) > n_before and len(last_bot(pg)) > 0, 60, "the reply to start")
+    assert pg.locator("#chat-title textarea").input_value().startswith("I failed my exam")  # saved, named
     assert stop.is_enabled(), "Stop must be live while a reply streams"
     first = len(last_bot(pg))
     grown = wait_until(lambda: len(last_bot(pg)) if len(last_bot(pg)) > first + 10 else 0, 60,
