@@ -207,9 +207,15 @@ def split_spec(spec: str, persona: Persona | None = None) -> tuple[str, str | No
     """The model and adapter a spec names, as the app would serve it.
 
     "light" -> ("light", the persona's adapter for light, if any); "light@none" -> ("light", None);
-    "light@adapters/x" -> ("light", "adapters/x").
+    "light@adapters/x" -> ("light", "adapters/x"). A model server (openai:URL#MODEL, whose URL may hold
+    user@host) serves its own weights: it takes no adapter, and "@" in it is part of the URL.
     """
-    model, sep, adapter = spec.partition("@")
+    from krishna_ai.runtime.remote import is_remote_spec
+
+    if is_remote_spec(spec):
+        return spec.removesuffix("@none"), None
+    model, sep, adapter = spec.rpartition("@")
     if not sep:
+        model = adapter
         return model, (persona.adapter_for(model) if persona else None)
     return model, (None if adapter.lower() == "none" else adapter)

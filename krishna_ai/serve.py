@@ -214,8 +214,9 @@ def slot_states(host: str, port: int, api_key: str | None = None) -> list[bool]:
     """Which of the server's slots are busy (llama-server's /slots, enabled by `serve`)."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    resp = httpx.get(f"http://{host}:{port}/slots", headers=headers, timeout=5.0)
+    from krishna_ai.runtime.remote import auth_headers
+
+    resp = httpx.get(f"http://{host}:{port}/slots", headers=auth_headers(api_key or ""), timeout=5.0)
     resp.raise_for_status()
     return [bool(slot.get("is_processing")) for slot in resp.json()]
 

@@ -85,6 +85,9 @@ def test_load_questions(tmp_path):
     # A bare tier is evaluated as the app serves it: with the persona's adapter; @none is the baseline.
     k = P["krishna"]
     assert split_spec("light", k) == ("light", k.adapters["light"]) and split_spec("light@none", k) == ("light", None)
+    # a model server's URL may carry user@host: it is never split, and a server takes no adapter
+    assert split_spec("openai:http://me@127.0.0.1:8081/v1#krishna-light", k) == (
+        "openai:http://me@127.0.0.1:8081/v1#krishna-light", None)
 
 
 @pytest.mark.slow

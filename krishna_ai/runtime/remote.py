@@ -81,6 +81,12 @@ def api_key() -> str | None:
     return None
 
 
+def auth_headers(key: str | None = None) -> dict[str, str]:
+    """The bearer header for `key` (default: the key from the environment); {} when there is none."""
+    key = key if key is not None else api_key()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def stall_timeout() -> float:
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
     if not raw:
@@ -115,7 +121,7 @@ def probe(url: str, model: str | None, *, timeout: float = 10.0) -> tuple[str, S
     """(model name, ServerInfo) of the server at `url`; ModelUnavailable says what is wrong."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {key}"} if (key := api_key()) else {}
+    headers = auth_headers()
     root = _server_root(url)
     try:
         with httpx.Client(timeout=timeout, headers=headers) as http:
@@ -287,11 +293,9 @@ class RemoteEngine:
         self.url, self.model, self.server = url, model, server
         self._info = info
         self.stall_s = stall_timeout()
-        key = api_key()
         # No kept-alive connections: each request gets its own socket, which Stop can shut (see _Connection).
         self.http = httpx.Client(timeout=httpx.Timeout(self.stall_s, connect=5.0),
-                                 limits=httpx.Limits(max_keepalive_connections=0),
-                                 headers={"Authorization": f"Bearer {key}"} if key else {})
+                                 limits=httpx.Limits(max_keepalive_connections=0), headers=auth_headers())
 
     @property
     def info(self) -> EngineInfo:
