@@ -138,11 +138,13 @@ def build(args: argparse.Namespace):
 MAX_UPLOAD = "20mb"
 
 
-def launch(demo, args: argparse.Namespace, concurrency: int = 1, **extra):
-    """Queue and launch with the app's limits: `concurrency` generations at once, capped uploads."""
+def launch(demo, args: argparse.Namespace, concurrency: int = 1, store=None, **extra):
+    """Queue and launch with the app's limits: `concurrency` generations at once, capped uploads; the saved
+    chats' images folder (of `store`) is the one folder of ours Gradio may serve, so reopened chats show them."""
+    allowed = [str(store.data_dir / "images")] if store is not None else []
     return demo.queue(default_concurrency_limit=concurrency).launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=login_guard(args),
-        max_file_size=MAX_UPLOAD, show_error=True, **extra)
+        max_file_size=MAX_UPLOAD, show_error=True, allowed_paths=allowed, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     except KrishnaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    launch(demo, args, concurrency=studio.concurrency)
+    launch(demo, args, concurrency=studio.concurrency, store=studio.store)
     return 0
 
 

@@ -26,6 +26,7 @@ import base64
 import binascii
 import json
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,13 @@ def slug(name: str) -> str:
 
 
 def _macros(text: str, name: str, user: str = "the user") -> str:
-    text = re.sub(r"\{\{\s*char\s*\}\}|<BOT>", name, text, flags=re.IGNORECASE)
-    return re.sub(r"\{\{\s*user\s*\}\}|<USER>", user, text, flags=re.IGNORECASE).strip()
+    text = re.sub(r"\{\{\s*char\s*\}\}|<BOT>", lambda _: name, text, flags=re.IGNORECASE)  # a name is no regex
+    return re.sub(r"\{\{\s*user\s*\}\}|<USER>", lambda _: user, text, flags=re.IGNORECASE).strip()
+
+
+def _comment(text: str, limit: int = 200) -> str:
+    """Card text made safe for one TOML comment line (a newline in it would start a key of its own)."""
+    return " ".join(str(text).split())[:limit]
 
 
 def _examples(mes_example: str, name: str) -> tuple[str, list[str]]:
@@ -194,12 +200,12 @@ def card_to_persona(card: CardData, persona_id: str | None = None) -> Imported:
         lost.append(f"extensions ({', '.join(sorted(other))}): app-specific data of other tools")
     if card.model_extra:
         lost.append(f"unknown fields ({', '.join(sorted(card.model_extra))})")
-    header = [f"# Imported from the character card {name!r}"
-              + (f" by {card.creator}" if card.creator else "")
-              + (f", version {card.character_version}" if card.character_version else "") + "."]
+    header = [f"# Imported from the character card {_comment(name)!r}"
+              + (f" by {_comment(card.creator, 80)}" if card.creator else "")
+              + (f", version {_comment(card.character_version, 40)}" if card.character_version else "") + "."]
     if card.tags:
-        header.append("# tags: " + ", ".join(card.tags)[:200])
-    header += [f"# not carried: {item}" for item in lost]
+        header.append("# tags: " + _comment(", ".join(card.tags)))
+    header += [f"# not carried: {_comment(item)}" for item in lost]
     header.append(f"# Try it:  python -m krishna_ai ask --persona {pid} \"Hello\"")
     return Imported(persona, "\n".join(header) + "\n" + tomli_w.dumps(raw), lost)
 
@@ -218,8 +224,12 @@ def import_card(path: str | Path, out_dir: str | Path, persona_id: str | None = 
     target = Path(out_dir) / f"{pid}.toml"
     if not force and (target.exists() or pid in (existing or set())):
         raise PersonaError(f"a persona {pid!r} exists already: pass --id NEW_ID (or --force to replace it)")
+    with tempfile.TemporaryDirectory() as tmp:  # it must load as a persona before it goes where the app looks
+        check = Path(tmp) / target.name
+        check.write_text(imported.toml, encoding="utf-8")
+        if load_persona(check) != imported.persona:
+            raise PersonaError(f"{path.name}: the persona file written from this card does not read back the same")
     write_text(target, imported.toml)
-    load_persona(target)  # what was written loads as a persona
     return target, imported
 
 

@@ -110,11 +110,12 @@ def to_markdown(chat: ChatInfo, persona_name: str | None = None) -> str:
             lines.append("")
         lines.append(m.content.strip() or "*(empty)*")
         extra = []
-        if m.meta.get("model"):
+        if isinstance(m.meta.get("model"), str):
             extra.append(f"model {m.meta['model']}")
         if m.feedback:
             extra.append("👍" if m.feedback > 0 else "👎")
-        sources = m.meta.get("sources") or []
+        sources = [x for x in m.meta.get("sources") or [] if isinstance(x, dict)] \
+            if isinstance(m.meta.get("sources"), list) else []
         if sources:
             extra.append("sources: " + "; ".join(f"{s.get('title')} — {s.get('source')}" for s in sources))
         if extra:
@@ -156,7 +157,7 @@ def import_chat(store: HistoryStore, user: str, raw: bytes | str, where: str = "
     chat = parse_chat_file(raw, where, personas)
     rows = []
     for m in chat.messages:
-        meta = dict(m.meta)
+        meta = {**m.meta, "imported": True}  # feedback export leaves imported turns out (they could be anyone's)
         if m.image:
             meta["image_not_imported"] = m.image
         assistant = m.role == "assistant"
@@ -205,10 +206,18 @@ def _with_system(persona: Persona | None, context: list[Message], reply: StoredM
     return context if persona is None else [system_message(persona, reply, context[-1]["content"]), *context]
 
 
-def feedback_examples(chats: list[ChatInfo], personas: dict[str, Persona] | None = None
-                      ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+def _complete(reply: StoredMessage) -> bool:
+    """A reply that ended by itself: one stopped or cut at the token limit is never a chosen answer."""
+    stats = reply.meta.get("stats")
+    finish = stats.get("finish_reason") if isinstance(stats, dict) else None
+    return bool(reply.content.strip()) and finish not in ("stopped", "max_tokens", "error")
+
+
+def feedback_examples(chats: list[ChatInfo], personas: dict[str, Persona] | None = None,
+                      include_imported: bool = False) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
     """(SFT conversations, DPO pairs), each keyed by persona. With `personas`, each example starts with the
-    system part its reply was generated with (chats of a persona not in `personas` are left out)."""
+    system part its reply was generated with (chats of a persona not in `personas` are left out). Turns
+    imported from a file are left out unless `include_imported` (their thumbs were not given here)."""
     sft: dict[str, list[dict]] = defaultdict(list)
     dpo: dict[str, list[dict]] = defaultdict(list)
     for chat in chats:
@@ -217,13 +226,15 @@ def feedback_examples(chats: list[ChatInfo], personas: dict[str, Persona] | None
             continue
 
         for context, replies in _turns(chat.messages):
-            liked = [r for r in replies if r.feedback == 1 and r.content.strip()]
+            if not include_imported:
+                replies = [r for r in replies if not r.meta.get("imported")]
+            liked = [r for r in replies if r.feedback == 1 and _complete(r)]
             for r in liked:
                 sft[chat.persona].append({"messages": [*_with_system(persona, context, r),
                                                        {"role": "assistant", "content": r.content}],
                                           "meta": {"chat": chat.id, "message": r.id}})
             chosen = liked or [r for r in replies if not r.superseded and r.feedback != -1
-                               and len(replies) > 1 and r.content.strip()]
+                               and len(replies) > 1 and _complete(r)]
             rejected = [r for r in replies if (r.feedback == -1 or r.superseded) and r.feedback != 1
                         and r.content.strip()]
             for c in chosen:
@@ -236,10 +247,11 @@ def feedback_examples(chats: list[ChatInfo], personas: dict[str, Persona] | None
 
 
 def export_feedback(store: HistoryStore, out: str | Path, user: str | None = None,
-                    personas: dict[str, Persona] | None = None) -> dict[str, dict[str, int]]:
+                    personas: dict[str, Persona] | None = None, include_imported: bool = False
+                    ) -> dict[str, dict[str, int]]:
     """Write sft-<persona>.jsonl and dpo-<persona>.jsonl into `out` (replaced whole); {persona: counts}."""
     chats = [c for _, c in store.all_chats(user)]
-    sft, dpo = feedback_examples(chats, personas)
+    sft, dpo = feedback_examples(chats, personas, include_imported)
     counts: dict[str, dict[str, int]] = {}
     with atomic_dir(out) as tmp:
         for kind, rows_by in (("sft", sft), ("dpo", dpo)):

@@ -57,6 +57,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                          help="write sft-<persona>.jsonl (liked replies) and dpo-<persona>.jsonl (preference pairs)")
     v.add_argument("out", help="output folder (replaced whole)")
     v.add_argument("--user", default=None, help="only this user's chats (default: everyone's)")
+    v.add_argument("--include-imported", action="store_true",
+                   help="also chats imported from files (left out by default: their thumbs were not given here)")
     v.set_defaults(func=_feedback)
 
 
@@ -159,7 +161,8 @@ def _feedback(args: argparse.Namespace) -> int:
     from krishna_ai.chatfile import export_feedback
     from krishna_ai.personas import load_personas, persona_dirs
 
-    counts = export_feedback(_store(args), args.out, user=args.user, personas=load_personas(persona_dirs(args.prompts)))
+    counts = export_feedback(_store(args), args.out, user=args.user, personas=load_personas(persona_dirs(args.prompts)),
+                             include_imported=args.include_imported)
     for persona, n in sorted(counts.items()):
         print(f"{persona}: {n['sft']} liked replies (sft-{persona}.jsonl), {n['dpo']} preference pairs "
               f"(dpo-{persona}.jsonl)")

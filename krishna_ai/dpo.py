@@ -126,7 +126,12 @@ def build_models(cfg: Any) -> tuple[Any, Any, Any]:
     if adapter is not None:
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ConfigError(f"adapter: {adapter} is not a LoRA adapter folder (no adapter_config.json)")
-        targets = json.loads((Path(adapter) / "adapter_config.json").read_text())["target_modules"]
+        from safetensors import safe_open
+
+        start_config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+        with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
+            _plain_lora(Path(adapter), start_config, list(f.keys()))  # before training, not after
+        targets = start_config["target_modules"]
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()  # LoRA and token rows, merged
     model.config.use_cache = False
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -141,6 +146,17 @@ def _scaling(config: dict[str, Any]) -> float:
     return config["lora_alpha"] / (r ** 0.5 if config.get("use_rslora") else r)
 
 
+def _plain_lora(where: Path, config: dict[str, Any], weights: Any) -> None:
+    """ConfigError for an adapter whose update is not B·A·alpha/r on every module (it cannot be combined)."""
+    odd = [k for k in ("rank_pattern", "alpha_pattern", "use_dora", "lora_bias") if config.get(k)]
+    odd += sorted({k.split(".")[-2] for k in weights if "lora_embedding" in k or "lora_magnitude" in k})
+    if config.get("peft_type", "LORA") != "LORA":
+        odd.append(f"peft_type {config.get('peft_type')}")
+    if odd:
+        raise ConfigError(f"adapter {where}: {', '.join(odd)} cannot be combined by rank concatenation; "
+                          "start DPO from a plain LoRA adapter (or adapter: none)")
+
+
 def combine_adapters(first: str | Path, second: str | Path, out: str | Path) -> Path:
     """One adapter whose update is first's plus second's (LoRA ranks concatenated, token rows from `first`):
     a DPO adapter trained on top of a merged start adapter becomes servable like any single adapter."""
@@ -152,6 +168,8 @@ def combine_adapters(first: str | Path, second: str | Path, out: str | Path) -> 
     c2 = json.loads((second / "adapter_config.json").read_text())
     w1 = load_file(first / "adapter_model.safetensors")
     w2 = load_file(second / "adapter_model.safetensors")
+    _plain_lora(first, c1, w1)
+    _plain_lora(second, c2, w2)
     s1, s2 = _scaling(c1), _scaling(c2)
     combined: dict[str, torch.Tensor] = {k: v for k, v in w1.items() if "lora_" not in k}
     modules = sorted({k.rsplit(".lora_", 1)[0] for k in [*w1, *w2] if ".lora_A." in k})

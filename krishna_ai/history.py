@@ -10,15 +10,19 @@ answered exactly like an unknown one (ChatNotFound), so ids cannot even be probe
 created and upgraded by Alembic migrations (krishna_ai/migrations) when the store opens, so an upgrade
 of the package never loses chats; a database written by a newer version is refused, not touched.
 
-SQLite runs in WAL mode: a killed app loses at most the transaction in flight (one message), and
-readers never wait for the writer. Any SQLAlchemy URL works too (`postgresql+psycopg://…`).
+SQLite runs in WAL mode: a killed app loses at most the transaction in flight (one message). Each
+transaction takes the write lock when it begins (BEGIN IMMEDIATE), so writers to one chat never race
+for its last position; they take turns in milliseconds. Any SQLAlchemy URL works too
+(`postgresql+psycopg://…`; there a row lock on the chat does the same).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,9 +169,12 @@ class HistoryStore:
         self.data_dir = Path(data_dir) if data_dir else data_root()
         self.where = _redact(self.url)
         try:
-            if self.url.startswith("sqlite:///"):
-                path = Path(self.url.removeprefix("sqlite:///"))
-                path.parent.mkdir(parents=True, exist_ok=True)
+            from sqlalchemy.engine import make_url
+
+            parsed = make_url(self.url)
+            if parsed.get_backend_name() == "sqlite" and parsed.database and not parsed.database.startswith("file:") \
+                    and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.engine: DbEngine = create_engine(self.url, pool_pre_ping=True)
         except (SQLAlchemyError, OSError, ValueError) as exc:  # bad URL, missing driver, unwritable folder
             raise HistoryError(f"history database {self.where}: {_reason(exc)}") from None
@@ -282,9 +289,14 @@ class HistoryStore:
         return self._run(fn)
 
     def delete(self, user: str, chat_id: str) -> None:
-        def fn(session: Session) -> None:
-            session.delete(self._owned(session, user, chat_id))
-        self._run(fn)
+        """Delete a chat for good, with its messages and the images no other message refers to."""
+        def fn(session: Session) -> list[str]:
+            row = self._owned(session, user, chat_id)
+            images = {m.image for m in row.messages if m.image}
+            session.delete(row)
+            session.flush()
+            return self._orphans(session, images)
+        self._unlink(self._run(fn))
 
     # -- messages ----------------------------------------------------------------------------------
     def add_message(self, user: str, chat_id: str, role: Role, content: str, *, image: str | Path | None = None,
@@ -309,7 +321,7 @@ class HistoryStore:
 
     def _message_owned(self, session: Session, user: str, message_id: int | str) -> MessageRow:
         mid = str(message_id).removeprefix("m")
-        msg = session.get(MessageRow, int(mid)) if mid.isdigit() else None
+        msg = session.get(MessageRow, int(mid)) if re.fullmatch(r"[0-9]{1,15}", mid) else None
         if msg is None:
             raise ChatNotFound(f"no message {message_id!r} in your history")
         self._owned(session, user, msg.chat_id)  # raises ChatNotFound for another user's message too
@@ -332,7 +344,7 @@ class HistoryStore:
         for training. Returns how many were hidden."""
         def fn(session: Session) -> int:
             hidden = 0
-            for msg in reversed(self._owned(session, user, chat_id).messages):
+            for msg in reversed(self._owned(session, user, chat_id, lock=True).messages):
                 if msg.role == "user":
                     break
                 if not msg.superseded:
@@ -342,18 +354,34 @@ class HistoryStore:
 
     def undo(self, user: str, chat_id: str) -> str:
         """Delete the last question and every reply to it (Undo); returns the question's text."""
-        def fn(session: Session) -> str:
-            msgs = self._owned(session, user, chat_id).messages
+        def fn(session: Session) -> tuple[str, list[str]]:
+            msgs = self._owned(session, user, chat_id, lock=True).messages
             i = len(msgs)
             while i and msgs[i - 1].role == "assistant":
                 i -= 1
             while i and msgs[i - 1].role == "user":
                 i -= 1
             question = "\n".join(m.content for m in msgs[i:] if m.role == "user" and m.content)
+            images = {m.image for m in msgs[i:] if m.image}
             for msg in msgs[i:]:
                 session.delete(msg)
-            return question
-        return self._run(fn)
+            session.flush()
+            return question, self._orphans(session, images)
+        question, orphans = self._run(fn)
+        self._unlink(orphans)
+        return question
+
+    @staticmethod
+    def _orphans(session: Session, images: set[str]) -> list[str]:
+        """Those of `images` (paths in the data folder) that no message refers to any more."""
+        if not images:
+            return []
+        used = set(session.scalars(select(MessageRow.image).where(MessageRow.image.in_(images))))
+        return sorted(images - used)
+
+    def _unlink(self, images: list[str]) -> None:
+        for rel in images:
+            (self.data_dir / rel).unlink(missing_ok=True)
 
     def all_chats(self, user: str | None = None) -> list[tuple[str, ChatInfo]]:
         """(owner, chat with messages) for every chat, or one user's: for the operator's exports."""
@@ -372,20 +400,18 @@ class HistoryStore:
     # -- images and checks -------------------------------------------------------------------------
     def _keep_image(self, image: str | Path) -> str:
         src = Path(image)
+        check_image_size(src)
         try:
-            size = src.stat().st_size
+            digest = hashlib.sha256(src.read_bytes()).hexdigest()[:32]
+            rel = Path("images") / f"{digest}{src.suffix.lower()[:8]}"
+            dest = self.data_dir / rel
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f"{dest.name}.partial-{uuid.uuid4().hex}")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest)
         except OSError as exc:
-            raise ImageError(f"the image {src.name!r} cannot be read: {exc.strerror}") from None
-        if size > MAX_IMAGE_BYTES:
-            raise ImageError(f"the image is {size / 1e6:.1f} MB; at most {MAX_IMAGE_BYTES // 2**20} MB is saved")
-        digest = hashlib.sha256(src.read_bytes()).hexdigest()[:32]
-        rel = Path("images") / f"{digest}{src.suffix.lower()[:8]}"
-        dest = self.data_dir / rel
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + f".partial-{os.getpid()}")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
+            raise HistoryError(f"the image could not be saved into {self.data_dir}: {exc.strerror or exc}") from None
         return rel.as_posix()
 
     def _message(self, m: MessageRow) -> StoredMessage:
@@ -403,6 +429,19 @@ class HistoryStore:
             dupes = conn.execute(text("SELECT chat_id, seq FROM messages GROUP BY chat_id, seq HAVING COUNT(*) > 1"))
             problems += [f"chat {c}: two messages at position {s}" for c, s in dupes]
         return problems
+
+
+def check_image_size(path: str | Path) -> None:
+    """ImageError unless `path` is a readable file of at most MAX_IMAGE_BYTES (checked before anything is saved)."""
+    src = Path(path)
+    try:
+        if not src.is_file():
+            raise ImageError(f"the image {src.name!r} is not a file")
+        size = src.stat().st_size
+    except OSError as exc:
+        raise ImageError(f"the image {src.name!r} cannot be read: {exc.strerror}") from None
+    if size > MAX_IMAGE_BYTES:
+        raise ImageError(f"the image is {size / 1e6:.1f} MB; at most {MAX_IMAGE_BYTES // 2**20} MB is saved")
 
 
 def clean_title(title: str | None) -> str:

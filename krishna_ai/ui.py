@@ -30,6 +30,8 @@ from krishna_ai.ui_chats import (
     save_question,
     save_reply,
     tag,
+    unsave_question,
+    uploaded,
     user_of,
     wire_sidebar,
 )
@@ -190,6 +192,10 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
 
         examples.click(on_example, examples, textbox, queue=False)
 
+        busy = [retry_btn, undo_btn, clear_btn, persona_dd, sidebar.new, sidebar.chats, sidebar.delete,
+                sidebar.import_btn]
+        locked = [gr.update(interactive=False)] * len(busy)
+
         def add_user(history: list[dict], value: dict | None):
             value = value or {}
             text = (value.get("text") or "").strip()
@@ -202,7 +208,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 history.append({"role": "user", "content": {"path": path}})
             if text:
                 history.append({"role": "user", "content": text})
-            return history, gr.MultimodalTextbox(value=None, interactive=False), gr.Button(interactive=True)
+            return history, gr.MultimodalTextbox(value=None, interactive=False), gr.Button(interactive=True), *locked
 
         async def respond(history: list[dict], persona_id: str, model: str, t: float, tp: float, tk: int, mn: int,
                           who: str, size: str, cid: str | None, request: gr.Request) -> AsyncIterator[tuple]:
@@ -213,10 +219,13 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             user = user_of(request)
             listed: Any = gr.skip()
             title: Any = gr.skip()
+            saved_question = False
             if store is not None:
                 try:  # the question is saved before the model runs: a crash loses at most the reply
                     new = not cid
+                    before = history
                     cid, history = save_question(store, user, cid, persona_id, history)
+                    saved_question = [message_id(m) for m in history] != [message_id(m) for m in before]
                     if new:
                         listed = gr.Radio(choices=choices(store, user), value=cid)
                         title = store.chat(user, cid).title
@@ -252,18 +261,26 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 # Keep the conversation on screen: the problem becomes a notice in the chat and a toast.
                 gr.Warning(str(exc))
                 history[-1] = {"role": "assistant", "content": str(exc), "metadata": {"title": NOTICE}}
-                yield history, "", "", "", cid, gr.skip(), gr.skip()
+                if last is None and store is not None and cid and saved_question:  # refused: unsave the question
+                    cid, history, listed = unsave_question(store, user, cid, history[:-1])
+                    history.append({"role": "assistant", "content": str(exc), "metadata": {"title": NOTICE}})
+                    yield history, "", "", "", cid, listed, "" if cid is None else gr.skip()
+                else:
+                    yield history, "", "", "", cid, gr.skip(), gr.skip()
             finally:
                 if not finished and not failed and last is not None and last.text.strip():
                     save_reply(studio, user, cid, last, model, persona_id, size, sampling, finish="stopped")
 
         respond_inputs = [chatbot, persona_dd, model_dd, *sampling_inputs, personality, slice_dd, chat_id]
         respond_outputs = [chatbot, stats_md, badge_md, sources_md, chat_id, sidebar.chats, sidebar.title]
-        # Stop is live only while a reply streams; the textbox is locked meanwhile.
-        unlock = dict(fn=lambda: (gr.MultimodalTextbox(interactive=True), gr.Button(interactive=False)),
-                      outputs=[textbox, stop_btn], queue=False)
+        # Stop is live only while a reply streams; the textbox, and everything that would change the chat under
+        # the reply (Retry, Undo, Clear, the persona, the chats sidebar), are locked meanwhile.
+        unlock = dict(fn=lambda: (gr.MultimodalTextbox(interactive=True), gr.Button(interactive=False),
+                                  *[gr.update(interactive=True)] * len(busy)),
+                      outputs=[textbox, stop_btn, *busy], queue=False)
 
-        submit_event = (textbox.submit(add_user, [chatbot, textbox], [chatbot, textbox, stop_btn], queue=False)
+        submit_event = (textbox.submit(add_user, [chatbot, textbox], [chatbot, textbox, stop_btn, *busy],
+                                       queue=False)
                         .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
                               concurrency_limit=studio.concurrency, api_visibility="private"))
         submit_event.then(**unlock)
@@ -280,9 +297,9 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                     store.retry(user_of(request), cid)
                 except KrishnaError as exc:
                     gr.Warning(f"The retried reply stays in the saved chat: {exc}")
-            return drop_reply(history), gr.Button(interactive=True)
+            return drop_reply(history), gr.Button(interactive=True), *locked
 
-        retry_event = (retry_btn.click(retry, [chatbot, chat_id], [chatbot, stop_btn], queue=False)
+        retry_event = (retry_btn.click(retry, [chatbot, chat_id], [chatbot, stop_btn, *busy], queue=False)
                        .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
                              api_visibility="private"))
         retry_event.then(**unlock)
@@ -347,24 +364,25 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 chat_id: continue one of your saved chats (its persona and history; see /chats), or "new" to save
                     this exchange as a new chat; empty: nothing is saved.
             """
-            path = None
-            if image is not None:
-                path = image["path"] if isinstance(image, dict) else getattr(image, "path", image)
             sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens}
-            last, done, turn = None, False, None
+            last, done, failed, turn = None, False, False, None
             try:
+                path = uploaded(image["path"] if isinstance(image, dict) else getattr(image, "path", image),
+                                "the image") if image is not None else None
                 turn = api_turn(studio, request, chat_id, persona, message, path)
                 async for update in _updates(studio, turn.persona, turn.earlier, message, image=path, model=model,
                                              personality=personality, slice=slice or None, **sampling):
                     last = update
+                    turn.begin()  # the reply has started: now the question is saved
                     if update.done:
                         done = True
                         turn.save(update, model, slice, sampling)
                     yield update.text
             except (KrishnaError, ValueError) as exc:
+                failed = True
                 raise _error(exc) from None
-            finally:
-                if turn is not None and not done and last is not None and last.text.strip():
+            finally:  # stopped or cancelled: what was generated is saved as stopped (a failure is not saved)
+                if turn is not None and not done and not failed and last is not None and last.text.strip():
                     turn.save(last, model, slice, sampling, finish="stopped")
 
         gr.api(chat, api_name="chat", concurrency_id=GENERATE, concurrency_limit=studio.concurrency)
@@ -389,14 +407,19 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                     The result then carries chat_id and the saved reply's message_id (for /chat_feedback).
             """
             sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens}
-            final = None
+            final, turn, failed = None, None, False
             try:
                 turn = api_turn(studio, request, chat_id, persona, message, None)
                 async for update in _updates(studio, turn.persona, turn.earlier, message, model=model,
                                              personality=personality, slice=slice or None, **sampling):
                     final = update
+                    turn.begin()  # the reply has started: now the question is saved
             except (KrishnaError, ValueError) as exc:
+                failed = True
                 raise _error(exc) from None
+            finally:  # cancelled (the client went away): what was generated is saved as stopped
+                if turn is not None and not failed and final is not None and not final.done and final.text.strip():
+                    turn.save(final, model, slice, sampling, finish="stopped")
             if final is None or final.stats is None:
                 raise gr.Error("the reply was stopped before it finished")
             saved = turn.save(final, model, slice, sampling)

@@ -9,7 +9,9 @@ app keeps chatting, unsaved, and says so.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import gradio as gr
 
 from krishna_ai.chatfile import import_chat, to_json, to_markdown
 from krishna_ai.errors import InputError, KrishnaError
-from krishna_ai.history import LOCAL_USER, ChatInfo, HistoryError, HistoryStore, StoredMessage
+from krishna_ai.history import LOCAL_USER, ChatInfo, HistoryError, HistoryStore, StoredMessage, check_image_size
 from krishna_ai.studio import Studio, Update
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "krishna_ai-exports"
@@ -95,21 +97,48 @@ def reply_meta(update: Update, *, model: str, adapter: str | None, slice: str | 
 
 def save_question(store: HistoryStore, user: str, chat_id: str | None, persona_id: str,
                   history: list[dict]) -> tuple[str, list[dict]]:
-    """Save the trailing user messages not saved yet (a new chat on the first); their ids go into `history`."""
-    if not chat_id:
-        chat_id = store.new_chat(user, persona_id).id
+    """Save the trailing user messages not saved yet (a new chat on the first); their ids go into `history`.
+    Images are checked first, so a refused one leaves no empty chat behind."""
     history = list(history)
     i = len(history)
     while i > 0 and history[i - 1]["role"] == "user":
         i -= 1
-    for j in range(i, len(history)):
+    todo = [j for j in range(i, len(history)) if not message_id(history[j])]
+    for j in todo:
+        for f in content_files(history[j]["content"]):
+            check_image_size(f)
+    if not chat_id:
+        chat_id = store.new_chat(user, persona_id).id
+    for j in todo:
         m = history[j]
-        if message_id(m):
-            continue
         files = content_files(m["content"])
         saved = store.add_message(user, chat_id, "user", content_text(m["content"]), image=files[-1] if files else None)
         history[j] = tag(m, saved)
     return chat_id, history
+
+
+def unsave_question(store: HistoryStore, user: str, chat_id: str, history: list[dict]
+                    ) -> tuple[str | None, list[dict], Any]:
+    """Take back a question the studio refused (nothing was generated): it leaves the database (and an
+    emptied new chat goes too), and its Chatbot messages lose their ids. (chat id or None, history, chat list)."""
+    try:
+        store.undo(user, chat_id)
+        if not store.chat(user, chat_id).messages:
+            store.delete(user, chat_id)
+            return None, _untag_pending(history), gr.Radio(choices=choices(store, user), value=None)
+    except KrishnaError as exc:
+        gr.Warning(f"The refused question stays in the saved chat: {exc}")
+    return chat_id, _untag_pending(history), gr.skip()
+
+
+def _untag_pending(history: list[dict]) -> list[dict]:
+    history = list(history)
+    i = len(history)
+    while i > 0 and history[i - 1]["role"] == "user":
+        i -= 1
+        meta = {k: v for k, v in (history[i].get("metadata") or {}).items() if k != "id"}
+        history[i] = {k: v for k, v in history[i].items() if k != "metadata"} | ({"metadata": meta} if meta else {})
+    return history
 
 
 def save_reply(studio: Studio, user: str, cid: str | None, update: Update, model: str | None, persona_id: str,
@@ -131,22 +160,40 @@ def save_reply(studio: Studio, user: str, cid: str | None, update: Update, model
 
 @dataclass
 class ApiTurn:
-    """An API call's place in the history: which chat (None: unsaved), its persona and earlier turns."""
+    """An API call's place in the history: which chat (None: unsaved), its persona and earlier turns.
+
+    Nothing is written until the reply has started (`begin`, at its first chunk): a request the studio
+    refuses (an image to a text-only tier, a model not offered) leaves no question and no empty chat."""
 
     studio: Studio
     user: str
     chat_id: str | None
     persona: str
     earlier: list[dict]
+    message: str = ""
+    image: str | None = None
+    new: bool = False
+    begun: bool = False
+
+    def begin(self) -> None:
+        store = self.studio.store
+        if self.begun or store is None or not (self.chat_id or self.new):
+            return
+        self.begun = True
+        if self.new:
+            self.chat_id = store.new_chat(self.user, self.persona).id
+        store.add_message(self.user, self.chat_id or "", "user", self.message, image=self.image)
 
     def save(self, update: Update, model: str | None, size: str | None, sampling: dict[str, Any],
              finish: str | None = None) -> StoredMessage | None:
+        if not self.begun:
+            return None
         return save_reply(self.studio, self.user, self.chat_id, update, model, self.persona, size, sampling, finish)
 
 
 def api_turn(studio: Studio, request: gr.Request | None, chat_id: str | None, persona: str, message: str,
              image: str | None) -> ApiTurn:
-    """Resolve `chat_id` ("" none, "new", or one of the caller's chats) and save the question before the reply.
+    """Resolve `chat_id` ("" none, "new", or one of the caller's chats); `begin()` saves the question.
 
     Continuing a chat uses its persona and its visible history; another user's id is refused (ChatNotFound)."""
     user = user_of(request)
@@ -155,23 +202,37 @@ def api_turn(studio: Studio, request: gr.Request | None, chat_id: str | None, pe
     if studio.store is None:
         raise HistoryError(f"chat history is off on this server ({studio.history_error or 'no store'}): "
                            "call without chat_id")
-    studio.persona(persona)  # an unknown persona or an empty message fails before anything is saved
-    if not (message or "").strip() and image is None:
-        raise InputError("the message is empty: type a question (or attach an image)")
+    if image is not None:
+        check_image_size(image)
     if chat_id == "new":
-        turn = ApiTurn(studio, user, studio.store.new_chat(user, persona).id, persona, [])
-    else:
-        chat = studio.store.chat(user, chat_id)
-        earlier = [{"role": m.role, "content": m.content} for m in chat.visible if m.content]
-        turn = ApiTurn(studio, user, chat.id, chat.persona, earlier)
-    studio.store.add_message(user, turn.chat_id, "user", message or "", image=image)  # type: ignore[arg-type]
-    return turn
+        studio.persona(persona)  # an unknown persona fails here
+        return ApiTurn(studio, user, None, persona, [], message or "", image, new=True)
+    chat = studio.store.chat(user, chat_id)
+    earlier = [{"role": m.role, "content": m.content} for m in chat.visible if m.content]
+    return ApiTurn(studio, user, chat.id, chat.persona, earlier, message or "", image)
+
+
+def uploaded(path: str | None, what: str) -> str | None:
+    """A file path a client sent, accepted only inside Gradio's upload folder (a file sent with the request,
+    e.g. gradio_client.handle_file): never a path to some other file on the server."""
+    if path is None:
+        return None
+    from gradio.utils import get_upload_folder
+
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(Path(get_upload_folder()).resolve()) or not resolved.is_file():
+        raise InputError(f"{what} must be a file sent with the request (gradio_client.handle_file), not a path "
+                         "on the server")
+    return str(resolved)
 
 
 def export_file(store: HistoryStore, user: str, chat_id: str, fmt: str, persona_name: str | None = None) -> Path:
     """The chat written to a file for download (JSON or Markdown), named after its title."""
     chat = store.chat(user, chat_id)
     EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+    for old in EXPORT_DIR.iterdir():  # earlier downloads (Gradio has its own copy by now)
+        if time.time() - old.stat().st_mtime > 3600:
+            shutil.rmtree(old, ignore_errors=True)
     stem = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in chat.title)[:60].strip("-") or "chat"
     folder = Path(tempfile.mkdtemp(dir=EXPORT_DIR))
     if fmt == "json":
@@ -246,8 +307,9 @@ def history_api(studio: Studio) -> None:
 
     def chat_import(file: gr.FileData, request: gr.Request = None) -> str:  # type: ignore[assignment]
         """Import a chat exported as JSON into your history; returns its new id."""
-        path = Path(file["path"] if isinstance(file, dict) else getattr(file, "path", file))
         try:
+            path = Path(uploaded(file["path"] if isinstance(file, dict) else getattr(file, "path", file),
+                                 "the chat file") or "")
             raw = path.read_bytes()
             return import_chat(store(), user_of(request), raw, path.name, set(studio.personas)).id
         except KrishnaError as exc:

@@ -129,7 +129,7 @@ def test_share_without_auth_warns(monkeypatch, capsys):
         def launch(self, **kw):
             launched.update(kw)
 
-    monkeypatch.setattr(app, "build", lambda args: (FakeDemo(), SimpleNamespace(concurrency=1)))
+    monkeypatch.setattr(app, "build", lambda args: (FakeDemo(), SimpleNamespace(concurrency=1, store=None)))
     with pytest.warns(UserWarning, match="--share without --auth"):
         app.main(["--share"])
     assert launched["share"] is True and launched["auth"] is None

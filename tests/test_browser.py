@@ -104,6 +104,8 @@ def test_stream_stop_retry_persona_and_image(page, tmp_path):
     wait_until(lambda: len(bot_texts(pg)) > n_before and len(last_bot(pg)) > 0, 60, "the reply to start")
     assert pg.locator("#chat-title textarea").input_value().startswith("I failed my exam")  # saved, named
     assert stop.is_enabled(), "Stop must be live while a reply streams"
+    for name in ("Retry", "Undo", "Clear", "+ New chat", "Delete"):  # nothing may change the chat under the reply
+        assert pg.get_by_role("button", name=name, exact=True).last.is_disabled(), f"{name} must be off while streaming"
     first = len(last_bot(pg))
     grown = wait_until(lambda: len(last_bot(pg)) if len(last_bot(pg)) > first + 10 else 0, 60,
                        "the reply to grow while streaming")

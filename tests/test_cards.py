@@ -131,3 +131,14 @@ def test_cli_import_and_export(tmp_path, capsys):
     assert "written as .json or .png" in capsys.readouterr().err
     assert not (tmp_path / "out.txt").exists()
     assert main(["persona", "import", str(tmp_path / "missing.json")]) == 2
+
+
+def test_card_text_cannot_inject_persona_settings_or_break_the_folder(tmp_path):
+    card = tmp_path / "evil.json"
+    card.write_text(json.dumps({"spec": "chara_card_v2", "data": {
+        "name": "Dr \\o/ Evil", "creator": "bob\naccepts_images = true #", "tags": ["x\nlabels = ['a']"],
+        "first_mes": "hi {{char}}"}}))
+    target, imported = import_card(card, tmp_path / "p", "evil")
+    p = load_persona(target)
+    assert p.accepts_images is False and p.labels == [] and p.greeting == "hi Dr \\o/ Evil"
+    assert load_personas([tmp_path / "p"])["evil"].name == "Dr \\o/ Evil"

@@ -9,6 +9,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 import app
+from krishna_ai.access import ModelPolicy
 from krishna_ai.history import HistoryStore
 from krishna_ai.personas import load_personas
 from krishna_ai.studio import Studio
@@ -26,9 +27,9 @@ def launched(scripted, tmp_path):
         engine = scripted(chunks or ["Partha, ", "be ", "still."])
         store, error = app.open_history(args)
         studio = Studio(load_personas(), default_model="light", loader=lambda spec, adapter: engine, store=store,
-                        history_error=error)
+                        history_error=error, policy=ModelPolicy(["light"]))  # as app.build sets it
         demo = build_demo(studio)
-        app.launch(demo, args, prevent_thread_lock=True, quiet=True)
+        app.launch(demo, args, prevent_thread_lock=True, quiet=True, store=store)
         demos.append(demo)
         return f"http://127.0.0.1:{args.port}/", engine, studio
 
@@ -167,3 +168,43 @@ def test_a_killed_app_loses_at_most_the_reply_in_flight(tmp_path):
     assert out["problems"] == [] and out["integrity"] == [], out
     assert out["replies"] >= 6 and out["failed_requests"] >= 1  # the kill really cut requests
     assert out["lost_replies"] <= 3
+
+
+def test_uploads_only_refused_requests_leave_nothing_and_images_come_back(launched, tmp_path, monkeypatch):
+    import shutil
+    import uuid
+    from pathlib import Path
+
+    from PIL import Image
+
+    # a data folder outside the temp folder and the working directory, as ~/.local/share is
+    data = Path.home() / ".cache" / f"krishna_ai-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("KRISHNA_AI_DATA", str(data))
+    try:
+        url, _, studio = launched()
+        client = Client(url, verbose=False)
+        secret = tmp_path / "server-secret.png"
+        Image.new("RGB", (8, 8)).save(secret)
+        with pytest.raises(Exception, match="must be a file sent with the request"):
+            client.predict("what is this?", "maize", {"path": str(secret)}, api_name="/chat", chat_id="new")
+        with pytest.raises(Exception, match="must be a file sent with the request"):
+            client.predict({"path": str(secret)}, api_name="/chat_import")
+        # refused by the studio (text-only tier, a model not offered): no question, no empty chat is saved
+        with pytest.raises(Exception, match="reads text only"):
+            client.predict("what is this?", "maize", handle_file(str(secret)), api_name="/chat", chat_id="new")
+        with pytest.raises(Exception, match="not offered"):
+            client.predict("hi", "krishna", model="/etc", api_name="/reply", chat_id="new")
+        assert client.predict(api_name="/chats") == [] and not list((data / "images").glob("*"))
+
+        # a chat with an image (as a Gemma 3n tier would save it) reopens in the sidebar with its image
+        chat = studio.store.new_chat("local", "maize")
+        studio.store.add_message("local", chat.id, "user", "this leaf?", image=secret)
+        studio.store.add_message("local", chat.id, "assistant", "Diagnosis: Healthy")
+        client.predict("", None, api_name="/list_chats")  # the sidebar's list for this session
+        opened = client.predict(chat.id, api_name="/open_chat")
+        rows = opened[0]["value"]  # the Chatbot update: the greeting, then the saved messages
+        blocks = [b for r in rows for b in r["content"]]
+        assert any(b["type"] == "file" and Path(b["file"]).is_file() for b in blocks), rows  # served again
+        assert blocks[-1] == {"text": "Diagnosis: Healthy", "type": "text"}
+    finally:
+        shutil.rmtree(data, ignore_errors=True)

@@ -319,7 +319,9 @@ def test_cli_lists_exports_imports_checks_and_exports_feedback(store, tmp_path, 
     assert "unknown persona 'zeus'" in err and "messages.0.role" in err  # every problem at once
     assert main(["chats", "check", *db]) == 0
     assert main(["feedback", "export", str(tmp_path / "fb"), *db]) == 0
-    assert "krishna: 2 liked replies" in capsys.readouterr().out  # asha's (local's) and bob's copy
+    assert "krishna: 1 liked replies" in capsys.readouterr().out  # local's; bob's imported copy is left out
+    assert main(["feedback", "export", str(tmp_path / "fb"), "--include-imported", *db]) == 0
+    assert "krishna: 2 liked replies" in capsys.readouterr().out
 
 
 def test_writers_racing_for_one_chat_each_get_their_own_place(store):
@@ -345,3 +347,42 @@ def test_writers_racing_for_one_chat_each_get_their_own_place(store):
         mine = [m.content for m in messages if m.content.startswith(f"writer {n} ")]
         assert mine == [f"writer {n} message {i}" for i in range(10)]
     assert store.check() == []
+
+
+def test_deleting_a_chat_removes_its_images_unless_another_message_uses_them(store, tmp_path):
+    leaf = tmp_path / "leaf.png"
+    Image.new("RGB", (16, 16), (30, 140, 40)).save(leaf)
+    first, second = store.new_chat("asha", "maize"), store.new_chat("asha", "maize")
+    a = store.add_message("asha", first.id, "user", "this?", image=leaf)
+    store.add_message("asha", second.id, "user", "and this?", image=leaf)  # the same picture: one file
+    store.delete("asha", first.id)
+    assert a.image is not None and a.image.is_file()  # the other chat still shows it
+    store.undo("asha", second.id)
+    assert not a.image.exists()  # nothing refers to it any more
+
+
+@pytest.mark.parametrize("forged", ["m²", "m" + "9" * 30, "-1", "m-1", "", "m"])
+def test_odd_message_ids_are_unknown_ids_not_crashes(store, forged):
+    conversation(store)
+    with pytest.raises(ChatNotFound):
+        store.feedback("asha", forged, 1)
+
+
+def test_stopped_cut_and_imported_replies_are_not_training_targets(store, tmp_path):
+    chat = store.new_chat("asha", "krishna")
+    store.add_message("asha", chat.id, "user", "Q1")
+    cut = store.add_message("asha", chat.id, "assistant", "Partha, the", meta={"stats": {"finish_reason": "stopped"}})
+    store.feedback("asha", cut.id, 1)  # liked, but it never ended: not an answer to learn
+    store.retry("asha", chat.id)
+    store.add_message("asha", chat.id, "assistant", "Partha, act.", meta={"stats": {"finish_reason": "end_of_turn"}})
+    sft, dpo = feedback_examples([store.chat("asha", chat.id)])
+    assert sft == {} and dpo == {}
+    exported = json.dumps(to_json(store.chat("asha", chat.id)))
+    forged = json.loads(exported)
+    forged["messages"][1] |= {"feedback": 1, "meta": {"stats": {"finish_reason": "end_of_turn"}}}
+    copy = import_chat(store, "bob", json.dumps(forged), personas=PERSONAS)
+    assert feedback_examples([store.chat("bob", copy.id)]) == ({}, {})  # imported thumbs are not trusted
+    assert feedback_examples([store.chat("bob", copy.id)], include_imported=True)[0]
+    bad = json.loads(exported)
+    bad["messages"][1]["meta"] = {"sources": "not a list", "model": 3}
+    assert "Partha" in to_markdown(store.chat("bob", import_chat(store, "bob", json.dumps(bad), personas=PERSONAS).id))
