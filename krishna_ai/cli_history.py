@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from krishna_ai.cache import write_text
+from krishna_ai.errors import InputError
 from krishna_ai.history import LOCAL_USER, HistoryStore, open_store
 
 
@@ -39,7 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--json", action="store_true", help="one JSON object per chat")
     v.set_defaults(func=_list)
     v = verbs.add_parser("export", parents=[common, prompts], help="one chat as JSON (the import format) or Markdown")
-    v.add_argument("chat_id")
+    v.add_argument("chat_id", help="a chat id (see `chats list`), or latest")
     v.add_argument("--user", default=LOCAL_USER, help=f"whose chat (default: {LOCAL_USER!r})")
     v.add_argument("--format", choices=["json", "md"], default="json")
     v.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
@@ -123,7 +124,14 @@ def _export(args: argparse.Namespace) -> int:
     from krishna_ai.chatfile import to_json, to_markdown
     from krishna_ai.personas import load_personas, persona_dirs
 
-    chat = _store(args).chat(args.user, args.chat_id)
+    store = _store(args)
+    chat_id = args.chat_id
+    if chat_id == "latest":
+        recent = store.chats(args.user, limit=1)
+        if not recent:
+            raise InputError(f"no chats for {args.user!r} yet")
+        chat_id = recent[0].id
+    chat = store.chat(args.user, chat_id)
     persona = load_personas(persona_dirs(args.prompts)).get(chat.persona)
     text = (json.dumps(to_json(chat), ensure_ascii=False, indent=1) + "\n" if args.format == "json"
             else to_markdown(chat, persona.name if persona else None))
