@@ -7,7 +7,9 @@ The same Krishna chat turn, tokenised once by llama.cpp (BOS + Gemma turns), gre
 - transformers: the `light` tier (`HFEngine.stream`, fp32 weights converted from the GGUF);
 - llama.cpp plain: llama-cpp-python's own token loop, `Llama.generate`, on the packaged Q4_K_M file
   (and `create_completion(stream=True)`, the API most users call);
-- engine: `LlamaCppEngine.stream` (`--model light-gguf`), a separate `Llama` on the same file.
+- engine: `LlamaCppEngine.stream` (`--model light-gguf`), a separate `Llama` on the same file;
+- engine + adapter: the same engine on the GGUF with Krishna's shipped adapter merged (what the app serves
+  for Krishna on light-gguf; Q8_0), against plain llama.cpp on the base file (issue #17's target).
 Decode tok/s = (tokens − 1) ÷ (time from the first token to the last). The bandwidth fraction is
 decode tok/s × weight bytes read per token ÷ the machine's memory bandwidth, measured here as the
 faster of a 1-thread and an all-threads numpy copy of 1 GiB (bytes read + bytes written per second).
@@ -104,6 +106,7 @@ def main() -> int:
 
     hf = HFEngine(load_model("light", dtype=args.hf_dtype))
     engine = LlamaCppEngine(load_gguf("light-gguf", n_threads=threads))
+    adapted = load_gguf("light-gguf", adapter=persona.adapter_for("light-gguf"), n_threads=threads)
     plain = load_gguf("light-gguf", n_threads=threads).model  # its own context: no state shared with the engine
     tokens = engine.tokenize(messages)
     hf_tokens = hf.encode(messages)["input_ids"][0].tolist()
@@ -112,7 +115,7 @@ def main() -> int:
           f"llama.cpp {llama_cpp.__version__}, {threads} threads; torch {torch.get_num_threads()} threads",
           file=sys.stderr)
 
-    s = {k: Series(k, "tok/s") for k in ("hf", "plain", "completion", "engine")}
+    s = {k: Series(k, "tok/s") for k in ("hf", "plain", "completion", "engine", "adapted")}
     ttft = {k: Series(k, "s") for k in s}
     counts: dict[str, set[int]] = {k: set() for k in s}
     texts: dict[str, set[str]] = {k: set() for k in s}
@@ -171,8 +174,17 @@ def main() -> int:
         ttft["engine"].add(st.ttft_s)
         s["engine"].add(st.tokens_per_s)
 
+    def run_adapted() -> None:
+        reply = adapted.stream(messages, params)
+        text = reply.read()
+        st = reply.stats
+        counts["adapted"].add(st.tokens)
+        texts["adapted"].add(text)
+        ttft["adapted"].add(st.ttft_s)
+        s["adapted"].add(st.tokens_per_s)
+
     steps = {"transformers": run_hf, "llama.cpp generate": run_plain, "llama.cpp create_completion": run_completion,
-             "LlamaCppEngine": run_engine}
+             "LlamaCppEngine": run_engine, "LlamaCppEngine + Krishna adapter": run_adapted}
     print("warm-up", file=sys.stderr)
     for step in steps.values():
         step()
@@ -184,6 +196,9 @@ def main() -> int:
     bw1, bwn = copy_bandwidth(1), copy_bandwidth(threads)
     bandwidth = max(bw1, bwn)
     gguf_bytes, gguf_note = gguf_bytes_per_token(path)
+    from krishna_ai.runtime.gguf_adapter import adapted_gguf
+
+    adapted_bytes, _ = gguf_bytes_per_token(adapted_gguf("light-gguf", persona.adapter_for("light-gguf")))
     hf_bytes = torch_bytes_per_token(hf.loaded.model)
 
     def frac(series: Series, per_token: int) -> str:
@@ -199,6 +214,10 @@ def main() -> int:
          frac(s["completion"], gguf_bytes)],
         ["`LlamaCppEngine` (`--model light-gguf`)", s["engine"].cell("{:.1f}"), ttft["engine"].cell("{:.3f}"),
          f"{ratio(s['engine'], s['plain']):.3f}", "≥ 0.5", frac(s["engine"], gguf_bytes)],
+        ["`LlamaCppEngine` + Krishna's adapter (merged GGUF, Q8_0)", s["adapted"].cell("{:.1f}"),
+         ttft["adapted"].cell("{:.3f}"), f"{ratio(s['adapted'], s['plain']):.3f}",
+         f"≥ 0.9; first token ≤ 1.1× ({ttft['adapted'].median / ttft['plain'].median:.2f}×)",
+         frac(s["adapted"], adapted_bytes)],
     ]
     body = (f"Gemma 3 270M, a Krishna chat turn of {len(tokens)} prompt tokens, greedy, at most {n} new tokens, "
             f"{threads} llama.cpp threads, {torch.get_num_threads()} torch threads; {args.repeats} interleaved "

@@ -292,8 +292,8 @@ class _LossLog:
 
         class Callback(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and "loss" in logs:
-                    row = {"step": state.global_step, "loss": logs["loss"],
+                if logs and "loss" in logs and state.is_world_process_zero:  # one writer under accelerate/DDP
+                    row = {"step": state.global_step, "loss": logs["loss"], "grad_norm": logs.get("grad_norm"),
                            "learning_rate": logs.get("learning_rate"), "epoch": logs.get("epoch")}
                     with log_path.open("a", encoding="utf-8") as fh:
                         fh.write(json.dumps(row) + "\n")
@@ -357,6 +357,7 @@ def main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> di
     from krishna_ai.data import collate
 
     set_seed(cfg.seed)
+    world, main_process = _processes()
     out = Path(cfg.output_dir)
     found = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if out.is_dir() else []
     checkpoints = [c for c in found if is_complete_checkpoint(c)]
@@ -366,15 +367,17 @@ def main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> di
         raise ConfigError(f"--resume: no complete checkpoint-* folder in {out}")
     # A run killed while saving leaves a half-written checkpoint: never resume from it, and clear it.
     stale = found if not resume else [c for c in found if c not in checkpoints]
-    for folder in stale:
-        shutil.rmtree(folder)
-    if not resume and out.is_dir():
-        (out / "loss.jsonl").unlink(missing_ok=True)
+    if main_process:  # under accelerate launch / torchrun, one process writes the run's files
+        for folder in stale:
+            shutil.rmtree(folder)
+        if not resume and out.is_dir():
+            (out / "loss.jsonl").unlink(missing_ok=True)
     model, tokenizer, processor, ds = setup(cfg)  # bad data fails here, before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if resume:  # the log keeps only steps up to the checkpoint we resume from
-        _truncate_log(out / "loss.jsonl", int(checkpoints[-1].name.split("-")[-1]))
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if resume:  # the log keeps only steps up to the checkpoint we resume from
+            _truncate_log(out / "loss.jsonl", int(checkpoints[-1].name.split("-")[-1]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     args = SFTConfig(
         output_dir=str(out), per_device_train_batch_size=cfg.batch_size,
@@ -386,6 +389,9 @@ def main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> di
         fp16=False, report_to=[], remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
         gradient_checkpointing=False, disable_tqdm=not progress, dataloader_num_workers=0,
         use_cpu=not _cuda_available(), optim="adamw_torch",
+        # DDP: Gemma 3n has parameters a step may not reach (its KV-shared layers' own projections, the
+        # per-layer inputs of a slice), which plain DDP reports as an error.
+        ddp_find_unused_parameters=world > 1 and getattr(model.config, "model_type", "") == "gemma3n",
     )
     log = _LossLog(out)
     trainer = _answer_only(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
@@ -393,17 +399,20 @@ def main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> di
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if resume else None)
     elapsed = time.perf_counter() - started
-    _save_adapter(model, tokenizer, processor, out / "adapter")
+    trainer.accelerator.wait_for_everyone()
     n_tokens = sum(len(r) for r in ds["input_ids"])
     summary = {
         "model": cfg.model, "engine": "unsloth" if use_unsloth(cfg) else "hf", "steps": trainer.state.global_step,
         "train_loss": result.training_loss, "first_loss": _first_loss(log.path), "final_loss": _last_loss(log.path),
         "seconds": round(elapsed, 1), "examples": len(ds), "tokens_per_epoch": n_tokens,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "adapter": str(out / "adapter"),
+        "adapter": str(out / "adapter"), "processes": world,
     }
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    plot_loss(log.path, out / "loss.png", f"{cfg.model} · r={cfg.lora.r} · lr={cfg.learning_rate}")
+    if main_process:
+        _save_adapter(trainer.accelerator.unwrap_model(model), tokenizer, processor, out / "adapter")
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        plot_loss(log.path, out / "loss.png", f"{cfg.model} · r={cfg.lora.r} · lr={cfg.learning_rate}")
+    trainer.accelerator.wait_for_everyone()
     return summary
 
 
@@ -425,6 +434,10 @@ def _answer_only(trainer_cls: type) -> type:
                                    ignore_index=-100, reduction="sum")
             n = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
             loss = loss / n
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                # `n` counts the answer tokens of every process's batch; DDP then averages the gradients over
+                # the processes, so the sum is scaled back up (as Trainer.compute_loss does for its own loss).
+                loss = loss * self.accelerator.num_processes
             return (loss, outputs) if return_outputs else loss
 
     return AnswerOnlyLoss
@@ -436,6 +449,14 @@ CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt",
 def is_complete_checkpoint(folder: Path) -> bool:
     """Every file `--resume` needs is there (the trainer writes them one by one)."""
     return all((folder / name).is_file() for name in CHECKPOINT_FILES) and any(folder.glob("rng_state*.pth"))
+
+
+def _processes() -> tuple[int, bool]:
+    """(number of training processes, whether this is the main one): 1 and True unless started by
+    `accelerate launch` or torchrun, which set WORLD_SIZE and RANK."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")) == 0
 
 
 def _cuda_available() -> bool:
