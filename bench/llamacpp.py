@@ -93,7 +93,7 @@ def main() -> int:
     from krishna_ai.prompting import build_messages
     from krishna_ai.runtime.hf import HFEngine
     from krishna_ai.runtime.light import light_gguf
-    from krishna_ai.runtime.llamacpp import LlamaCppEngine, default_threads, load_gguf
+    from krishna_ai.runtime.llamacpp import default_threads, load_gguf
     from krishna_ai.runtime.weights import load_model
     from krishna_ai.sampling import SamplingParams
 
@@ -105,9 +105,9 @@ def main() -> int:
     path = light_gguf()
 
     hf = HFEngine(load_model("light", dtype=args.hf_dtype))
-    engine = LlamaCppEngine(load_gguf("light-gguf", n_threads=threads))
+    engine = load_gguf("light-gguf", n_threads=threads)
     adapted = load_gguf("light-gguf", adapter=persona.adapter_for("light-gguf"), n_threads=threads)
-    plain = load_gguf("light-gguf", n_threads=threads).model  # its own context: no state shared with the engine
+    plain = load_gguf("light-gguf", n_threads=threads).llm  # its own context: no state shared with the engine
     tokens = engine.tokenize(messages)
     hf_tokens = hf.encode(messages)["input_ids"][0].tolist()
     stop = set(engine.stop_token_ids)
