@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import Series, interleaved, ratio, report, table
@@ -165,23 +166,19 @@ def main() -> int:
         # a stream chunk per token; the end-of-turn token that stops it yields no chunk
         record("completion", t0, first, end, count + (count < n), text)
 
-    def run_engine() -> None:
-        reply = engine.stream(messages, params)  # its stats time from this call
-        text = reply.read()
-        st = reply.stats
-        counts["engine"].add(st.tokens)
-        texts["engine"].add(text)
-        ttft["engine"].add(st.ttft_s)
-        s["engine"].add(st.tokens_per_s)
+    def engine_runner(key: str, eng) -> Callable[[], None]:
+        """One timed reply through an engine's `stream` (its stats time from the call)."""
+        def run() -> None:
+            reply = eng.stream(messages, params)
+            text = reply.read()
+            st = reply.stats
+            counts[key].add(st.tokens)
+            texts[key].add(text)
+            ttft[key].add(st.ttft_s)
+            s[key].add(st.tokens_per_s)
+        return run
 
-    def run_adapted() -> None:
-        reply = adapted.stream(messages, params)
-        text = reply.read()
-        st = reply.stats
-        counts["adapted"].add(st.tokens)
-        texts["adapted"].add(text)
-        ttft["adapted"].add(st.ttft_s)
-        s["adapted"].add(st.tokens_per_s)
+    run_engine, run_adapted = engine_runner("engine", engine), engine_runner("adapted", adapted)
 
     steps = {"transformers": run_hf, "llama.cpp generate": run_plain, "llama.cpp create_completion": run_completion,
              "LlamaCppEngine": run_engine, "LlamaCppEngine + Krishna adapter": run_adapted}

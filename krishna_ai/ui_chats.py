@@ -226,9 +226,13 @@ def uploaded(path: str | None, what: str) -> str | None:
     return str(resolved)
 
 
-def export_file(store: HistoryStore, user: str, chat_id: str, fmt: str, persona_name: str | None = None) -> Path:
+def persona_name(studio: Studio, chat: ChatInfo) -> str | None:
+    """The display name of the persona a chat was held with (None: this app no longer has it)."""
+    return studio.personas[chat.persona].name if chat.persona in studio.personas else None
+
+
+def export_file(chat: ChatInfo, fmt: str, name: str | None = None) -> Path:
     """The chat written to a file for download (JSON or Markdown), named after its title."""
-    chat = store.chat(user, chat_id)
     EXPORT_DIR.mkdir(parents=True, exist_ok=True)
     for old in EXPORT_DIR.iterdir():  # earlier downloads (Gradio has its own copy by now)
         if time.time() - old.stat().st_mtime > 3600:
@@ -240,7 +244,7 @@ def export_file(store: HistoryStore, user: str, chat_id: str, fmt: str, persona_
         path.write_text(json.dumps(to_json(chat), ensure_ascii=False, indent=1), encoding="utf-8")
     elif fmt in ("md", "markdown"):
         path = folder / f"{stem}.md"
-        path.write_text(to_markdown(chat, persona_name), encoding="utf-8")
+        path.write_text(to_markdown(chat, name), encoding="utf-8")
     else:
         raise gr.Error(f"unknown export format {fmt!r}: json or md")
     return path
@@ -302,7 +306,7 @@ def history_api(studio: Studio) -> None:
         if format == "json":
             return json.dumps(to_json(chat), ensure_ascii=False, indent=1)
         if format in ("md", "markdown"):
-            return to_markdown(chat, studio.personas[chat.persona].name if chat.persona in studio.personas else None)
+            return to_markdown(chat, persona_name(studio, chat))
         raise gr.Error(f"unknown export format {format!r}: json or md")
 
     def chat_import(file: gr.FileData, request: gr.Request = None) -> str:  # type: ignore[assignment]
@@ -449,8 +453,7 @@ def wire_sidebar(studio: Studio, demo: gr.Blocks, sidebar: Sidebar, *, chatbot: 
                 raise gr.Error("Nothing to export yet: this chat is saved once you send a message.")
             try:
                 chat = store.chat(user_of(request), cid)
-                path = export_file(store, user_of(request), cid, fmt,
-                                   studio.personas[chat.persona].name if chat.persona in studio.personas else None)
+                path = export_file(chat, fmt, persona_name(studio, chat))
             except KrishnaError as exc:
                 raise _err(exc) from None
             return gr.File(value=str(path), visible=True)
