@@ -31,7 +31,8 @@ def load_image(source: str | Path | Any, *, max_bytes: int = MAX_BYTES, max_pixe
     if size == 0:
         raise ImageError(f"image {name!r} is empty (0 bytes)")
     if size > max_bytes:
-        raise ImageError(f"image {name!r} is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+        shown, limit = _megabytes(size, max_bytes)
+        raise ImageError(f"image {name!r} is {shown} MB; the limit is {limit} MB")
     try:
         img = Image.open(path)
     except UnidentifiedImageError:
@@ -63,6 +64,15 @@ def load_image(source: str | Path | Any, *, max_bytes: int = MAX_BYTES, max_pixe
         except Exception:  # noqa: BLE001 - broken EXIF: keep the pixels as they are
             pass
         return _to_rgb(img)
+
+
+def _megabytes(size: int, limit: int) -> tuple[str, str]:
+    """`size` and `limit` in MB, with as many decimals as it takes to tell them apart (20 MB limits stay "20")."""
+    for digits in range(1, 7):
+        shown, cap = f"{size / 2**20:.{digits}f}", f"{limit / 2**20:.{digits}f}"
+        if shown != cap and float(cap) > 0:
+            break
+    return shown, (cap.rstrip("0").rstrip(".") if "." in cap else cap)
 
 
 def _to_rgb(img: Any) -> Any:

@@ -43,7 +43,8 @@ def pass_label(rule: str) -> str:
         return PASS_LABELS[rule]
     return "has " + rule.removeprefix("missing_").replace("_", " ")
 
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+")
+# The space after . ! ? … (and up to two closing quotes or brackets, which stay with their sentence).
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?…])|(?<=[.!?…][\"'”’)\]])|(?<=[.!?…][\"'”’)\]]{2}))\s+")
 _VERSE_REF = re.compile(
     r"(?ix)"
     r"\b(?:chapter|ch\.?|adhyaya)\s*\d+\s*[,:]?\s*(?:verse|v\.?|shloka|sloka)\s*\d+"
@@ -55,7 +56,7 @@ _VERSE_REF = re.compile(
 # ("stepToken", "WithFieldContext"): what an untrained end-of-turn row makes a base model emit.
 _MARKER = re.compile(r"<\s*/?\s*(?:start_of_turn|end_of_turn|eos|bos|pad|start_of_image|end_of_image)\s*>|"
                      r"^\s*(?:model|user)\s*$", re.MULTILINE)
-_STRAY = re.compile(r"(?<![\w@/#-])(?:[a-z]{2,}(?:[A-Z][a-z0-9]+)+|[A-Z][a-z]+(?:[A-Z][a-z0-9]+){2,})(?![\w-])")
+_STRAY = re.compile(r"(?<![\w@/#-])(?:[a-z]{2,}(?:[A-Z][a-z0-9]+)+|[A-Z][a-z]+(?:[A-Z][a-z0-9]+){2,})(?![\w@-]|\.\w)")
 _LOOP_NGRAM = 10
 _QUOTED = re.compile(r"[\"“]([^\"“”]+)[\"”]")
 _QUOTE_MIN_WORDS = 6

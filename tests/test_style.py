@@ -1,3 +1,5 @@
+import pytest
+
 from krishna_ai.personas import load_personas
 from krishna_ai.style import check_reply, split_sentences
 
@@ -70,4 +72,137 @@ def test_pet_and_aurora():
 
 def test_split_sentences():
     assert split_sentences("One. Two! Three? Four…") == ["One.", "Two!", "Three?", "Four…"]
-    assert len(split_sentences("He said “go.” Then he left.")) == 2
+    assert split_sentences("He said “go.” Then he left.") == ["He said “go.”", "Then he left."]
+    assert split_sentences('It ended ("at last.") Then') == ['It ended ("at last.")', "Then"]
+
+
+# -- exact verdicts: the rule *and* the message a user reads, for each path through check_reply --------
+
+from krishna_ai.personas import RequiredPattern, Style  # noqa: E402
+from krishna_ai.style import RULES, Violation, badge, leak, loop, paragraphs, pass_label  # noqa: E402
+
+STORY_STYLE = Style(address="Partha", forbidden_words=["Arjuna", "verily"], sentences=(2, 3), story=True,
+                    story_min_words=8, no_verse_quotes=True, max_words=80)
+ANSWER = "Partha, be steady. Act well."
+STORY = "Thomas Edison failed many times with his lamp and kept going until it glowed."
+
+
+def verdict(text, style=STORY_STYLE, **kw):
+    return [(v.rule, v.message) for v in check_reply(text, style, **kw)]
+
+
+def test_exact_verdict_of_a_good_reply_and_its_badge():
+    assert verdict(f"{ANSWER}\n\n{STORY}") == []
+    assert badge([]) == "✅ style: all rules met"
+
+
+def test_exact_messages_for_each_rule():
+    assert verdict("  \n ") == [("empty_reply", "the reply is empty")]
+    assert verdict(f"{ANSWER}\n\n{STORY}", finish_reason="max_tokens") == [
+        ("not_ended", "cut at max_new_tokens: the model never closed its turn")]
+    assert verdict(f"{ANSWER}\n\n{STORY}", finish_reason="end_of_turn") == []
+    assert verdict(f"{ANSWER}\n\n{STORY}", finish_reason="stopped") == []
+    assert verdict(f"Be steady. Act well.\n\n{STORY}") == [
+        ("missing_address", "never addresses the user as 'Partha'")]
+    assert verdict(f"Partha, be steady. Arjuna, act well, verily, arjuna.\n\n{STORY}") == [
+        ("forbidden_word", "uses 'Arjuna' (2×)"), ("forbidden_word", "uses 'verily' (1×)")]
+    assert verdict(f"Partha, be steady.\n\n{STORY}") == [
+        ("sentence_count", "the answer paragraph has 1 sentence(s); expected 2–3")]
+    assert verdict(f"{ANSWER} Breathe. Rest.\n\n{STORY}") == [
+        ("sentence_count", "the answer paragraph has 4 sentence(s); expected 2–3")]
+    assert verdict(ANSWER) == [("missing_story", "no story paragraph after the answer")]
+    assert verdict(f"{ANSWER}\n\nEdison kept going.") == [
+        ("missing_story", "the story has 3 words; expected at least 8")]
+    assert verdict(f"{ANSWER}\n\nEdison failed many times and kept going on.") == []  # exactly 8 words
+    assert verdict(f"Partha, see Chapter 2, Verse 47. Act well.\n\n{STORY}") == [
+        ("verse_quote", "cites a verse ('Chapter 2, Verse 47') instead of paraphrasing")]
+    quoted = f'Partha, "you have a right to your actions alone". Act well.\n\n{STORY}'
+    assert verdict(quoted) == [
+        ("verse_quote", "quotes a passage verbatim ('you have a right to your actions alone'...)")]
+    assert verdict(f'Partha, "act well and be calm". Rest.\n\n{STORY}') == []  # five words: a phrase, not a passage
+
+    def filler(n):
+        return " ".join(f"word{i}" for i in range(n)) + "."
+
+    assert verdict(f"{ANSWER}\n\n{STORY} {filler(61)}") == []  # 5 + 14 + 61 = 80 words: at the limit
+    assert verdict(f"{ANSWER}\n\n{STORY} {filler(70)}") == [("too_long", "89 words; at most 80")]
+
+
+def test_story_override_and_sentence_scope():
+    # story=False (no card fitted): the whole reply is the answer and no story is due
+    assert verdict(ANSWER, story=False) == []
+    assert verdict(f"{ANSWER}\n\n{STORY}", story=False) == []  # 3 sentences in all: in range
+    assert verdict(f"{ANSWER} Rest.\n\nBreathe. Sleep.", story=False) == [
+        ("sentence_count", "the reply has 5 sentence(s); expected 2–3")]
+    assert verdict(ANSWER, story=True) == [("missing_story", "no story paragraph after the answer")]
+    plain = Style(sentences=(1, 1))
+    assert verdict("One. Two.", plain) == [("sentence_count", "the reply has 2 sentence(s); expected 1–1")]
+
+
+def test_required_lines_with_and_without_hint():
+    style = Style(require=[RequiredPattern(name="improved_prompt", pattern=r"^Improved prompt:", hint="a line"),
+                           RequiredPattern(name="tip", pattern=r"^Tip:")])
+    assert verdict("Improved prompt: x\nTip: y", style) == []
+    assert verdict("Tip: y", style) == [
+        ("missing_improved_prompt", "does not contain the required improved_prompt (a line)")]
+    assert verdict("Improved prompt: x", style) == [("missing_tip", "does not contain the required tip")]
+    assert verdict("x Improved prompt: y\nTip: z", style)[0][0] == "missing_improved_prompt"  # must open a line
+    assert verdict("Improved prompt: a\nImproved prompt: b\nTip: c", style) == [
+        ("leaked", "contains a second reply (the improved_prompt line appears twice)")]
+
+
+def test_badge_lists_every_violation():
+    vs = [Violation("missing_address", "never addresses the user as 'Partha'"), Violation("too_long", "9 words")]
+    assert badge(vs) == "⚠️ style: missing_address: never addresses the user as 'Partha'; too_long: 9 words"
+    assert str(vs[1]) == "too_long: 9 words"
+
+
+def test_pass_labels():
+    assert pass_label("not_ended") == "ended" and pass_label("looped") == "no loop"
+    assert pass_label("missing_improved_prompt") == "has improved prompt"
+    assert pass_label("missing_diagnosis") == "has diagnosis"
+    assert all(pass_label(r) for r in RULES)
+
+
+@pytest.mark.parametrize("text, found", [
+    ("Partha, act.<end_of_turn>", "a turn marker or role line ('<end_of_turn>')"),
+    ("Partha, act.\n< start_of_turn >model", "a turn marker or role line ('< start_of_turn >')"),
+    ("Partha, act.\nmodel\nPartha, again.", "a turn marker or role line ('model')"),
+    ("Partha, act well. WithFieldContext", "a stray vocabulary piece ('WithFieldContext')"),
+    ("Partha, act well stepToken now.", "a stray vocabulary piece ('stepToken')"),
+    ("Partha, be calm and act now.\n\nEdison tried.\n\nPartha, be calm and act now, again.",
+     "a second reply (a later paragraph starts like the first)"),
+    (f"{ANSWER}\n\n{STORY}\n\nPartha, one more thing.",
+     "a second reply (a paragraph after the story opens with 'Partha')"),
+])
+def test_leak_says_what_leaked(text, found):
+    assert leak(text, STORY_STYLE) == found
+    assert ("leaked", f"contains {found}") in verdict(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Partha, use the iPhone and McDonald's and eBay.",  # brand names are not stray pieces
+    "Email me at someName@example.com or see #hashTag and /pathName.",
+    "Partha, act.\n\nEdison tried.",  # short openings never count as a second reply
+    "Partha, be calm and act now.\n\nPartha, be calm: a story.",  # story paragraph needs more than two parts
+])
+def test_no_false_leak(text):
+    assert leak(text, STORY_STYLE) is None
+
+
+def test_loop_sentence_and_ngram():
+    assert loop("He was a great warrior. He was a great warrior.") == "repeats the sentence 'He was a great warrior.'"
+    assert loop("Be calm. Be calm. Be calm.") is None  # under five words: a refrain, not a loop
+    run = "the ghats and temples she built along the river there"
+    assert loop(f"She built {run} in the town, and {run} still stand.") == (
+        f"repeats the run {run[:60]!r}")
+    nine = "one two three four five six seven eight nine"
+    assert loop(f"{nine} and then {nine}") is None  # nine words repeated: below the ten-word run
+    assert verdict("Partha, be calm. He was a great warrior of old. He was a great warrior of old.\n\n" + STORY)[0] == (
+        "looped", "repeats the sentence 'He was a great warrior of old.'")
+
+
+def test_paragraphs_and_sentences():
+    assert paragraphs("  a\n\n \n b \n\n") == ["a", "b"]
+    assert paragraphs("a\nb") == ["a\nb"]
+    assert split_sentences("Hi there.\nNew line! (Really?) Yes") == ["Hi there.", "New line!", "(Really?)", "Yes"]
