@@ -119,3 +119,88 @@ def test_persona_adapters_resolve_relative_to_the_file(tmp_path):
     assert persona.adapters == {"light": str((tmp_path / "adapters" / "mine").resolve())}
     with pytest.raises(PersonaError, match=r"adapters.e2b: .*does not exist"):
         load_persona(write(folder, "aurora", 'adapters = { e2b = "../nowhere" }\n' + GOOD))
+
+
+# -- exact messages and lookups (each assert below once let a wrong message or lookup through) ---------
+
+def test_unknown_key_message_exact(tmp_path):
+    with pytest.raises(PersonaError) as exc:
+        load_persona(write(tmp_path, "aurora", GOOD.replace("[sampling]", "[sampling]\ntemprature = 0.5")))
+    assert ("aurora.toml: sampling.temprature: unknown key (check the spelling; see prompts/krishna.toml for the "
+            "allowed keys)") in str(exc.value)
+    assert str(exc.value).startswith(f"{tmp_path / 'aurora.toml'}: invalid persona (1 problem(s))\n  - ")
+
+
+def test_top_level_problem_is_named(tmp_path):
+    # a model-level rule (no single field): reported as "(top level)"
+    text = 'story_template = "About $personality."\n' + GOOD
+    with pytest.raises(PersonaError) as exc:
+        load_persona(write(tmp_path, "aurora", text))
+    assert "aurora.toml: (top level): Value error, story_template uses $personality, so personalities must list " \
+           "at least one name" in str(exc.value)
+
+
+def test_file_problems_exact(tmp_path):
+    with pytest.raises(PersonaError) as exc:
+        load_persona(tmp_path / "gone.toml")
+    assert str(exc.value) == f"{tmp_path / 'gone.toml'}: persona file not found"
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('id = "latin"\nname = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(PersonaError) as exc:
+        load_persona(latin)
+    assert str(exc.value) == "latin.toml: not UTF-8 text (invalid continuation byte)"
+    ok = write(tmp_path, "aurora", GOOD.replace("Aurora", "Aurora — ā ś ṇ"))
+    assert "ā ś ṇ" in load_persona(ok).name  # UTF-8 read as UTF-8 whatever the locale says
+
+
+def test_every_bad_file_in_every_folder_is_reported(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    write(a, "one", 'id = "one"\n')
+    write(a, "two", 'id = "two"\n')
+    write(b, "three", "not toml =")
+    with pytest.raises(PersonaError) as exc:
+        load_personas([a, tmp_path / "missing", b])
+    msg = str(exc.value)
+    assert msg.startswith("Some persona files could not be loaded:\n  - ")
+    for what in ("one.toml", "two.toml", "three.toml", f"{tmp_path / 'missing'}: persona folder does not exist"):
+        assert what in msg, msg
+
+
+def test_no_persona_files_names_the_folders(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    with pytest.raises(PersonaError) as exc:
+        load_personas([tmp_path / "x", tmp_path / "y"])
+    assert str(exc.value) == f"no persona files (*.toml) found in {tmp_path / 'x'}, {tmp_path / 'y'}"
+
+
+def test_persona_dirs_order(monkeypatch, tmp_path):
+    from krishna_ai.personas import PROMPTS_ENV, persona_dirs
+
+    monkeypatch.setenv(PROMPTS_ENV, f"{tmp_path / 'e1'}:{tmp_path / 'e2'}:")
+    assert persona_dirs([tmp_path / "x", str(tmp_path / "y")]) == [
+        PROMPTS_DIR, tmp_path / "e1", tmp_path / "e2", tmp_path / "x", tmp_path / "y"]
+    monkeypatch.delenv(PROMPTS_ENV)
+    assert persona_dirs() == [PROMPTS_DIR]
+
+
+def test_adapter_for_each_spec():
+    k = load_personas()["krishna"]
+    light = k.adapters["light"]
+    assert k.adapter_for("light") == light and k.adapter_for("light-gguf") == light
+    assert k.adapter_for("e4b") is None and k.adapter_for("LIGHT-GGUF") is None
+    own = k.model_copy(update={"adapters": {"light": light, "light-gguf": "/elsewhere"}})
+    assert own.adapter_for("light-gguf") == "/elsewhere"
+    assert k.model_copy(update={"adapters": {}}).adapter_for("light-gguf") is None
+
+
+def test_pick_personality_uses_the_given_rng():
+    import random
+
+    k = load_personas()["krishna"]
+    picks = {k.pick_personality("I am tired.", None, random.Random(seed)) for seed in range(40)}
+    assert picks <= set(k.personalities) and len(picks) > 3
+    assert k.pick_personality("x", None, random.Random(7)) == k.pick_personality("x", None, random.Random(7))
+    assert k.model_copy(update={"personalities": []}).pick_personality("x") is None
