@@ -228,6 +228,31 @@ def _images_of(messages: list[Message]) -> list[Any]:
             for b in m["content"] if b.get("type") == "image"]
 
 
+class TooLong(DataError):
+    """A conversation whose last answer ends past max_seq_length (cutting it would cut its end of turn)."""
+
+    def __init__(self, needed: int, max_length: int):
+        super().__init__(f"the answer ends at token {needed}, past max_seq_length {max_length}: cut there, it would "
+                         "lose its end of turn (raise max_seq_length)")
+        self.needed = needed
+
+
+def encode_all(encoder: ConversationEncoder, conversations: list[list[Message]]) -> list[dict[str, Any]]:
+    """Encode every conversation; one DataError for all that would be cut inside their answer."""
+    rows, long = [], []
+    for conv in conversations:
+        try:
+            rows.append(encoder.encode(conv))
+        except TooLong as exc:
+            long.append(exc.needed)
+    if long:
+        raise DataError(
+            f"{len(long)} of {len(conversations)} conversations are longer than max_seq_length {encoder.max_length} "
+            f"inside their answer (the longest needs {max(long)} tokens): cut there, they would lose their end of "
+            f"turn and the model would never learn to stop. Set max_seq_length to at least {max(long)}.")
+    return rows
+
+
 class ConversationEncoder:
     """Tokenises conversations in the model's chat format with labels on assistant tokens only."""
 
@@ -267,6 +292,10 @@ class ConversationEncoder:
             if self.processor is not None and "pixel_values" in full:
                 raise DataError(f"a conversation with an image is {len(ids)} tokens; max_length is "
                                 f"{self.max_length} (raise max_seq_length)")
+            answer_end = int((labels != IGNORE_INDEX).nonzero().max()) + 1
+            if answer_end > self.max_length:
+                # Cutting into the answer drops its end-of-turn token: the model would never learn to stop.
+                raise TooLong(answer_end, self.max_length)
             ids, labels = ids[: self.max_length], labels[: self.max_length]
         out = {k: v for k, v in full.items() if k not in ("input_ids", "attention_mask")}
         out.update(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)

@@ -329,14 +329,14 @@ def setup(cfg: TrainConfig) -> tuple[Any, Any, Any, Any]:
     """Validate, load data (all errors at once), build the model and the tokenised dataset."""
     from datasets import Dataset
 
-    from krishna_ai.data import ConversationEncoder
+    from krishna_ai.data import ConversationEncoder, encode_all
 
     cfg.validate()
     conversations = load_training_conversations(cfg)
     random.Random(cfg.seed).shuffle(conversations)
     model, tokenizer, processor = build_model(cfg)
     encoder = ConversationEncoder(tokenizer, processor, cfg.max_seq_length)
-    rows = [encoder.encode(c) for c in conversations]
+    rows = encode_all(encoder, conversations)
     ds = Dataset.from_list([{k: v.tolist() for k, v in r.items()} for r in rows])
     return model, tokenizer, processor, ds
 

@@ -147,3 +147,45 @@ def test_labels_only_on_assistant_tokens():
     assert learned == "Partha, hello.<end_of_turn>\nYes.<end_of_turn>\n"
     assert (labels[labels != IGNORE_INDEX] == ids[labels != IGNORE_INDEX]).all()
     assert tok.decode(ids).startswith("<bos><start_of_turn>user\nBe kind.")
+
+
+def _light_tokenizer():
+    from transformers import AutoTokenizer
+
+    from krishna_ai.runtime.light import ensure_light_checkpoint
+
+    return AutoTokenizer.from_pretrained(ensure_light_checkpoint())
+
+
+def test_an_answer_past_max_seq_length_is_an_error_not_a_silent_cut():
+    """Cutting inside an answer drops its <end_of_turn>: the model would learn never to stop (maize did)."""
+    from krishna_ai.data import TooLong, encode_all
+
+    tok = _light_tokenizer()
+    short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    long = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 60}]
+    whole = ConversationEncoder(tok, max_length=1024).encode(long)
+    needed = len(whole["input_ids"])
+    enc = ConversationEncoder(tok, max_length=needed - 1)
+    with pytest.raises(TooLong, match=f"ends at token {needed}, past max_seq_length {needed - 1}"):
+        enc.encode(long)
+    with pytest.raises(DataError) as err:
+        encode_all(enc, [short, long, short, long])
+    assert str(err.value).startswith(f"2 of 4 conversations are longer than max_seq_length {needed - 1}")
+    assert f"Set max_seq_length to at least {needed}." in str(err.value)
+    rows = encode_all(ConversationEncoder(tok, max_length=needed), [short, long])  # exactly fits: nothing cut
+    assert tok.decode(rows[1]["input_ids"][-2:]) == "<end_of_turn>\n"
+    # A long prompt before a short answer still ends in the answer's end of turn when it fits.
+    assert rows[0]["labels"][-2] == tok.convert_tokens_to_ids("<end_of_turn>")
+
+
+@pytest.mark.parametrize("recipe", ["krishna-light", "aurora-light", "pet-light", "maize-light"])
+def test_every_shipped_light_recipe_fits_its_max_seq_length(recipe):
+    from krishna_ai.data import encode_all
+    from krishna_ai.train import TrainConfig, load_training_conversations
+
+    cfg = TrainConfig.from_yaml(REPO / "configs" / f"{recipe}.yaml")
+    cfg.data = str(REPO / cfg.data)
+    convs = load_training_conversations(cfg)
+    rows = encode_all(ConversationEncoder(_light_tokenizer(), max_length=cfg.max_seq_length), convs)
+    assert len(rows) == len(convs) >= 100
