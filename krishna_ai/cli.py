@@ -132,7 +132,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError("--adapter goes with a single --model; for several use --model SPEC@ADAPTER")
         specs = [(specs[0][0], args.adapter)]
     params = SamplingParams.for_persona(persona, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                                        seed=args.seed)
+                                        repetition_penalty=args.repetition_penalty, seed=args.seed)
     results = []
     for spec, (model, adapter) in zip(args.model or ["light"], specs, strict=True):
         engine = load_engine(model, adapter)  # llama.cpp for GGUF tiers/files, else transformers
@@ -328,6 +328,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write every reply and the scores to this JSON file")
     p.add_argument("--temperature", type=float, help="override the persona's temperature (0 = greedy)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    p.add_argument("--repetition-penalty", dest="repetition_penalty", type=float,
+                   help="override the persona's repetition penalty (1 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     p.set_defaults(func=_cmd_eval)

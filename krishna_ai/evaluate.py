@@ -30,7 +30,8 @@ from krishna_ai.style import check_reply, paragraphs, pass_label
 
 
 def load_questions(path: str | Path) -> list[dict[str, Any]]:
-    """One question per line (.txt), or JSONL with `question` and optional `label`."""
+    """One question per line (.txt), or JSONL with `question` and optional `label` (the class a reply must
+    state), `answer` (a reference answer: its facts are what the reply should state) and `card`/`cards`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: questions file not found")
@@ -46,15 +47,17 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not obj["question"].strip():
             errors.append(f"{path.name}:{n}: needs a non-empty \"question\" string")
             continue
-        if "label" in obj and not isinstance(obj["label"], str):
-            errors.append(f"{path.name}:{n}: \"label\" must be a string")
+        bad = [key for key in ("label", "answer") if key in obj and not isinstance(obj[key], str)]
+        if bad:
+            errors.append(f"{path.name}:{n}: \"{bad[0]}\" must be a string")
             continue
         expected = obj.get("cards", [obj["card"]] if "card" in obj else None)
         if expected is not None and not (isinstance(expected, list)
                                          and all(isinstance(c, str | None) for c in expected)):
             errors.append(f"{path.name}:{n}: \"card\" must be a card id or null, \"cards\" a list of ids")
             continue
-        rows.append({"question": obj["question"], "label": obj.get("label"), "cards": expected})
+        rows.append({"question": obj["question"], "label": obj.get("label"), "answer": obj.get("answer"),
+                     "cards": expected})
     if errors:
         raise DataError(problems(f"{path}: {len(errors)} bad line(s)", errors))
     return rows
@@ -119,6 +122,8 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
                 row["label"] = q["label"]
                 row["predicted"] = parse_label(done.text, persona.labels or [q["label"]])
                 row["correct"] = (row["predicted"] or "").lower() == q["label"].lower()
+            if q.get("answer"):
+                row["answer_facts"], row["answer_missing"] = answer_recall(q["question"], q["answer"], done.text)
             row["_rules"] = broken
             replies.append(row)
         bar.update(len(chunk))
@@ -139,6 +144,7 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
         "accuracy": (sum(row["correct"] for row in labelled) / len(labelled)) if labelled else None,
         "faithful": _share(replies, "faithful"),
         "retrieval_top3": _share(replies, "retrieval_hit"),
+        "answer_facts": _mean(replies, "answer_facts"),
         "sampling": params.model_dump(),
         "replies": replies,
     }
@@ -147,6 +153,21 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
 def _share(rows: list[dict[str, Any]], key: str) -> float | None:
     scored = [row[key] for row in rows if key in row]
     return sum(scored) / len(scored) if scored else None
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    scored = [row[key] for row in rows if row.get(key) is not None]
+    return sum(scored) / len(scored) if scored else None
+
+
+def answer_recall(question: str, answer: str, reply: str) -> tuple[float | None, list[str]]:
+    """(share, missing): of the numbers and proper names the reference `answer` states beyond the question,
+    the share the reply states too, and those it does not. None when the answer states no such fact."""
+    wanted = unsupported(answer, [question])
+    if not wanted:
+        return None, []
+    missing = unsupported(answer, [question, reply])
+    return 1 - len(missing) / len(wanted), missing
 
 
 def faithfulness(persona: Persona, question: str, reply: str, cards: list[Card]) -> tuple[bool, list[str]]:
@@ -180,10 +201,12 @@ def top3(persona: Persona, question: str) -> list[str]:
 
 def format_table(results: list[dict[str, Any]]) -> str:
     """A Markdown table, one row per model. Every column says what its percentage counts: replies that
-    met all rules, that ended, that leaked, that looped, that were right, and each rule's pass rate."""
+    met all rules, that ended, that leaked, that looped, that named the right label, the mean share of a
+    reference answer's facts the replies state (answer facts), and each rule's pass rate."""
     rules = [r for r in dict.fromkeys(r for res in results for r in res["rules"])
              if r not in ("not_ended", "leaked", "looped")]
     head = ["model", "n", "all rules met", "ended", "leaked", "looped", "faithful", "card in top 3", "accuracy",
+            "answer facts",
             *(pass_label(r) for r in rules)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for res in results:
@@ -192,7 +215,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
         cells = [res["name"], str(res["n"]), f"{res['compliance']:.0%}", f"{res['ended']:.0%}",
                  f"{res['leaked']:.0%}", f"{res['looped']:.0%}", pct("faithful"), pct("retrieval_top3"),
-                 pct("accuracy"),
+                 pct("accuracy"), pct("answer_facts"),
                  *(f"{res['rules'][r]:.0%}" if r in res["rules"] else "–" for r in rules)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -8,7 +8,15 @@ import pytest
 
 from krishna_ai.cli import main as cli
 from krishna_ai.errors import DataError
-from krishna_ai.evaluate import evaluate, format_table, load_questions, parse_label, rules_for, split_spec
+from krishna_ai.evaluate import (
+    answer_recall,
+    evaluate,
+    format_table,
+    load_questions,
+    parse_label,
+    rules_for,
+    split_spec,
+)
 from krishna_ai.personas import load_personas
 from krishna_ai.sampling import SamplingParams
 
@@ -45,6 +53,32 @@ def test_evaluate_scores_compliance_rules_and_accuracy(scripted):
     assert "has diagnosis" in table.splitlines()[0] and "missing_diagnosis" not in table
 
 
+def test_answer_recall_counts_the_reference_facts_beyond_the_question():
+    question = "Which treaty ended the First Anglo-Maratha War?"
+    answer = "The Treaty of Salbai, signed in 1782 with Mahadji Shinde, ended it."
+    # wanted: salbai, 1782, mahadji, shinde (treaty/first/anglo/maratha/war come from the question)
+    half = answer_recall(question, answer, "It ended with the Treaty of Salbai in 1782.")
+    assert half == (0.5, ["mahadji", "shinde"])
+    assert answer_recall(question, answer, "The Treaty of Salbai (1782), negotiated by Mahadji Shinde.")[0] == 1.0
+    assert answer_recall(question, answer, "It was the Treaty of Purandar in 1776.") == (
+        0.0, ["1782", "mahadji", "salbai", "shinde"])
+    assert answer_recall("Who built Raigad?", "Shivaji built Raigad.", "Nobody.") == (0.0, ["shivaji"])
+    # an answer with no fact of its own is not scored (None), rather than scored 100%
+    assert answer_recall("Did Shivaji build Raigad?", "Yes, Shivaji did.", "Yes.") == (None, [])
+
+
+def test_evaluate_reports_answer_facts(scripted):
+    engine = scripted(["The Treaty of Salbai ended it in 1782."])
+    questions = [{"question": "Which treaty ended the First Anglo-Maratha War?",
+                  "answer": "The Treaty of Salbai, signed in 1782 with Mahadji Shinde, ended it."},
+                 {"question": "Which treaty ended the First Anglo-Maratha War?", "answer": "Salbai, 1782."}]
+    res = evaluate(engine, P["aurora"], questions, SamplingParams(temperature=0.0), progress=False)
+    assert [r["answer_facts"] for r in res["replies"]] == [0.5, 1.0]
+    assert res["answer_facts"] == 0.75
+    head, _, row = format_table([res]).splitlines()
+    assert "| accuracy | answer facts |" in head and "| – | 75% |" in row
+
+
 RUN_ON = ("Partha, act without fear. Let the fruit go.\n\nThomas Edison kept working on his lamp for years "
           "and did not give up when his tests failed again and again in the workshop.\n\n"
           "Partha, act without fear. Let the fruit go.")
@@ -77,10 +111,12 @@ def test_load_questions(tmp_path):
     txt.write_text("first?\n\nsecond?\n")
     assert [q["question"] for q in load_questions(txt)] == ["first?", "second?"]
     bad = tmp_path / "q.jsonl"
-    bad.write_text('{"question": "ok"}\n{"question": ""}\n{"label": 3, "question": "x"}\n')
+    bad.write_text('{"question": "ok"}\n{"question": ""}\n{"label": 3, "question": "x"}\n'
+                   '{"question": "y", "answer": ["a list"]}\n')
     with pytest.raises(DataError) as exc:
         load_questions(bad)
     assert "q.jsonl:2" in str(exc.value) and "q.jsonl:3" in str(exc.value)
+    assert 'q.jsonl:4: "answer" must be a string' in str(exc.value)
     assert split_spec("light@runs/a") == ("light", "runs/a") and split_spec("e4b") == ("e4b", None)
     # A bare tier is evaluated as the app serves it: with the persona's adapter; @none is the baseline.
     k = P["krishna"]
