@@ -38,7 +38,7 @@ def test_each_persona_ships_an_adapter_trained_by_its_recipe(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["krishna", "pet"])
+@pytest.mark.parametrize("name", PERSONAS)
 def test_tuned_replies_end_cleanly(name):
     persona = P[name]
     engine = load_engine("light", persona.adapters["light"])
