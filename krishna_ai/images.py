@@ -46,7 +46,7 @@ def load_image(source: str | Path | Any, *, max_bytes: int = MAX_BYTES, max_pixe
         raise ImageError(f"image {name!r} could not be opened: {exc}") from None
     with img:
         if img.format not in FORMATS:
-            raise ImageError(f"{name!r} is a {img.format} image; send JPEG, PNG, WebP, GIF, BMP or TIFF")
+            raise ImageError(f"{name!r} is in {img.format} format; send JPEG, PNG, WebP, GIF, BMP or TIFF")
         w, h = img.size
         if w * h > max_pixels:
             raise ImageError(f"image {name!r} is {w}×{h} = {w * h:,} pixels; the limit is {max_pixels:,}")
@@ -72,7 +72,7 @@ def _megabytes(size: int, limit: int) -> tuple[str, str]:
         shown, cap = f"{size / 2**20:.{digits}f}", f"{limit / 2**20:.{digits}f}"
         if shown != cap and float(cap) > 0:
             break
-    return shown, (cap.rstrip("0").rstrip(".") if "." in cap else cap)
+    return shown, cap.rstrip("0").removesuffix(".")
 
 
 def _to_rgb(img: Any) -> Any:
@@ -80,23 +80,21 @@ def _to_rgb(img: Any) -> Any:
     from PIL import Image
 
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if mode == "I" or mode.startswith("I;16"):
         import numpy as np
 
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype("uint8"), "L")
+        arr = np.asarray(img)
+        # 16-bit scales from 65535; a 32-bit image holding only 8-bit values keeps them
+        full = 255.0 if mode == "I" and arr.max() <= 255 else 65535.0
+        img = Image.fromarray(np.clip(arr / full * 255.0 + 0.5, 0, 255).astype("uint8"))
     elif mode == "F":
         import numpy as np
 
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(scaled.astype("uint8"), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB") if img.mode != "RGB" else img.copy()
+        img = Image.fromarray(scaled.astype("uint8"))
+    if img.mode in ("P", "RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")  # a palette's transparent entry becomes alpha 0
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    return img.convert("RGB")  # a copy even when already RGB: the caller may close the upload

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from krishna_ai.errors import ConfigError, problems
 
-_MESSAGES = {
+_MESSAGES = {  # one per field (a test keeps it so)
     "temperature": "temperature must be between 0 and 2",
     "top_p": "top_p must be in (0, 1]",
     "top_k": "top_k must be an integer from 0 to 1000",
@@ -20,6 +20,10 @@ _MESSAGES = {
     "repetition_penalty": "repetition_penalty must be between 1 and 2",
     "seed": "seed must be an integer",
 }
+
+REPETITION_WINDOW = 64
+"""Tokens the repetition penalty looks back over: llama.cpp's (and llama-server's) `repeat_last_n` default,
+applied by the transformers engine too (its own penalty would weigh every token of the prompt)."""
 
 
 class SamplingParams(BaseModel):
@@ -34,7 +38,8 @@ class SamplingParams(BaseModel):
     """0 disables top-k filtering."""
     max_new_tokens: Annotated[int, Field(ge=1, le=4096, strict=True)] = 256
     repetition_penalty: Annotated[float, Field(ge=1.0, le=2.0)] = 1.0
-    """> 1 makes tokens already in the prompt or reply less likely (repetition control for small models)."""
+    """> 1 makes the last REPETITION_WINDOW tokens (prompt or reply) less likely: repetition control for small
+    models. Every engine looks back the same distance, so a persona's measured value means one thing."""
     seed: int | None = None
 
     @classmethod
@@ -52,7 +57,7 @@ class SamplingParams(BaseModel):
         except ValidationError as exc:
             fields = dict.fromkeys(str(e["loc"][0]) for e in exc.errors() if e["loc"])
             raise ConfigError(problems("invalid sampling parameters:", [
-                f"{_MESSAGES.get(f, f + ' is invalid')}, got {values.get(f)!r}" for f in fields])) from None
+                f"{_MESSAGES[f]}, got {values.get(f)!r}" for f in fields])) from None
 
     @classmethod
     def for_persona(cls, persona: Any, **overrides: Any) -> SamplingParams:

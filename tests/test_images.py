@@ -102,6 +102,10 @@ def _int_image(mode: str, values: list[int]) -> Image.Image:
     ("I", [0, 255], [0, 255]),  # 32-bit integer holding 8-bit values: kept as they are
     ("I", [200, 255], [200, 255]),
     ("I", [256, 65535], [1, 255]),  # ...and holding 16-bit values: scaled from 65535
+    ("I;16", [255, 200], [1, 1]),  # 16-bit whose values all fit 8 bits: still a dark 16-bit image
+    ("I;16", [51272, 51271], [200, 199]),  # rounded to the nearest 8-bit level: 51272 / 257 = 199.5019...
+    ("I", [-1000, 100000], [0, 255]),  # 32-bit values outside 0-65535 are clipped, never wrapped around
+    ("I", [256, 0], [1, 0]),  # one value past 8 bits makes it a 16-bit image
 ])
 def test_integer_images_scaled_to_8bit(mode, values, expected):
     img = load_image(_int_image(mode, values))
@@ -121,6 +125,15 @@ def test_float_images_stretched(values, expected):
     img = load_image(Image.fromarray(arr, "F"))
     assert img.mode == "RGB"
     assert [img.getpixel((0, 0)), img.getpixel((15, 7))] == [_gray(v) for v in expected]
+
+
+def test_flat_float_image_is_black_without_a_division_by_zero():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0/0 would warn ("invalid value") and turn into NaN
+        img = load_image(Image.fromarray(np.full((8, 8), 3.5, dtype=np.float32), "F"))
+    assert img.getpixel((0, 0)) == (0, 0, 0)
 
 
 def test_float_image_midtones():
@@ -247,7 +260,44 @@ def test_other_formats_refused_by_name(tmp_path):
     Image.new("RGB", (16, 16)).save(path, format="ICO")
     with pytest.raises(ImageError) as exc:
         load_image(path)
-    assert str(exc.value) == "'icon.png' is a ICO image; send JPEG, PNG, WebP, GIF, BMP or TIFF"
+    assert str(exc.value) == "'icon.png' is in ICO format; send JPEG, PNG, WebP, GIF, BMP or TIFF"
+
+
+def test_multi_picture_jpeg_is_a_still_photo(tmp_path):
+    """MPO (phone cameras' multi-picture JPEG) has several frames but is not an animation: its first is read."""
+    path = tmp_path / "phone.jpg"
+    Image.new("RGB", (32, 16), (0, 0, 255)).save(path, "MPO", save_all=True,
+                                                 append_images=[Image.new("RGB", (32, 16), (255, 0, 0))])
+    with Image.open(path) as img:
+        assert (img.format, img.n_frames) == ("MPO", 2)
+    out = load_image(path)
+    r, g, b = out.getpixel((16, 8))
+    assert out.size == (32, 16) and b > 200 and r < 40
+
+
+def test_too_many_pixels_for_the_decoder_and_unreadable_files(tmp_path, monkeypatch):
+    path = save(Image.new("RGB", (64, 64)), tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses at open above twice this
+    with pytest.raises(ImageError) as exc:
+        load_image(path, max_pixels=1000)
+    assert str(exc.value) == "image 'bomb.png' has too many pixels (limit 1,000)"
+    monkeypatch.undo()
+
+    def broken_open(*args, **kwargs):
+        raise OSError("read error on the device")
+
+    monkeypatch.setattr(Image, "open", broken_open)
+    with pytest.raises(ImageError) as exc:
+        load_image(path)
+    assert str(exc.value) == "image 'bomb.png' could not be opened: read error on the device"
+
+
+def test_size_message_for_limits_below_a_tenth_of_a_megabyte(tmp_path):
+    path = tmp_path / "leaf.png"
+    path.write_bytes(b"\0" * 100_000)  # refused on size before its content is read
+    with pytest.raises(ImageError) as exc:
+        load_image(path, max_bytes=1000)
+    assert str(exc.value) == "image 'leaf.png' is 0.095 MB; the limit is 0.001 MB"
 
 
 def test_truncated_message(tmp_path):

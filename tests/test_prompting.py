@@ -213,3 +213,18 @@ def test_render_prompt_uses_a_template_and_never_doubles_bos(light_tokenizer):
     nobos.bos_token = None
     nobos.chat_template = TEMPLATE
     assert render_prompt(MSGS, nobos) == "[system]SYS[user]hi[model]"  # no BOS token: nothing put in front
+
+
+def test_build_messages_passes_personality_and_cards_to_the_system_part(tmp_path):
+    (tmp_path / "coach.toml").write_text(
+        'id = "coach"\nname = "C"\ndescription = "d"\ngreeting = "g"\nsystem_prompt = "Be kind."\n'
+        'story_template = "Tell a story about $personality."\npersonalities = ["Ada Lovelace"]\n')
+    from krishna_ai.personas import load_persona
+
+    coach = load_persona(tmp_path / "coach.toml")
+    msgs = build_messages(coach, [], "hi", personality="Ada Lovelace")
+    assert msgs[0] == {"role": "system", "content": "Be kind.\n\nTell a story about Ada Lovelace."}
+    cards = [load_bank(K.knowledge.bank).card("curie-pierre-death")]
+    msgs = build_messages(K, [], "hi", cards=cards)
+    assert msgs[0] == {"role": "system", "content": system_text(K, None, cards)}
+    assert msgs[0]["content"] != system_text(K, None, None)

@@ -88,3 +88,28 @@ def test_validated_rechecks_direct_assignment():
     p.temperature = 7.0  # pydantic does not validate assignment by default
     with pytest.raises(ConfigError, match="temperature must be between 0 and 2, got 7.0"):
         p.validated()
+
+
+def test_repetition_penalty_looks_back_as_far_as_llama_cpp_does():
+    """The transformers engine penalises the last REPETITION_WINDOW tokens (llama.cpp's repeat_last_n), not the
+    whole prompt: the same persona value means the same thing on `light` and `light-gguf`."""
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from krishna_ai.runtime.hf import _RecentRepetitionPenalty
+    from krishna_ai.sampling import REPETITION_WINDOW
+
+    assert REPETITION_WINDOW == 64
+    scores = torch.tensor([[2.0, -2.0, 3.0, -1.0, 0.5, 4.0]])
+    ids = torch.tensor([[1, 0, 0, 3, 2]])  # a window of 4 sees 0 (twice), 3 and 2, not 1
+    out = _RecentRepetitionPenalty(2.0, window=4)(ids, scores.clone())
+    assert out.tolist() == [[1.0, -2.0, 1.5, -2.0, 0.5, 4.0]]  # positive halved once, negative doubled
+    # a window that covers every token is transformers' own penalty
+    whole = _RecentRepetitionPenalty(1.3, window=ids.shape[1])(ids, scores.clone())
+    assert torch.equal(whole, RepetitionPenaltyLogitsProcessor(1.3)(ids, scores.clone()))
+
+
+def test_every_field_has_its_message():
+    from krishna_ai.sampling import _MESSAGES
+
+    assert set(_MESSAGES) == set(SamplingParams.model_fields)

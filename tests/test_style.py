@@ -206,3 +206,29 @@ def test_paragraphs_and_sentences():
     assert paragraphs("  a\n\n \n b \n\n") == ["a", "b"]
     assert paragraphs("a\nb") == ["a\nb"]
     assert split_sentences("Hi there.\nNew line! (Really?) Yes") == ["Hi there.", "New line!", "(Really?)", "Yes"]
+
+
+def test_leak_and_loop_boundaries():
+    # a later paragraph that opens with the same 4+ words is a second reply; 3 words are only an echo
+    assert leak("Partha, be calm now.\n\nPartha, be calm now.") == (
+        "a second reply (a later paragraph starts like the first)")
+    assert leak("Be calm now.\n\nBe calm now.") is None
+    # a 10-word run repeated at the very end of one sentence
+    run = "a b c d e f g h i j"
+    assert loop(f"{run} x {run}") == "repeats the run 'a b c d e f g h i j'"
+    assert loop(f"{run} x a b c d e f g h i") is None  # nine words: not a run
+    words = "extraordinary remarkable wonderful marvellous astonishing incredible splendid superb fine grand".split()
+    gram = " ".join(words)
+    assert len(gram) > 61  # so the message's cut at 60 characters shows
+    assert loop(f"{' '.join(words)} and {' '.join(words)}") == f"repeats the run {gram[:60]!r}"
+    sentence = "Extraordinary remarkable wonderful marvellous astonishing incredible splendid superb."
+    assert loop(f"{sentence} {sentence}") == f"repeats the sentence {sentence[:60]!r}"
+
+
+def test_verse_quote_boundaries():
+    story = GOOD.split("\n\n")[1]
+    assert "verse_quote" in rules(f'Partha, "one two three four five six". Rest.\n\n{story}')  # six words
+    assert "verse_quote" not in rules(f'Partha, "one two three four five". Rest.\n\n{story}')
+    passage = "do your work and leave the fruits of it to the world"
+    found = [str(v) for v in check_reply(f'Partha, "{passage}". Rest.\n\n{story}', KRISHNA) if v.rule == "verse_quote"]
+    assert found == [f"verse_quote: quotes a passage verbatim ({passage[:40]!r}...)"]
