@@ -26,7 +26,7 @@ from krishna_ai.runtime.engine import (
     stop_token_ids,
 )
 from krishna_ai.runtime.weights import LoadedModel
-from krishna_ai.sampling import SamplingParams
+from krishna_ai.sampling import REPETITION_WINDOW, SamplingParams
 
 JOIN_TIMEOUT_S = 10.0
 POLL_S = 0.05
@@ -42,6 +42,22 @@ class _EventStop:
         import torch
 
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _RecentRepetitionPenalty:
+    """transformers' repetition penalty over the last `window` tokens only, as llama.cpp applies it: a
+    token seen there has a positive logit divided by `penalty`, a negative one multiplied."""
+
+    def __init__(self, penalty: float, window: int = REPETITION_WINDOW):
+        self.penalty, self.window = penalty, window
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        recent = input_ids[:, -self.window:]
+        seen = torch.gather(scores, 1, recent)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        return scores.scatter(1, recent, seen)
 
 
 def _counting_streamer(tokenizer: Any, stats: ReplyStats, started: float, last: list[int]) -> Any:
@@ -189,7 +205,7 @@ class HFEngine:
         return int(pad) if pad is not None else self.stop_token_ids[0]
 
     def _generate_kwargs(self, params: SamplingParams) -> dict[str, Any]:
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         sample = params.temperature > 0
         config = GenerationConfig(
@@ -198,11 +214,11 @@ class HFEngine:
             temperature=params.temperature if sample else None,
             top_p=params.top_p if sample else None,
             top_k=params.top_k if sample else None,
-            repetition_penalty=params.repetition_penalty,
             eos_token_id=self.stop_token_ids,
             pad_token_id=self._pad_id(),
         )
-        return {"generation_config": config}
+        penalty = [_RecentRepetitionPenalty(params.repetition_penalty)] if params.repetition_penalty != 1.0 else []
+        return {"generation_config": config, "logits_processor": LogitsProcessorList(penalty)}
 
     def _run(self, inputs: dict[str, Any], params: SamplingParams, stop_event: threading.Event,
              stats: ReplyStats) -> Iterator[str]:

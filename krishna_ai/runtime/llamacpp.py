@@ -38,7 +38,7 @@ from krishna_ai.runtime.engine import (
     stop_token_ids,
 )
 from krishna_ai.runtime.tiers import GGUF_TIER
-from krishna_ai.sampling import SamplingParams
+from krishna_ai.sampling import REPETITION_WINDOW, SamplingParams
 
 DEFAULT_N_CTX = 8192
 """Context allocated when the file allows more: Gemma 3 270M is trained for 32k, whose KV cache is 4× larger."""
@@ -141,7 +141,7 @@ def load_gguf(spec: str, *, adapter: str | os.PathLike[str] | None = None, n_ctx
         try:
             with _model_params(extra_buffers=use_extra_buffers()):
                 return llama_cpp.Llama(model_path=str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
-                                       verbose=False)
+                                       last_n_tokens_size=REPETITION_WINDOW, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelUnavailable(f"llama.cpp cannot load {path}: {exc}") from None
 

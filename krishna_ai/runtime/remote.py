@@ -44,7 +44,7 @@ from krishna_ai.runtime.engine import (
     generation_failed,
     prepare,
 )
-from krishna_ai.sampling import SamplingParams
+from krishna_ai.sampling import REPETITION_WINDOW, SamplingParams
 
 PREFIX = "openai:"
 KEY_ENVS = ("KRISHNA_AI_API_KEY", "OPENAI_API_KEY")
@@ -241,7 +241,7 @@ def to_openai(messages: list[Message]) -> list[dict[str, Any]]:
 
 def request_body(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
     """(standard arguments, server extras) for one request. top_k, min_p and the repetition penalty are not
-    in OpenAI's API: llama-server reads `top_k`/`repeat_penalty`/`min_p`, vLLM and SGLang
+    in OpenAI's API: llama-server reads `top_k`/`repeat_penalty`/`repeat_last_n`/`min_p`, vLLM and SGLang
     `top_k`/`repetition_penalty`/`min_p`; each ignores the names it does not know. min_p 0: the same
     filters as the in-process engines (llama-server's default would be 0.05)."""
     standard: dict[str, Any] = {"temperature": float(params.temperature), "top_p": float(params.top_p),
@@ -253,6 +253,7 @@ def request_body(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]
         extra["top_k"] = int(params.top_k)
     if params.repetition_penalty != 1.0:
         extra["repeat_penalty"] = extra["repetition_penalty"] = float(params.repetition_penalty)
+        extra["repeat_last_n"] = REPETITION_WINDOW  # llama-server; vLLM and SGLang weigh every token
     return standard, extra
 
 
