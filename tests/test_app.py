@@ -94,7 +94,7 @@ def test_ui_flow_with_scripted_engine(scripted):
         out = client.predict("hello", "pet", api_name="/chat")
         assert out == "Partha, rise. Act."
         _, msgs_params = engine.calls[-1]
-        assert msgs_params.temperature == 0.7  # the pet persona's default
+        assert (msgs_params.temperature, msgs_params.repetition_penalty) == (0.3, 1.15)  # the pet persona's defaults
     finally:
         demo.close()
 
