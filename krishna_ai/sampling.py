@@ -22,8 +22,10 @@ _MESSAGES = {  # one per field (a test keeps it so)
 }
 
 REPETITION_WINDOW = 64
-"""Tokens the repetition penalty looks back over: llama.cpp's (and llama-server's) `repeat_last_n` default,
-applied by the transformers engine too (its own penalty would weigh every token of the prompt)."""
+"""Reply tokens the repetition penalty looks back over: llama.cpp's `repeat_last_n` default. The in-process
+engines count only the reply (llama-cpp-python's sampler never sees the prompt, and the transformers
+engine does the same), so a reply may repeat the question's names. llama-server also counts the prompt's
+last tokens until the reply fills the window; vLLM and SGLang count every token."""
 
 
 class SamplingParams(BaseModel):
@@ -38,8 +40,8 @@ class SamplingParams(BaseModel):
     """0 disables top-k filtering."""
     max_new_tokens: Annotated[int, Field(ge=1, le=4096, strict=True)] = 256
     repetition_penalty: Annotated[float, Field(ge=1.0, le=2.0)] = 1.0
-    """> 1 makes the last REPETITION_WINDOW tokens (prompt or reply) less likely: repetition control for small
-    models. Every engine looks back the same distance, so a persona's measured value means one thing."""
+    """> 1 makes the reply's last REPETITION_WINDOW tokens less likely: repetition control for small models.
+    Both in-process engines weigh the same tokens, so a persona's measured value means one thing there."""
     seed: int | None = None
 
     @classmethod

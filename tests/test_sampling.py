@@ -91,8 +91,9 @@ def test_validated_rechecks_direct_assignment():
 
 
 def test_repetition_penalty_looks_back_as_far_as_llama_cpp_does():
-    """The transformers engine penalises the last REPETITION_WINDOW tokens (llama.cpp's repeat_last_n), not the
-    whole prompt: the same persona value means the same thing on `light` and `light-gguf`."""
+    """The transformers engine penalises the reply's last REPETITION_WINDOW tokens, as llama.cpp's sampler
+    does (it sees only sampled tokens), not the prompt: the same persona value means the same thing on
+    `light` and `light-gguf` (tests/test_llamacpp.py compares the two engines' replies)."""
     import torch
     from transformers import RepetitionPenaltyLogitsProcessor
 
@@ -101,12 +102,14 @@ def test_repetition_penalty_looks_back_as_far_as_llama_cpp_does():
 
     assert REPETITION_WINDOW == 64
     scores = torch.tensor([[2.0, -2.0, 3.0, -1.0, 0.5, 4.0]])
-    ids = torch.tensor([[1, 0, 0, 3, 2]])  # a window of 4 sees 0 (twice), 3 and 2, not 1
-    out = _RecentRepetitionPenalty(2.0, window=4)(ids, scores.clone())
-    assert out.tolist() == [[1.0, -2.0, 1.5, -2.0, 0.5, 4.0]]  # positive halved once, negative doubled
-    # a window that covers every token is transformers' own penalty
-    whole = _RecentRepetitionPenalty(1.3, window=ids.shape[1])(ids, scores.clone())
-    assert torch.equal(whole, RepetitionPenaltyLogitsProcessor(1.3)(ids, scores.clone()))
+    ids = torch.tensor([[5, 1, 0, 0, 3, 2]])  # a prompt of 1 (token 5), a reply of 5
+    out = _RecentRepetitionPenalty(2.0, prompt_length=1, window=4)(ids, scores.clone())
+    assert out.tolist() == [[1.0, -2.0, 1.5, -2.0, 0.5, 4.0]]  # sees 0 (twice), 3, 2: not 1, not the prompt's 5
+    # before the first reply token nothing is penalised
+    assert torch.equal(_RecentRepetitionPenalty(2.0, prompt_length=6)(ids, scores.clone()), scores)
+    # a window that covers the whole reply is transformers' own penalty applied to the reply
+    whole = _RecentRepetitionPenalty(1.3, prompt_length=1, window=5)(ids, scores.clone())
+    assert torch.equal(whole, RepetitionPenaltyLogitsProcessor(1.3)(ids[:, 1:], scores.clone()))
 
 
 def test_every_field_has_its_message():

@@ -45,16 +45,20 @@ class _EventStop:
 
 
 class _RecentRepetitionPenalty:
-    """transformers' repetition penalty over the last `window` tokens only, as llama.cpp applies it: a
-    token seen there has a positive logit divided by `penalty`, a negative one multiplied."""
+    """transformers' repetition penalty over the reply's last `window` tokens, as the llama.cpp engine
+    applies it (llama-cpp-python's sampler sees only sampled tokens): a token seen there has a positive
+    logit divided by `penalty`, a negative one multiplied. The prompt's first `prompt_length` tokens
+    never count, so a reply may name what the question names."""
 
-    def __init__(self, penalty: float, window: int = REPETITION_WINDOW):
-        self.penalty, self.window = penalty, window
+    def __init__(self, penalty: float, prompt_length: int, window: int = REPETITION_WINDOW):
+        self.penalty, self.prompt_length, self.window = penalty, prompt_length, window
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        recent = input_ids[:, -self.window:]
+        recent = input_ids[:, self.prompt_length:][:, -self.window:]
+        if recent.shape[1] == 0:
+            return scores
         seen = torch.gather(scores, 1, recent)
         seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
         return scores.scatter(1, recent, seen)
@@ -188,7 +192,7 @@ class HFEngine:
         with self._lock, torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            out = self.loaded.model.generate(**batch, **self._generate_kwargs(params))
+            out = self.loaded.model.generate(**batch, **self._generate_kwargs(params, batch["input_ids"].shape[1]))
         new = out[:, batch["input_ids"].shape[1]:]
         pad = self._pad_id()
         results = []
@@ -204,7 +208,7 @@ class HFEngine:
         pad = self.loaded.tokenizer.pad_token_id
         return int(pad) if pad is not None else self.stop_token_ids[0]
 
-    def _generate_kwargs(self, params: SamplingParams) -> dict[str, Any]:
+    def _generate_kwargs(self, params: SamplingParams, prompt_length: int) -> dict[str, Any]:
         from transformers import GenerationConfig, LogitsProcessorList
 
         sample = params.temperature > 0
@@ -217,7 +221,8 @@ class HFEngine:
             eos_token_id=self.stop_token_ids,
             pad_token_id=self._pad_id(),
         )
-        penalty = [_RecentRepetitionPenalty(params.repetition_penalty)] if params.repetition_penalty != 1.0 else []
+        penalty = ([_RecentRepetitionPenalty(params.repetition_penalty, prompt_length)]
+                   if params.repetition_penalty != 1.0 else [])
         return {"generation_config": config, "logits_processor": LogitsProcessorList(penalty)}
 
     def _run(self, inputs: dict[str, Any], params: SamplingParams, stop_event: threading.Event,
@@ -243,7 +248,7 @@ class HFEngine:
                         self.loaded.model.generate(
                             **inputs, streamer=streamer,
                             stopping_criteria=StoppingCriteriaList([_EventStop(stop_event)]),
-                            **self._generate_kwargs(params))
+                            **self._generate_kwargs(params, inputs["input_ids"].shape[1]))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
                 errors.append(exc)
             finally:

@@ -253,7 +253,7 @@ def request_body(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]
         extra["top_k"] = int(params.top_k)
     if params.repetition_penalty != 1.0:
         extra["repeat_penalty"] = extra["repetition_penalty"] = float(params.repetition_penalty)
-        extra["repeat_last_n"] = REPETITION_WINDOW  # llama-server; vLLM and SGLang weigh every token
+        extra["repeat_last_n"] = REPETITION_WINDOW  # llama-server (prompt tail included); vLLM, SGLang: all tokens
     return standard, extra
 
 
