@@ -10,6 +10,9 @@ The same Krishna chat turn, tokenised once by llama.cpp (BOS + Gemma turns), gre
 - engine: `LlamaCppEngine.stream` (`--model light-gguf`), a separate `Llama` on the same file;
 - engine + adapter: the same engine on the GGUF with Krishna's shipped adapter merged (what the app serves
   for Krishna on light-gguf; Q8_0), against plain llama.cpp on the base file (issue #17's target).
+Every runner starts from an empty KV cache, except the last row: the adapted engine answering the turn
+right after another Krishna question, as in a running app, where only what differs from the cached
+prompt is decoded (runtime/llamacpp.py).
 Decode tok/s = (tokens − 1) ÷ (time from the first token to the last). The bandwidth fraction is
 decode tok/s × weight bytes read per token ÷ the machine's memory bandwidth, measured here as the
 faster of a 1-thread and an all-threads numpy copy of 1 GiB (bytes read + bytes written per second).
@@ -28,6 +31,7 @@ from pathlib import Path
 from common import Series, interleaved, ratio, report, table
 
 QUESTION = "I failed my exam. What should I do?"
+OTHER_QUESTION = "How do I stop being angry at my brother?"
 PERSONALITY = "Thomas Edison"
 
 
@@ -116,7 +120,7 @@ def main() -> int:
           f"llama.cpp {llama_cpp.__version__}, {threads} threads; torch {torch.get_num_threads()} threads",
           file=sys.stderr)
 
-    s = {k: Series(k, "tok/s") for k in ("hf", "plain", "completion", "engine", "adapted")}
+    s = {k: Series(k, "tok/s") for k in ("hf", "plain", "completion", "engine", "adapted", "cached")}
     ttft = {k: Series(k, "s") for k in s}
     counts: dict[str, set[int]] = {k: set() for k in s}
     texts: dict[str, set[str]] = {k: set() for k in s}
@@ -166,9 +170,16 @@ def main() -> int:
         # a stream chunk per token; the end-of-turn token that stops it yields no chunk
         record("completion", t0, first, end, count + (count < n), text)
 
-    def engine_runner(key: str, eng) -> Callable[[], None]:
-        """One timed reply through an engine's `stream` (its stats time from the call)."""
+    other = build_messages(persona, [], OTHER_QUESTION, personality=PERSONALITY)
+
+    def engine_runner(key: str, eng, *, cached: bool = False) -> Callable[[], None]:
+        """One timed reply through an engine's `stream` (its stats time from the call): from an empty cache,
+        or (`cached`) right after a one-token reply to another question of the persona."""
         def run() -> None:
+            if cached:
+                eng.stream(other, params.model_copy(update={"max_new_tokens": 1})).read()
+            else:
+                eng.llm.reset()
             reply = eng.stream(messages, params)
             text = reply.read()
             st = reply.stats
@@ -181,7 +192,8 @@ def main() -> int:
     run_engine, run_adapted = engine_runner("engine", engine), engine_runner("adapted", adapted)
 
     steps = {"transformers": run_hf, "llama.cpp generate": run_plain, "llama.cpp create_completion": run_completion,
-             "LlamaCppEngine": run_engine, "LlamaCppEngine + Krishna adapter": run_adapted}
+             "LlamaCppEngine": run_engine, "LlamaCppEngine + Krishna adapter": run_adapted,
+             "LlamaCppEngine + Krishna adapter, prefix cached": engine_runner("cached", adapted, cached=True)}
     print("warm-up", file=sys.stderr)
     for step in steps.values():
         step()
@@ -215,6 +227,10 @@ def main() -> int:
          ttft["adapted"].cell("{:.3f}"), f"{ratio(s['adapted'], s['plain']):.3f}",
          f"≥ 0.9; first token ≤ 1.1× ({ttft['adapted'].median / ttft['plain'].median:.2f}×)",
          frac(s["adapted"], adapted_bytes)],
+        ["the same, the turn after another Krishna question (prefix cached)", s["cached"].cell("{:.1f}"),
+         ttft["cached"].cell("{:.3f}"), f"{ratio(s['cached'], s['plain']):.3f}",
+         f"first token {ttft['cached'].median / ttft['plain'].median:.2f}× llama.cpp's cold one",
+         frac(s["cached"], adapted_bytes)],
     ]
     body = (f"Gemma 3 270M, a Krishna chat turn of {len(tokens)} prompt tokens, greedy, at most {n} new tokens, "
             f"{threads} llama.cpp threads, {torch.get_num_threads()} torch threads; {args.repeats} interleaved "

@@ -101,6 +101,7 @@ def test_chat_streams_chunks_with_stats(gguf_engine):
 def test_sampling_is_seeded(gguf_engine):
     params = SamplingParams(temperature=1.0, max_new_tokens=10, seed=7)
     a = gguf_engine.complete("Once upon a time", params).read()
+    gguf_engine.complete("The Eiffel Tower is", GREEDY).read()  # what the cache holds does not matter
     b = gguf_engine.complete("Once upon a time", params).read()
     assert a == b and a
 
@@ -127,6 +128,29 @@ def test_closing_early_frees_the_model(gguf_engine):
     assert reply.stats.stopped
     # the lock is released: the next reply runs at once
     assert "Paris" in gguf_engine.complete("The Eiffel Tower is located in the city of", GREEDY).read()
+
+
+def test_a_reused_prefix_gives_the_reply_an_empty_cache_gives(gguf_engine, monkeypatch):
+    """The next prompt decodes only what differs from the cached one, and the reply is the same as from
+    an empty cache, also where the shared part is longer than the 512-token sliding window and the
+    cached prompt ran far past it (without llama.cpp's full SWA cache this reply is garbage)."""
+    text = " ".join(f"Item {i}: the river number {i} flows past the village of town{i}." for i in range(70))
+    shared = text[: len(text) // 2]
+    first = shared + " Which river flows past town3? Answer:"
+    other = text + " Now list the first item again:"
+    params = SamplingParams(temperature=0.0, max_new_tokens=16)
+    gguf_engine.complete("The Eiffel Tower is", GREEDY).read()  # the cache holds nothing of `first`
+    fresh = gguf_engine.complete(first, params).read()
+    assert gguf_engine.complete(other, params).read()  # its prompt overwrites the cache far past `shared`
+
+    decoded: list[int] = []
+    real_eval = gguf_engine.llm.eval
+    monkeypatch.setattr(gguf_engine.llm, "eval", lambda tokens: (decoded.append(len(tokens)), real_eval(tokens)))
+    again = gguf_engine.complete(first, params)
+    assert again.read() == fresh and fresh.strip()
+    prompt = again.stats.prompt_tokens
+    assert prompt > 650 and len(gguf_engine.llm.tokenize(shared.encode())) > 600
+    assert decoded[0] < prompt - 600, (decoded[0], prompt)  # the shared part was not decoded again
 
 
 def test_text_only_and_no_live_slices(gguf_engine):
@@ -192,6 +216,19 @@ def test_greedy_text_is_the_same_on_transformers_and_llama_cpp(gguf_engine, ligh
     assert gguf_engine.tokenize(msgs) == light_engine.encode(msgs)["input_ids"][0].tolist()
     greedy = SamplingParams(temperature=0.0, max_new_tokens=40)
     fast, slow = gguf_engine.stream(msgs, greedy), light_engine.stream(msgs, greedy)
+    assert fast.read() == slow.read() and fast.stats.tokens == slow.stats.tokens
+
+
+def test_repetition_penalty_weighs_the_same_tokens_on_transformers_and_llama_cpp(gguf_engine, light_engine):
+    """The penalty counts the reply's own tokens on both engines (llama.cpp's sampler never sees the
+    prompt), so a persona's measured value means the same on `light` and `light-gguf`, and a reply may
+    repeat the question's words."""
+    from krishna_ai.personas import load_personas
+    from krishna_ai.prompting import build_messages
+
+    msgs = build_messages(load_personas()["pet"], [], "Write a poem about the sea")
+    strong = SamplingParams(temperature=0.0, max_new_tokens=20, repetition_penalty=2.0)
+    fast, slow = gguf_engine.stream(msgs, strong), light_engine.stream(msgs, strong)
     assert fast.read() == slow.read() and fast.stats.tokens == slow.stats.tokens
 
 

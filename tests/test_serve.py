@@ -194,6 +194,23 @@ def test_studio_streams_from_the_server_with_stats(server):
 
 
 @needs_server
+def test_a_new_question_prefills_only_what_differs_from_a_cached_prompt(server):
+    """--swa-full: the persona's system part, cached in a slot by the first question, is not decoded
+    again for the next one (without it, Gemma's sliding-window layers make llama-server prefill all)."""
+    url = f"http://127.0.0.1:{server.config.port}/v1/chat/completions"
+    timings = []
+    for question in ("What is duty?", "How do I forgive my brother?"):
+        body = {"model": server.config.alias, "messages": [{"role": m["role"], "content": m["content"]}
+                                                           for m in _messages(question)],
+                "max_tokens": 4, "temperature": 0.0}
+        resp = httpx.post(url, json=body, timeout=60)
+        assert resp.status_code == 200, resp.text
+        timings.append(resp.json()["timings"])
+    prompt = timings[1]["cache_n"] + timings[1]["prompt_n"]
+    assert prompt > 100 and timings[1]["prompt_n"] < 30, timings[1]
+
+
+@needs_server
 def test_stop_frees_the_server_slot(server):
     engine = load_engine(server.config.spec)
     reply = engine.stream(_messages("Tell me a long story."), LONG)
