@@ -5,8 +5,10 @@
 
 Both sides serve the same GGUF (the light model with the Krishna adapter merged, as the app serves
 it), the same prompts, greedy, in one run. Every client is a thread calling `Studio.chat`, as the
-app's handlers do, `--requests` times in a row; in-process, the engine runs one reply at a time (the
-app's queue of one), the server decodes all its slots in one batch per step.
+app's handlers do, `--requests` times in a row; in-process, the clients wait their turn in a
+first-come queue of one, as the app's queue makes them (`Queue`), and the engine runs one reply at a
+time; the server decodes all its slots in one batch per step. Both engines keep prompts in their KV
+cache, so a question after another of the same persona decodes only what differs.
 
 Reported per client count: aggregate decode tok/s (all generated tokens ÷ wall time of the round),
 and the time to the first token per request, p50/p95 (queue wait included: what a user feels).
@@ -17,9 +19,11 @@ official `openai` client on the same server, interleaved repeats.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,8 +50,29 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def load_round(studio, clients: int, requests: int, max_new: int) -> dict:
-    """`clients` threads, each sending `requests` chats one after another; aggregate tok/s and TTFTs."""
+class Queue:
+    """First come, first served, `size` at a time: the app's queue (Gradio's concurrency limit) for threads."""
+
+    def __init__(self, size: int = 1):
+        self.size, self.cond, self.issued, self.done = size, threading.Condition(), 0, 0
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        with self.cond:
+            ticket = self.issued
+            self.issued += 1
+            self.cond.wait_for(lambda: ticket < self.done + self.size)
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.done += 1
+                self.cond.notify_all()
+
+
+def load_round(studio, clients: int, requests: int, max_new: int, queue: Queue | None = None) -> dict:
+    """`clients` threads, each sending `requests` chats one after another (through `queue` if given);
+    aggregate tok/s and TTFTs (the wait in the queue included)."""
     ttfts: list[float] = []
     tokens: list[int] = []
     errors: list[str] = []
@@ -60,11 +85,12 @@ def load_round(studio, clients: int, requests: int, max_new: int) -> dict:
             first = None
             final = None
             try:
-                for update in studio.chat("krishna", [], question, session=f"c{idx}", temperature=0.0,
-                                          max_new_tokens=max_new, personality="Mahatma Gandhi"):
-                    if first is None and update.text:
-                        first = time.perf_counter() - sent
-                    final = update
+                with queue.turn() if queue else contextlib.nullcontext():
+                    for update in studio.chat("krishna", [], question, session=f"c{idx}", temperature=0.0,
+                                              max_new_tokens=max_new, personality="Mahatma Gandhi"):
+                        if first is None and update.text:
+                            first = time.perf_counter() - sent
+                        final = update
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}"[:200])
@@ -114,6 +140,8 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=8, help="server slots")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads on both sides (default: all cores)")
     ap.add_argument("--overhead-repeats", type=int, default=5)
+    ap.add_argument("--no-swa-full", dest="swa_full", action="store_false",
+                    help="start the server without --swa-full (it then prefills every prompt whole)")
     ap.add_argument("--write", action="store_true", help="replace this section of BENCHMARKS.md")
     args = ap.parse_args()
 
@@ -128,7 +156,8 @@ def main() -> int:
     personas = load_personas()
     alias, gguf = model_file("light-gguf", personas["krishna"].adapter_for("light-gguf"))
     threads = args.threads or default_threads()
-    config = ServerConfig(model=gguf, alias=alias, parallel=args.parallel, port=free_port(), threads=threads)
+    config = ServerConfig(model=gguf, alias=alias, parallel=args.parallel, port=free_port(), threads=threads,
+                          swa_full=args.swa_full)
     local = Studio(personas, loader=lambda spec, adapter: load_gguf(str(gguf), n_threads=threads),
                    default_model=str(gguf))
     local.engine()
@@ -139,9 +168,9 @@ def main() -> int:
         for studio in (local, remote):  # warm-up
             load_round(studio, 1, 1, 8)
         for clients in args.clients:
-            for side, studio in (("in-process", local), ("server", remote)):
+            for side, studio, queue in (("in-process", local, Queue(1)), ("server", remote, None)):
                 print(f"  {clients} clients: {side}", file=sys.stderr, flush=True)
-                results[(side, clients)] = load_round(studio, clients, args.requests, args.max_new)
+                results[(side, clients)] = load_round(studio, clients, args.requests, args.max_new, queue)
         # The remote engine's own cost, one client, against the raw openai client.
         engine = remote.engine()
         messages = build_messages(personas["krishna"], [], QUESTIONS[0], personality="Mahatma Gandhi")
@@ -171,8 +200,10 @@ def main() -> int:
     errors = sorted({e for r in results.values() for e in r["errors"]})
     body = (f"The light GGUF with the Krishna adapter merged ({gguf.name}), greedy, at most {args.max_new} new "
             f"tokens, {args.requests} chats per client in a row through `Studio.chat`; llama.cpp with {threads} "
-            f"threads on both sides; the server (`python -m krishna_ai serve`, llama-server) with "
-            f"{args.parallel} slots. TTFT includes the wait in the queue.\n\n"
+            f"threads on both sides; in-process behind a first-come queue of one (the app's); the server "
+            f"(`python -m krishna_ai serve`, llama-server) with {args.parallel} slots"
+            + ("" if args.swa_full else ", started WITHOUT --swa-full")
+            + ". TTFT includes the wait in the queue. Both engines reuse the cached prompt prefix.\n\n"
             + table(["clients", "in-process tok/s", "server tok/s", "server ÷ in-process", "TTFT p50 / p95 (s), "
                      "in-process", "TTFT p50 / p95 (s), server", "p95 server ÷ in-process", "tokens (in / srv)",
                      "failed"], rows)

