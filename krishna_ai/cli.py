@@ -137,7 +137,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for spec, (model, adapter) in zip(args.model or ["light"], specs, strict=True):
         engine = load_engine(model, adapter)  # llama.cpp for GGUF tiers/files, else transformers
         name = spec if not args.adapter else f"{model}@{adapter}"
-        results.append(evaluate(engine, persona, questions, params, batch_size=args.batch_size, name=name))
+        for bank in {"on": [True], "off": [False], "both": [True, False]}[args.bank]:
+            label = name if bank or persona.knowledge is None else f"{name} without bank"
+            results.append(evaluate(engine, persona, questions, params, batch_size=args.batch_size, name=label,
+                                    bank=bank))
+            if persona.knowledge is None:
+                break
         del engine
     print(format_table(results))
     if args.json:
@@ -332,6 +337,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="override the persona's repetition penalty (1 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--bank", choices=("on", "off", "both"), default="on",
+                   help="the persona's knowledge bank: cards in the prompt (on, as the app serves it), none (off: "
+                        "replies still checked against the cards retrieval picks), or both side by side")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("build-dataset", help="render persona Q/A records into conversation JSONL")

@@ -89,21 +89,26 @@ def parse_label(reply: str, labels: list[str]) -> str | None:
 
 
 def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], params: SamplingParams,
-             *, batch_size: int = 8, name: str = "", progress: bool = True) -> dict[str, Any]:
-    """Generate a reply per question and score it; returns the per-model result dict."""
+             *, batch_size: int = 8, name: str = "", progress: bool = True, bank: bool = True) -> dict[str, Any]:
+    """Generate a reply per question and score it; returns the per-model result dict.
+
+    `bank=False` asks as the persona did before it had a knowledge bank (its story instruction, no cards
+    in the prompt) and still checks each reply against the cards retrieval picks: how much the bank
+    changes what a model states."""
     rules = rules_for(persona)
+    asked = persona if bank or persona.knowledge is None else persona.model_copy(update={"knowledge": None})
     replies: list[dict[str, Any]] = []
     bar = tqdm(total=len(questions), desc=f"eval {name or engine.name}", disable=not progress)
     for start in range(0, len(questions), batch_size):
         chunk = questions[start:start + batch_size]
         groundings = [ground(persona, q["question"]) for q in chunk]
-        convs = [build_messages(persona, [], q["question"], cards=g.cards if g else None,
+        convs = [build_messages(asked, [], q["question"], cards=g.cards if g and bank else None,
                                 personality=g.person if g else persona.pick_personality(
                                     q["question"], None, random.Random(start + i)))
                  for i, (q, g) in enumerate(zip(chunk, groundings, strict=True))]
         completions = engine.generate_batch(convs, params)
         for q, done, g in zip(chunk, completions, groundings, strict=True):
-            story = bool(g.cards) if g is not None and persona.style.story else None
+            story = bool(g.cards) if g is not None and bank and persona.style.story else None
             violations = check_reply(done.text, persona, done.finish_reason, story=story)
             broken = {v.rule for v in violations}
             row: dict[str, Any] = {
@@ -111,7 +116,7 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
                 "ended": done.finish_reason == "end_of_turn", "leaked": "leaked" in broken,
                 "looped": "looped" in broken, "violations": [str(v) for v in violations], "ok": not violations}
             if g is not None:
-                row["sources"] = [c.id for c in g.cards]
+                row["sources" if bank else "checked_against"] = [c.id for c in g.cards]
                 row["faithful"], row["unsupported"] = faithfulness(persona, q["question"], done.text, g.cards)
                 if q.get("cards") is not None:
                     row["expected_cards"] = q["cards"]

@@ -115,7 +115,8 @@ class Persona(_Strict):
     constraints: list[str] = []
     """Style rules stated to the model, appended to the system prompt as a list."""
     story_template: str | None = None
-    """Instruction for the closing story; `$personality` is replaced by the chosen person."""
+    """Instruction for the closing story; `$personality` is replaced by the chosen person. A persona with a
+    knowledge bank tells the story of its card instead: there this is asked only without the bank."""
     personalities: list[str] = []
     """Famous people the story may be about when the user names none."""
     examples: list[str] = []

@@ -17,6 +17,7 @@ from krishna_ai.evaluate import (
     rules_for,
     split_spec,
 )
+from krishna_ai.knowledge import ground
 from krishna_ai.personas import load_personas
 from krishna_ai.sampling import SamplingParams
 
@@ -77,6 +78,31 @@ def test_evaluate_reports_answer_facts(scripted):
     assert res["answer_facts"] == 0.75
     head, _, row = format_table([res]).splitlines()
     assert "| accuracy | answer facts |" in head and "| – | 75% |" in row
+
+
+def test_without_the_bank_the_prompt_has_no_cards_and_replies_are_checked_against_them(scripted):
+    """`bank=False`: the persona as it was before its bank (story instruction, no cards in the prompt), the
+    reply still scored against the cards retrieval picks, so an invented story counts as unfaithful."""
+    invented = ("Partha, fear is a passing cloud. Act, and let the fruit go.\n\n"
+                "In 1921 Marie Curie won the Nobel Prize in Tokyo for inventing the telephone.")
+    question = {"question": "I am afraid of failing, like Marie Curie might have been."}
+    with_bank, without = scripted([invented]), scripted([invented])
+    on = evaluate(with_bank, P["krishna"], [question], SamplingParams(temperature=0.0), progress=False)
+    off = evaluate(without, P["krishna"], [question], SamplingParams(temperature=0.0), progress=False, bank=False)
+    prompt_on, prompt_off = with_bank.calls[0][0][0]["content"], without.calls[0][0][0]["content"]
+    cards = on["replies"][0]["sources"]
+    assert cards and off["replies"][0]["checked_against"] == cards and "sources" not in off["replies"][0]
+    card = ground(P["krishna"], question["question"]).cards[0]
+    assert card.id == cards[0] and card.person == "Marie Curie"
+    assert card.text in prompt_on and card.text not in prompt_off and "story" in prompt_off
+    assert "about Marie Curie" in prompt_off  # the persona's own story instruction, as before its bank
+    assert not off["replies"][0]["faithful"] and off["faithful"] == 0.0
+    assert {"1921", "tokyo"} <= set(off["replies"][0]["unsupported"])
+    # a persona without a bank is asked the same either way
+    runs = [scripted(["Improved prompt: Write a haiku about rain."]) for _ in range(2)]
+    for engine, bank in zip(runs, (True, False), strict=True):
+        evaluate(engine, P["pet"], [{"question": "rain poem"}], SamplingParams(), progress=False, bank=bank)
+    assert runs[0].calls[0][0] == runs[1].calls[0][0]
 
 
 RUN_ON = ("Partha, act without fear. Let the fruit go.\n\nThomas Edison kept working on his lamp for years "

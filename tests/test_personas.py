@@ -110,7 +110,13 @@ def test_personality_choice():
     assert k.pick_personality("anything", "Serena Williams") == "Serena Williams"
     assert k.pick_personality("tell me about marie curie please") == "Marie Curie"
     assert k.pick_personality("hello", rng=random.Random(0)) in k.personalities
-    assert k.story_instruction("Marie Curie") is None  # Krishna's story comes from its knowledge bank
+    # Krishna's story comes from its knowledge bank; its own story instruction is asked only without it
+    from krishna_ai.prompting import system_text
+
+    assert "about Marie Curie" in (k.story_instruction("Marie Curie") or "")
+    with_bank = system_text(k, "Marie Curie", None)
+    assert "about Marie Curie" not in with_bank and k.knowledge is not None and k.knowledge.no_match in with_bank
+    assert "about Marie Curie" in system_text(k.model_copy(update={"knowledge": None}), "Marie Curie", None)
 
 
 def test_persona_adapters_resolve_relative_to_the_file(tmp_path):
