@@ -33,7 +33,7 @@ HARDWARE = ("cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "l4x4",
             "a10g-small", "a10g-large", "a10g-largex2", "a10g-largex4", "a100-large", "h100", "h100x8", "zero-a10g")
 COLORS = ("red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray")
 MARKER = "space.json"
-COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.partial*")
+COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.partial*", "eval-*.json")  # eval replies: not served
 
 
 def pinned(requirements: Path, package: str) -> str:

@@ -27,8 +27,8 @@ RULES = (
 """Every rule name `check_reply` can report (``missing_pattern`` is reported as ``missing_<name>``).
 
 The last three judge the reply as text, not its form: it closed its turn (`not_ended`: cut at
-max_new_tokens), nothing of the chat machinery or a second reply is in it (`leaked`), and it does
-not repeat itself (`looped`). A run-on reply is never "all rules met"."""
+max_new_tokens), nothing of the chat machinery, of its own instructions or of a second reply is in it
+(`leaked`), and it does not repeat itself (`looped`). A run-on reply is never "all rules met"."""
 
 PASS_LABELS = {
     "empty_reply": "non-empty", "missing_address": "addresses user", "forbidden_word": "no forbidden word",
@@ -58,6 +58,7 @@ _MARKER = re.compile(r"<\s*/?\s*(?:start_of_turn|end_of_turn|eos|bos|pad|start_o
                      r"^\s*(?:model|user)\s*$", re.MULTILINE)
 _STRAY = re.compile(r"(?<![\w@/#-])(?:[a-z]{2,}(?:[A-Z][a-z0-9]+)+|[A-Z][a-z]+(?:[A-Z][a-z0-9]+){2,})(?![\w@-]|\.\w)")
 _LOOP_NGRAM = 10
+_ECHO_NGRAM = 8
 _QUOTED = re.compile(r"[\"“]([^\"“”]+)[\"”]")
 _QUOTE_MIN_WORDS = 6
 
@@ -113,6 +114,26 @@ def leak(reply: str, style: Style | None = None) -> str | None:
     return None
 
 
+def instruction_echo(reply: str, persona: Persona) -> str | None:
+    """An 8-word run of the persona's own instructions (system prompt, rules, story or knowledge
+    instruction) copied into `reply`, or None: a model that echoes its prompt has leaked it. The cards
+    are not instructions: retelling them word for word is what a grounded reply does."""
+    texts = [persona.system_prompt, *persona.constraints, persona.story_template or ""]
+    if persona.knowledge is not None:
+        texts += [persona.knowledge.instruction, persona.knowledge.no_match or ""]
+    grams: dict[tuple[str, ...], str] = {}
+    for text in texts:
+        words = _norm_words(text)
+        for i in range(len(words) - _ECHO_NGRAM + 1):
+            grams.setdefault(tuple(words[i:i + _ECHO_NGRAM]), " ".join(words[i:i + _ECHO_NGRAM]))
+    words = _norm_words(reply)
+    for i in range(len(words) - _ECHO_NGRAM + 1):
+        hit = grams.get(tuple(words[i:i + _ECHO_NGRAM]))
+        if hit:
+            return f"its own instructions ({hit[:60]!r})"
+    return None
+
+
 def loop(reply: str) -> str | None:
     """A sentence of 5+ words said twice, or a 10-word run repeated, or None."""
     seen: set[tuple[str, ...]] = set()
@@ -148,7 +169,10 @@ def check_reply(reply: str, persona: Persona | Style, finish_reason: str | None 
     out: list[Violation] = []
     if finish_reason == "max_tokens":
         out.append(Violation("not_ended", "cut at max_new_tokens: the model never closed its turn"))
-    if (where := leak(text, style)) is not None:
+    where = leak(text, style)
+    if where is None and isinstance(persona, Persona):
+        where = instruction_echo(text, persona)
+    if where is not None:
         out.append(Violation("leaked", f"contains {where}"))
     if (what := loop(text)) is not None:
         out.append(Violation("looped", what))

@@ -168,3 +168,20 @@ def test_eval_cli_on_light_model(tmp_path, light_engine):
     assert model["ended"] == 0.0 and all(r["finish_reason"] == "max_tokens" for r in model["replies"])
     assert set(model["rules"]) == set(rules_for(P["krishna"]))
     assert all(r["reply"] and "violations" in r for r in model["replies"])
+
+
+def test_eval_cli_bank_both_puts_the_two_side_by_side(tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install -r requirements-llamacpp.txt)")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "Which sea fort did Shivaji Maharaj build near Malvan?"}\n')
+    out = tmp_path / "eval.json"
+    assert cli(["eval", "--persona", "aurora", "--model", "light-gguf@none", "--questions", str(questions),
+                "--json", str(out), "--max-new-tokens", "8", "--bank", "both"]) == 0
+    on, off = json.loads(out.read_text())["models"]
+    assert (on["name"], off["name"]) == ("light-gguf@none", "light-gguf@none without bank")
+    cards = on["replies"][0]["sources"]
+    assert cards and off["replies"][0]["checked_against"] == cards and off["faithful"] is not None
+    # a persona without a bank is evaluated once, whatever --bank says
+    assert cli(["eval", "--persona", "pet", "--model", "light-gguf@none", "--questions", str(questions),
+                "--json", str(out), "--max-new-tokens", "4", "--bank", "both"]) == 0
+    assert [m["name"] for m in json.loads(out.read_text())["models"]] == ["light-gguf@none"]

@@ -43,6 +43,8 @@ def test_space_folder_contents(space):
                                                        "requirements.txt", "space.json"]
     # the persona's light-tier adapter travels with it, at the same path relative to prompts/
     assert (space / "adapters" / "krishna-light" / "adapter_model.safetensors").is_file()
+    assert (REPO / "adapters" / "krishna-light" / "eval-heldout.json").is_file()
+    assert not list((space / "adapters").rglob("eval-*.json"))  # the evaluations stay in the repository
     meta = front_matter((space / "README.md").read_text())
     assert meta["sdk"] == "gradio" and meta["sdk_version"] == pinned(REPO / "requirements.txt", "gradio")
     assert meta["app_file"] == "app.py" and meta["python_version"] == "3.11" and meta["license"] == "gemma"

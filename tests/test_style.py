@@ -232,3 +232,29 @@ def test_verse_quote_boundaries():
     passage = "do your work and leave the fruits of it to the world"
     found = [str(v) for v in check_reply(f'Partha, "{passage}". Rest.\n\n{story}', KRISHNA) if v.rule == "verse_quote"]
     assert found == [f"verse_quote: quotes a passage verbatim ({passage[:40]!r}...)"]
+
+
+def test_a_reply_that_echoes_its_own_instructions_has_leaked():
+    """Seen from Krishna's adapter asked without its cards: the instruction copied into the reply. Eight
+    words in a row from the persona's system prompt, rules, story or knowledge instruction are a leak;
+    seven are not; a card retold word for word is what a grounded reply does, not a leak."""
+    from krishna_ai.knowledge import load_bank
+    from krishna_ai.style import instruction_echo
+
+    echoed = GOOD + ("\n\nThen, after a blank line, tell a short real-world story of 3 to 5 sentences about "
+                     "Abraham Lincoln that reflects your advice.")
+    found = [v for v in check_reply(echoed, KRISHNA) if v.rule == "leaked"]
+    assert [str(v) for v in found] == [
+        "leaked: contains its own instructions ('then after a blank line tell a short')"]
+    rule = KRISHNA.constraints[1]  # "Answer in one paragraph of 2 to 4 poetic, direct sentences in the spirit..."
+    eight, seven = " ".join(rule.split()[:8]), " ".join(rule.split()[:7])
+    assert instruction_echo(f"Partha, {eight} indeed.", KRISHNA) is not None
+    assert instruction_echo(f"Partha, {seven} indeed.", KRISHNA) is None
+    assert instruction_echo(GOOD, KRISHNA) is None
+    card = load_bank(KRISHNA.knowledge.bank).cards[0]
+    assert instruction_echo(f"Partha, be steady.\n\n{card.text}", KRISHNA) is None
+    # every persona's own system prompt is caught, and only a Persona (not a bare Style) is checked for it
+    for persona in P.values():
+        copied = "Here: " + persona.system_prompt
+        assert "leaked" in rules(copied, persona), persona.id
+        assert "leaked" not in [v.rule for v in check_reply(copied, persona.style)]
