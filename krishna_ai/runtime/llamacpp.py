@@ -11,7 +11,7 @@ from the first token to the last).
 
 The KV cache keeps the previous reply's tokens, and the next prompt decodes only what differs from
 them: replies of one persona share its system part, so the first token comes after a prefill of
-the question instead of the whole prompt (0.22 s → 0.04 s on the light tier, 2 cores). Reusing a
+the question instead of the whole prompt (about a fifth of the time: bench/llamacpp.py). Reusing a
 prefix is only correct for Gemma's sliding-window layers when llama.cpp keeps their full cache
 (`swa_full`; otherwise positions that slid out of the window are gone), which costs KV memory: the
 light model's 18 layers at 8192 tokens take 144 MiB instead of 39. A failed reply clears the cache.
