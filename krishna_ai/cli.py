@@ -133,16 +133,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         specs = [(specs[0][0], args.adapter)]
     params = SamplingParams.for_persona(persona, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                         repetition_penalty=args.repetition_penalty, seed=args.seed)
+    # a persona without a knowledge bank is asked one way only, whatever --bank says
+    banks = {"on": [True], "off": [False], "both": [True, False]}[args.bank] if persona.knowledge else [True]
     results = []
     for spec, (model, adapter) in zip(args.model or ["light"], specs, strict=True):
         engine = load_engine(model, adapter)  # llama.cpp for GGUF tiers/files, else transformers
         name = spec if not args.adapter else f"{model}@{adapter}"
-        for bank in {"on": [True], "off": [False], "both": [True, False]}[args.bank]:
-            label = name if bank or persona.knowledge is None else f"{name} without bank"
-            results.append(evaluate(engine, persona, questions, params, batch_size=args.batch_size, name=label,
-                                    bank=bank))
-            if persona.knowledge is None:
-                break
+        for bank in banks:
+            results.append(evaluate(engine, persona, questions, params, batch_size=args.batch_size,
+                                    name=name if bank else f"{name} without bank", bank=bank))
         del engine
     print(format_table(results))
     if args.json:

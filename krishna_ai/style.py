@@ -7,6 +7,7 @@ as a badge and `eval` aggregates into per-rule compliance rates.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from krishna_ai.personas import Persona, Style
@@ -91,6 +92,11 @@ def _norm_words(text: str) -> list[str]:
     return [w.lower() for w in _words(text)]
 
 
+def _runs(words: list[str], n: int) -> Iterator[tuple[str, ...]]:
+    """Every run of `n` consecutive words, in order."""
+    return (tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
 def leak(reply: str, style: Style | None = None) -> str | None:
     """What in `reply` belongs to the chat machinery or to a second reply, or None."""
     m = _MARKER.search(reply)
@@ -121,16 +127,10 @@ def instruction_echo(reply: str, persona: Persona) -> str | None:
     texts = [persona.system_prompt, *persona.constraints, persona.story_template or ""]
     if persona.knowledge is not None:
         texts += [persona.knowledge.instruction, persona.knowledge.no_match or ""]
-    grams: dict[tuple[str, ...], str] = {}
-    for text in texts:
-        words = _norm_words(text)
-        for i in range(len(words) - _ECHO_NGRAM + 1):
-            grams.setdefault(tuple(words[i:i + _ECHO_NGRAM]), " ".join(words[i:i + _ECHO_NGRAM]))
-    words = _norm_words(reply)
-    for i in range(len(words) - _ECHO_NGRAM + 1):
-        hit = grams.get(tuple(words[i:i + _ECHO_NGRAM]))
-        if hit:
-            return f"its own instructions ({hit[:60]!r})"
+    instructed = {gram for text in texts for gram in _runs(_norm_words(text), _ECHO_NGRAM)}
+    for gram in _runs(_norm_words(reply), _ECHO_NGRAM):
+        if gram in instructed:
+            return f"its own instructions ({' '.join(gram)[:60]!r})"
     return None
 
 
@@ -143,10 +143,8 @@ def loop(reply: str) -> str | None:
             if words in seen:
                 return f"repeats the sentence {sentence[:60]!r}"
             seen.add(words)
-    words = _norm_words(reply)
     grams: set[tuple[str, ...]] = set()
-    for i in range(len(words) - _LOOP_NGRAM + 1):
-        gram = tuple(words[i:i + _LOOP_NGRAM])
+    for gram in _runs(_norm_words(reply), _LOOP_NGRAM):
         if gram in grams:
             return f"repeats the run {' '.join(gram)[:60]!r}"
         grams.add(gram)

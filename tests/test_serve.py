@@ -20,7 +20,7 @@ from krishna_ai.errors import ConfigError, GenerationError, ImageError, ModelUna
 from krishna_ai.personas import load_personas
 from krishna_ai.prompting import build_messages, render_gemma_turns
 from krishna_ai.runtime.load import load_engine
-from krishna_ai.runtime.remote import RemoteEngine, parse_spec, request_body
+from krishna_ai.runtime.remote import RemoteEngine, parse_spec, request_body, to_openai
 from krishna_ai.sampling import SamplingParams
 from krishna_ai.serve import LlamaServer, ServerConfig, model_file, server_binary, slot_states
 from krishna_ai.studio import Studio
@@ -176,7 +176,7 @@ def test_server_renders_exactly_the_in_process_prompt(server):
     history = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Partha, peace."}]
     messages = build_messages(load_personas()["krishna"], history, "  What is duty?  ", personality="Mahatma Gandhi")
     resp = httpx.post(f"http://127.0.0.1:{server.config.port}/apply-template",
-                      json={"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}, timeout=10)
+                      json={"messages": to_openai(messages)}, timeout=10)
     assert resp.status_code == 200
     assert resp.json()["prompt"] == render_gemma_turns(messages)
 
@@ -200,9 +200,8 @@ def test_a_new_question_prefills_only_what_differs_from_a_cached_prompt(server):
     url = f"http://127.0.0.1:{server.config.port}/v1/chat/completions"
     timings = []
     for question in ("What is duty?", "How do I forgive my brother?"):
-        body = {"model": server.config.alias, "messages": [{"role": m["role"], "content": m["content"]}
-                                                           for m in _messages(question)],
-                "max_tokens": 4, "temperature": 0.0}
+        body = {"model": server.config.alias, "messages": to_openai(_messages(question)), "max_tokens": 4,
+                "temperature": 0.0}
         resp = httpx.post(url, json=body, timeout=60)
         assert resp.status_code == 200, resp.text
         timings.append(resp.json()["timings"])
