@@ -59,6 +59,8 @@ _MARKER = re.compile(r"<\s*/?\s*(?:start_of_turn|end_of_turn|eos|bos|pad|start_o
                      r"^\s*(?:model|user)\s*$", re.MULTILINE)
 _STRAY = re.compile(r"(?<![\w@/#-])(?:[a-z]{2,}(?:[A-Z][a-z0-9]+)+|[A-Z][a-z]+(?:[A-Z][a-z0-9]+){2,})(?![\w@-]|\.\w)")
 _LOOP_NGRAM = 10
+_RESTATE_MIN_WORDS = 8
+_RESTATE_SHARE = 0.7
 _ECHO_NGRAM = 8
 _QUOTED = re.compile(r"[\"“]([^\"“”]+)[\"”]")
 _QUOTE_MIN_WORDS = 6
@@ -135,14 +137,24 @@ def instruction_echo(reply: str, persona: Persona) -> str | None:
 
 
 def loop(reply: str) -> str | None:
-    """A sentence of 5+ words said twice, or a 10-word run repeated, or None."""
+    """A sentence of 5+ words said twice, a sentence that restates an earlier one (70% or more of its 8+
+    distinct words are in that sentence: "the ghats and temples she built along the river there" said again
+    as "...built on the river there still stand"), or a 10-word run repeated; None when there is none.
+    No answer in the shipped datasets restates itself by this measure (a test keeps it so); a shorter
+    sentence is left alone ("Shivaji was born in 1530 in the Deccan" after a sentence on the Deccan)."""
     seen: set[tuple[str, ...]] = set()
+    earlier: list[set[str]] = []
     for sentence in split_sentences(reply):
         words = tuple(_norm_words(sentence))
         if len(words) >= 5:
             if words in seen:
                 return f"repeats the sentence {sentence[:60]!r}"
             seen.add(words)
+        distinct = set(words)
+        if len(distinct) >= _RESTATE_MIN_WORDS:
+            if any(len(distinct & before) >= _RESTATE_SHARE * len(distinct) for before in earlier):
+                return f"restates an earlier sentence ({sentence[:60]!r})"
+            earlier.append(distinct)
     grams: set[tuple[str, ...]] = set()
     for gram in _runs(_norm_words(reply), _LOOP_NGRAM):
         if gram in grams:

@@ -202,6 +202,35 @@ def test_loop_sentence_and_ngram():
         "looped", "repeats the sentence 'He was a great warrior of old.'")
 
 
+def test_loop_restated_sentence():
+    # aurora's adapter under DRY: the 10-word run was dodged by one word, the sentence still said twice
+    reply = ("The capital of Ahilyabai Holkar was the ghats and temples she built along the river there. She "
+             "developed Maheshwar into a centre of religion. The ghats and temples she built on the river there "
+             "still stand.")
+    assert loop(reply) == (
+        "restates an earlier sentence ('The ghats and temples she built on the river there still sta')")
+    # 10 distinct words: 7 of them in the earlier sentence is a restatement, 6 is not
+    first = "alpha beta gamma delta epsilon zeta eta theta iota kappa."
+    assert loop(f"{first} Alpha beta gamma delta epsilon zeta eta one two three.") is not None
+    assert loop(f"{first} Alpha beta gamma delta epsilon zeta one two three four.") is None
+    # under 8 distinct words never counts: a new fact about the same subject shares most of its few words
+    assert loop("Shivaji was a Hindu king who ruled the Deccan in the 17th century. "
+                "Shivaji was born in 1630 in the Deccan.") is None
+    assert loop(f"{first} Alpha beta gamma delta epsilon zeta eta.") is None
+
+
+@pytest.mark.parametrize("persona", ["krishna", "aurora", "maize", "pet"])
+def test_no_dataset_answer_loops(persona):
+    """The rule's false-positive check: no hand-written answer the adapters learn from counts as a loop."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "data" / persona / "train.jsonl"
+    answers = [json.loads(line)["answer"] for line in path.read_text().splitlines() if line.strip()]
+    assert len(answers) >= 100
+    assert [a[:80] for a in answers if loop(a)] == []
+
+
 def test_paragraphs_and_sentences():
     assert paragraphs("  a\n\n \n b \n\n") == ["a", "b"]
     assert paragraphs("a\nb") == ["a\nb"]
