@@ -22,6 +22,8 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, dest="top_p")
     g.add_argument("--top-k", type=int, dest="top_k")
     g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
+    g.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, help="1 = none")
+    g.add_argument("--dry-multiplier", dest="dry_multiplier", type=float, help="DRY repetition control, 0 = off")
     g.add_argument("--seed", type=int)
 
 
@@ -41,7 +43,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     shown = 0
     for update in studio.chat(args.persona, [], question, image=args.image, personality=args.personality,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed, slice=args.slice):
+                              max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
+                              dry_multiplier=args.dry_multiplier, seed=args.seed, slice=args.slice):
         sys.stdout.write(update.text[shown:])
         sys.stdout.flush()
         shown = len(update.text)
@@ -132,7 +135,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError("--adapter goes with a single --model; for several use --model SPEC@ADAPTER")
         specs = [(specs[0][0], args.adapter)]
     params = SamplingParams.for_persona(persona, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                                        repetition_penalty=args.repetition_penalty, seed=args.seed)
+                                        repetition_penalty=args.repetition_penalty,
+                                        dry_multiplier=args.dry_multiplier, seed=args.seed)
     # a persona without a knowledge bank is asked one way only, whatever --bank says
     banks = {"on": [True], "off": [False], "both": [True, False]}[args.bank] if persona.knowledge else [True]
     results = []
@@ -334,6 +338,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
     p.add_argument("--repetition-penalty", dest="repetition_penalty", type=float,
                    help="override the persona's repetition penalty (1 = none)")
+    p.add_argument("--dry-multiplier", dest="dry_multiplier", type=float,
+                   help="override the persona's DRY repetition control (0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     p.add_argument("--bank", choices=("on", "off", "both"), default="on",

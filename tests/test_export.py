@@ -206,6 +206,15 @@ def test_modelfile_parses_back(tmp_path):
     assert params["temperature"] == "0.3" and params["num_ctx"] == "4096"
     assert dict(pairs)["FROM"] == str(gguf_file.resolve())
 
+    # a setting Ollama cannot take is said, not silently dropped
+    from krishna_ai.export.ollama import modelfile_text
+    from krishna_ai.sampling import SamplingParams
+
+    dry = persona.model_copy(update={"sampling": SamplingParams(dry_multiplier=0.8)})
+    assert "# dry_multiplier 0.8 is not carried over: Ollama has no DRY sampler" in modelfile_text(
+        dry, "./k.gguf", num_ctx=4096).splitlines()
+    assert "dry_multiplier" not in modelfile_text(persona, "./k.gguf", num_ctx=4096)
+
 
 def test_modelfile_input_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # --out defaults to ./Modelfile

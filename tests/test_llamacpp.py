@@ -232,6 +232,90 @@ def test_repetition_penalty_weighs_the_same_tokens_on_transformers_and_llama_cpp
     assert fast.read() == slow.read() and fast.stats.tokens == slow.stats.tokens
 
 
+def _native_dry(engine, reply: list[int], multiplier: float) -> dict[int, float]:
+    """llama.cpp's own DRY sampler (through llama-cpp-python's C binding) fed `reply`: {token: penalty}."""
+    import ctypes
+
+    import llama_cpp as lib
+
+    from krishna_ai.sampling import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS
+
+    breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*[b.encode() for b in DRY_BREAKERS])
+    sampler = lib.llama_sampler_init_dry(lib.llama_model_get_vocab(engine.llm.model), multiplier, DRY_BASE,
+                                         DRY_ALLOWED_LENGTH, 64, breakers, len(DRY_BREAKERS))
+    try:
+        for token in reply:
+            lib.llama_sampler_accept(sampler, token)
+        n = engine.llm.n_vocab()
+        data = (lib.llama_token_data * n)()
+        for i in range(n):
+            data[i].id = i
+        lib.llama_sampler_apply(sampler, ctypes.byref(lib.llama_token_data_array(data=data, size=n, selected=-1,
+                                                                                  sorted=False)))
+        return {data[i].id: -data[i].logit for i in range(n) if data[i].logit != 0}
+    finally:
+        lib.llama_sampler_free(sampler)
+
+
+@pytest.mark.parametrize("text", [
+    "You are a modeler. You are a modeler. You are a",  # a sentence loop: the next "modeler" costs ~23 logits
+    "a b c d a b c d a b c d a b c",
+    "Keep scouting weekly and keep scouting weekly: and keep scouting",  # ':' breaks the match
+    'He said "go now" and he said "go now" and he said',  # '"' too
+    "x y z\nx y z\nx y",  # and a newline
+    "one two three four one two three five one two three",  # two earlier matches: each next token weighed
+    "Partha, the work is yours alone.",  # nothing repeats: no penalty
+])
+def test_dry_penalties_are_llama_cpps(gguf_engine, text):
+    """`sampling.dry_penalties` (which the transformers engine and the llama.cpp engine's reply-only processor
+    use) gives llama.cpp's own DRY penalties, breakers included, on real token sequences."""
+    from krishna_ai.sampling import dry_penalties
+
+    ids = list(gguf_engine.llm.tokenize(text.encode(), add_bos=False))
+    assert len(ids) < 64  # inside the native sampler's window
+    ours, native = dry_penalties(ids, gguf_engine.breakers(), 0.8), _native_dry(gguf_engine, ids, 0.8)
+    assert ours.keys() == native.keys()
+    assert all(ours[t] == pytest.approx(native[t], rel=1e-5) for t in ours)
+
+
+@pytest.mark.parametrize("which", ["gguf", "transformers"])
+def test_dry_stops_a_loop_on_both_engines(gguf_engine, light_engine, which):
+    """The bare light model, greedy, loops on pet's prompt ("You are a modeler." again and again); DRY over
+    the reply's tokens stops the loop on both engines. (Their texts part after the loop: once DRY bars the
+    likeliest token, the Q4_K and bf16 weights pick different runners-up.)"""
+    from krishna_ai.style import loop
+
+    engine = gguf_engine if which == "gguf" else light_engine
+    msgs = build_messages(load_personas()["pet"], [], "Write a poem about the sea")
+    plain = engine.stream(msgs, SamplingParams(temperature=0.0, max_new_tokens=40)).read()
+    assert plain.count("You are a modeler.") >= 3 and loop(plain) is not None
+    text = engine.stream(msgs, SamplingParams(temperature=0.0, max_new_tokens=40, dry_multiplier=2.0)).read()
+    assert text.startswith("You are a modeler.") and text.count("You are a modeler.") == 1
+
+
+def test_dry_counts_only_the_reply(gguf_engine, light_engine):
+    """Both engines' DRY processors skip the prompt: a reply may retell what its prompt (a card) says."""
+    import numpy as np
+    import torch
+
+    from krishna_ai.runtime.hf import _DryPenalty
+
+    ids = [5, 1, 2, 3, 1, 2]  # prompt [5, 1, 2, 3]; the reply "1 2" repeats only the prompt
+    (llama_dry,) = gguf_engine._dry(1.0, prompt_length=4)
+    assert np.array_equal(llama_dry(np.array(ids), np.zeros(8, dtype=np.float32)), np.zeros(8))
+    hf_dry = _DryPenalty(1.0, prompt_length=4, breakers=frozenset())
+    assert torch.equal(hf_dry(torch.tensor([ids]), torch.zeros(1, 8)), torch.zeros(1, 8))
+    # with the whole context as reply, "1 2" was said before, followed by 3: both engines bar 3 alike
+    (llama_dry,) = gguf_engine._dry(1.0, prompt_length=0)
+    hf_dry = _DryPenalty(1.0, prompt_length=0, breakers=gguf_engine.breakers())
+    expected = np.zeros(8)
+    expected[3] = -1.0
+    assert np.array_equal(llama_dry(np.array(ids), np.zeros(8, dtype=np.float32)), expected)
+    assert hf_dry(torch.tensor([ids]), torch.zeros(1, 8)).tolist() == [expected.tolist()]
+    assert gguf_engine._dry(0.0, prompt_length=4) is None
+    assert gguf_engine.breakers() == light_engine.breakers()  # the same 1,331 tokens hold a breaker
+
+
 def test_extra_cpu_buffers_follow_the_cpu_and_the_override(monkeypatch):
     from krishna_ai.runtime.llamacpp import EXTRA_BUFFERS_ENV, use_extra_buffers
 

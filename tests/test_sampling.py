@@ -28,6 +28,8 @@ def test_defaults_and_none_means_default():
     ("max_new_tokens", 4097, "max_new_tokens must be an integer from 1 to 4096, got 4097"),
     ("repetition_penalty", 0.9, "repetition_penalty must be between 1 and 2, got 0.9"),
     ("repetition_penalty", 2.5, "repetition_penalty must be between 1 and 2, got 2.5"),
+    ("dry_multiplier", -0.1, "dry_multiplier must be between 0 and 5, got -0.1"),
+    ("dry_multiplier", 5.5, "dry_multiplier must be between 0 and 5, got 5.5"),
     ("seed", "abc", "seed must be an integer, got 'abc'"),
 ])
 def test_each_bound_has_its_message(field, value, message):
@@ -41,6 +43,7 @@ def test_each_bound_has_its_message(field, value, message):
 @pytest.mark.parametrize("values", [
     {"temperature": 0.0}, {"temperature": 2.0}, {"top_p": 1.0}, {"top_p": 1e-6}, {"top_k": 0}, {"top_k": 1000},
     {"max_new_tokens": 1}, {"max_new_tokens": 4096}, {"repetition_penalty": 1.0}, {"repetition_penalty": 2.0},
+    {"dry_multiplier": 0.0}, {"dry_multiplier": 5.0},
     {"seed": 0}, {"seed": -5},
 ])
 def test_the_bounds_themselves_are_allowed(values):
@@ -110,6 +113,32 @@ def test_repetition_penalty_looks_back_as_far_as_llama_cpp_does():
     # a window that covers the whole reply is transformers' own penalty applied to the reply
     whole = _RecentRepetitionPenalty(1.3, prompt_length=1, window=5)(ids, scores.clone())
     assert torch.equal(whole, RepetitionPenaltyLogitsProcessor(1.3)(ids[:, 1:], scores.clone()))
+
+
+@pytest.mark.parametrize("reply, breakers, allowed, expected", [
+    ([1, 2, 3, 9, 1, 2], set(), 2, {3: 1.0}),  # "1 2" seen before, followed by 3: a 2-token repeat
+    ([1, 2, 3, 9, 1, 2], set(), 3, {}),  # ... which a 3-token allowance lets through
+    ([1, 2, 3, 4, 1, 2, 3], set(), 2, {4: 2.0}),  # 3 tokens repeated: base ** 1
+    ([1, 2, 3, 4, 1, 2, 3], {1}, 2, {4: 1.0}),  # a breaker ends the match
+    ([1, 2, 3, 4, 1, 2, 7], {7}, 2, {}),  # the last token is a breaker: nothing to extend
+    ([1, 2, 7, 1, 2], {7}, 2, {}),  # a breaker is never penalised
+    ([1, 2, 3, 0, 2, 4, 1, 2], set(), 2, {3: 1.0}),  # the first 2's match runs 2 tokens back, the second's 1
+    ([5], set(), 2, {}),
+])
+def test_dry_penalties_by_hand(reply, breakers, allowed, expected):
+    from krishna_ai.sampling import dry_penalties
+
+    assert dry_penalties(reply, breakers, 1.0, base=2.0, allowed_length=allowed) == expected
+    assert dry_penalties(reply, breakers, 0.0, base=2.0, allowed_length=allowed) == {}  # 0 = off
+
+
+def test_dry_penalty_stays_finite_on_a_long_loop():
+    import math
+
+    from krishna_ai.sampling import dry_penalties
+
+    penalty = dry_penalties([7] * 500, set(), 0.8)[7]
+    assert math.isfinite(penalty) and penalty > 1e9
 
 
 def test_every_field_has_its_message():

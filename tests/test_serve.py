@@ -73,6 +73,9 @@ def test_specs_and_sampling_mapping():
     assert standard == {"temperature": 0.0, "top_p": 0.95, "max_tokens": 9, "seed": 3,
                         "stop": ["<end_of_turn>", "<start_of_turn>"]}
     assert extra == {"min_p": 0.0, "top_k": 5, "repeat_penalty": 1.2, "repetition_penalty": 1.2, "repeat_last_n": 64}
+    _, extra = request_body(SamplingParams(dry_multiplier=0.8, max_new_tokens=9))
+    assert extra == {"min_p": 0.0, "top_k": 64, "dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2,
+                     "dry_penalty_last_n": 9, "dry_sequence_breakers": ["\n", ":", '"', "*"]}
 
 
 def test_no_server_is_a_clear_error_and_an_adapter_is_refused():

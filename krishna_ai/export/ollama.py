@@ -69,6 +69,8 @@ def modelfile_text(persona: Any, gguf_ref: str, *, num_ctx: int) -> str:
              'PARAMETER stop "<end_of_turn>"']
     if s.repetition_penalty != 1.0:
         lines.append(f"PARAMETER repeat_penalty {s.repetition_penalty:g}")
+    if s.dry_multiplier > 0:
+        lines.append(f"# dry_multiplier {s.dry_multiplier:g} is not carried over: Ollama has no DRY sampler")
     lines.append(_quoted("LICENSE", GEMMA_LICENSE))
     return "\n".join(lines) + "\n"
 

@@ -46,7 +46,7 @@ from krishna_ai.runtime.engine import (
     stop_token_ids,
 )
 from krishna_ai.runtime.tiers import GGUF_TIER
-from krishna_ai.sampling import REPETITION_WINDOW, SamplingParams
+from krishna_ai.sampling import REPETITION_WINDOW, SamplingParams, breaker_tokens, dry_penalties
 
 DEFAULT_N_CTX = 8192
 """Context allocated when the file allows more: Gemma 3 270M is trained for 32k, whose KV cache is 4× larger."""
@@ -182,6 +182,7 @@ class LlamaCppEngine:
             return ids[0] if len(ids) == 1 else None
 
         self.stop_token_ids = stop_token_ids(llm.token_eos(), lookup)
+        self._breakers: frozenset[int] | None = None
 
     @property
     def info(self) -> EngineInfo:
@@ -234,12 +235,34 @@ class LlamaCppEngine:
         stats = ReplyStats(prompt_tokens=len(tokens))
         return Reply(self._run(tokens, params, stop_event, stats, started), stop_event, stats)
 
-    def _sampling(self, params: SamplingParams) -> dict[str, Any]:
+    def _sampling(self, params: SamplingParams, prompt_length: int) -> dict[str, Any]:
         greedy = params.temperature == 0
         # min_p and typical_p off: the same filters as transformers' temperature / top_k / top_p.
         return dict(temp=0.0 if greedy else float(params.temperature), top_k=int(params.top_k),
                     top_p=float(params.top_p), min_p=0.0, typical_p=1.0,
-                    repeat_penalty=float(params.repetition_penalty))
+                    repeat_penalty=float(params.repetition_penalty),
+                    logits_processor=self._dry(params.dry_multiplier, prompt_length))
+
+    def breakers(self) -> frozenset[int]:
+        """DRY's breaker tokens in this vocabulary (found once: about a second for Gemma's 262k)."""
+        if self._breakers is None:
+            self._breakers = breaker_tokens([self.llm.detokenize([i]).decode("utf-8", errors="replace")
+                                             for i in range(self.llm.n_vocab())])
+        return self._breakers
+
+    def _dry(self, multiplier: float, prompt_length: int) -> list[Any] | None:
+        """DRY as a logits processor over the reply's tokens (llama-cpp-python hands it the whole context;
+        it runs first in the sampler chain, on every token's logit in id order)."""
+        if multiplier <= 0:
+            return None
+        breakers = self.breakers()
+
+        def penalise(input_ids: Any, scores: Any) -> Any:
+            for token, penalty in dry_penalties(input_ids[prompt_length:].tolist(), breakers, multiplier).items():
+                scores[token] -= penalty
+            return scores
+
+        return [penalise]
 
     def _run(self, tokens: list[int], params: SamplingParams, stop_event: threading.Event, stats: ReplyStats,
              started: float) -> Iterator[str]:
@@ -258,7 +281,7 @@ class LlamaCppEngine:
                 llm.reset()  # a seeded reply starts from an empty cache (module docstring)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
             # reset=True: keep the longest prefix the cache shares with `tokens`, decode the rest
-            generator = llm.generate(tokens, reset=True, **self._sampling(params))
+            generator = llm.generate(tokens, reset=True, **self._sampling(params, len(tokens)))
             try:
                 for token in generator:
                     if stats.ttft_s is None:

@@ -44,7 +44,7 @@ from krishna_ai.runtime.engine import (
     generation_failed,
     prepare,
 )
-from krishna_ai.sampling import REPETITION_WINDOW, SamplingParams
+from krishna_ai.sampling import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS, REPETITION_WINDOW, SamplingParams
 
 PREFIX = "openai:"
 KEY_ENVS = ("KRISHNA_AI_API_KEY", "OPENAI_API_KEY")
@@ -243,7 +243,9 @@ def request_body(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]
     """(standard arguments, server extras) for one request. top_k, min_p and the repetition penalty are not
     in OpenAI's API: llama-server reads `top_k`/`repeat_penalty`/`repeat_last_n`/`min_p`, vLLM and SGLang
     `top_k`/`repetition_penalty`/`min_p`; each ignores the names it does not know. min_p 0: the same
-    filters as the in-process engines (llama-server's default would be 0.05)."""
+    filters as the in-process engines (llama-server's default would be 0.05). DRY: llama-server only (its
+    `dry_*` names, over the last max_new_tokens tokens, the prompt's tail included until the reply fills
+    them); vLLM and SGLang have no DRY sampler and ignore the names."""
     standard: dict[str, Any] = {"temperature": float(params.temperature), "top_p": float(params.top_p),
                                 "max_tokens": int(params.max_new_tokens), "stop": list(TURN_MARKERS)}
     if params.seed is not None:
@@ -254,6 +256,10 @@ def request_body(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]
     if params.repetition_penalty != 1.0:
         extra["repeat_penalty"] = extra["repetition_penalty"] = float(params.repetition_penalty)
         extra["repeat_last_n"] = REPETITION_WINDOW  # llama-server (prompt tail included); vLLM, SGLang: all tokens
+    if params.dry_multiplier > 0:
+        extra.update(dry_multiplier=float(params.dry_multiplier), dry_base=DRY_BASE,
+                     dry_allowed_length=DRY_ALLOWED_LENGTH, dry_penalty_last_n=int(params.max_new_tokens),
+                     dry_sequence_breakers=list(DRY_BREAKERS))
     return standard, extra
 
 
