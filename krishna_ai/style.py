@@ -141,7 +141,7 @@ def loop(reply: str) -> str | None:
     distinct words are in that sentence: "the ghats and temples she built along the river there" said again
     as "...built on the river there still stand"), or a 10-word run repeated; None when there is none.
     No answer in the shipped datasets restates itself by this measure (a test keeps it so); a shorter
-    sentence is left alone ("Shivaji was born in 1530 in the Deccan" after a sentence on the Deccan)."""
+    sentence is left alone ("Shivaji was born in 1630 in the Deccan" after a sentence on the Deccan)."""
     seen: set[tuple[str, ...]] = set()
     earlier: list[set[str]] = []
     for sentence in split_sentences(reply):
