@@ -16,8 +16,8 @@ import argparse
 import sys
 import warnings
 
-from krishna_ai.errors import KrishnaError
-from krishna_ai.serve import port_free
+from krishna_ai.core.errors import KrishnaError
+from krishna_ai.ship.serve import port_free
 
 REMOTE_CONCURRENCY = 32
 """Replies in flight at once against a model server: it queues what its slots cannot take yet."""
@@ -69,18 +69,18 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
 
 def login_guard(args: argparse.Namespace):
     """Gradio's auth callable (slows repeated failures), or None when no login is configured."""
-    from krishna_ai.access import LoginGuard, load_credentials
+    from krishna_ai.studio.access import LoginGuard, load_credentials
 
     parse_auth(args.auth)  # the clear message for a malformed --auth
     pairs = load_credentials(args.auth, getattr(args, "auth_file", None))
-    return LoginGuard(pairs) if pairs else None
+    return LoginGuard(pairs).login if pairs else None
 
 
 def open_history(args: argparse.Namespace):
     """(store, None), or (None, why) when history is off: a broken database never stops the app from chatting."""
     if not getattr(args, "history", True):
         return None, "started with --no-history"
-    from krishna_ai.history import open_store
+    from krishna_ai.history.store import open_store
 
     try:
         store = open_store(getattr(args, "db", None))
@@ -92,15 +92,15 @@ def open_history(args: argparse.Namespace):
 
 
 def build(args: argparse.Namespace):
-    from krishna_ai.personas import load_personas, persona_dirs
-    from krishna_ai.studio import Studio
-    from krishna_ai.ui import build_demo
+    from krishna_ai.core.personas import load_personas, persona_dirs
+    from krishna_ai.studio.service import Studio
+    from krishna_ai.studio.ui import build_demo
 
     personas = load_personas(persona_dirs(args.prompts))
     if args.persona not in personas:
         raise SystemExit(f"unknown persona {args.persona!r}; available: {', '.join(sorted(personas))}")
-    from krishna_ai.access import ModelPolicy
     from krishna_ai.runtime.tiers import default_tier, is_gguf_spec
+    from krishna_ai.studio.access import ModelPolicy
 
     args.model = args.model or default_tier()
 
@@ -117,7 +117,7 @@ def build(args: argparse.Namespace):
     adapters = {args.model: args.adapter} if args.adapter else None
     policy = ModelPolicy([args.model, *getattr(args, "allow_model", [])],
                          open_to_any=getattr(args, "allow_any_model", False))
-    from krishna_ai.runtime.remote import is_remote_spec
+    from krishna_ai.runtime.probe import is_remote_spec
 
     concurrency = args.concurrency if args.concurrency is not None else (
         REMOTE_CONCURRENCY if is_remote_spec(args.model) else 1)

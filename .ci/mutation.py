@@ -2,7 +2,7 @@
 
     python .ci/mutation.py            # mutmut run, then the score per module; exit 1 below the target
     python .ci/mutation.py --report   # the score of the last run only (mutants/ is kept between runs)
-    python .ci/mutation.py --survivors krishna_ai/style.py   # the diff of every surviving mutant there
+    python .ci/mutation.py --survivors krishna_ai/core/style.py   # the diff of every surviving mutant there
 
 mutmut changes one thing at a time in a copy of the source (a `<` into `<=`, a string into another,
 a call argument dropped...) and runs the tests that reach the changed function; a mutant the tests

@@ -80,11 +80,11 @@ def main() -> int:
     import torch
     from transformers import LogitsProcessorList
 
-    from krishna_ai.personas import load_personas
-    from krishna_ai.prompting import build_messages
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.prompting import build_messages
+    from krishna_ai.core.sampling import SamplingParams
     from krishna_ai.runtime.hf import HFEngine
-    from krishna_ai.sampling import SamplingParams
-    from krishna_ai.studio import Studio
+    from krishna_ai.studio.service import Studio
 
     n = args.max_new_tokens
     persona = load_personas()[PERSONA]

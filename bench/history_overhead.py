@@ -23,11 +23,12 @@ sys.path.insert(0, str(REPO))
 
 
 def run(replies: int = 20, db: str | None = None, model: str | None = None, max_new: int = 96) -> dict:
-    from krishna_ai.history import LOCAL_USER, HistoryStore
-    from krishna_ai.personas import load_personas
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.history.schema import LOCAL_USER
+    from krishna_ai.history.store import HistoryStore
     from krishna_ai.runtime.tiers import default_tier
-    from krishna_ai.studio import Studio
-    from krishna_ai.ui_chats import save_question, save_reply
+    from krishna_ai.studio.saving import save_question, save_reply
+    from krishna_ai.studio.service import Studio
 
     model = model or default_tier()
     data = Path(tempfile.mkdtemp(prefix="history-bench-"))

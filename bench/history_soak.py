@@ -111,7 +111,7 @@ def client_loop(url: str, c: Client, until: float, max_new: int, rng: random.Ran
 
 def check(store, clients: list[Client], kill_window: tuple[float, float] | None) -> dict:
     """The pass criteria, read from the database."""
-    from krishna_ai.history import LOCAL_USER
+    from krishna_ai.history.schema import LOCAL_USER
 
     problems: list[str] = []
     lost_replies = 0
@@ -157,8 +157,8 @@ def run(clients: int = 32, seconds: float = 120.0, kill_at: float | None = 60.0,
         db: str | None = None, data: Path | None = None, model: str = "", seed: int = 0) -> dict:
     import tempfile
 
-    from krishna_ai.history import HistoryStore
-    from krishna_ai.serve import port_free
+    from krishna_ai.history.store import HistoryStore
+    from krishna_ai.ship.serve import port_free
 
     data = data or Path(tempfile.mkdtemp(prefix="history-soak-"))
     db = db or f"sqlite:///{data / 'history.db'}"

@@ -94,13 +94,13 @@ def main() -> int:
         return 2
     import torch
 
-    from krishna_ai.personas import load_personas
-    from krishna_ai.prompting import build_messages
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.prompting import build_messages
+    from krishna_ai.core.sampling import SamplingParams
     from krishna_ai.runtime.hf import HFEngine
     from krishna_ai.runtime.light import light_gguf
     from krishna_ai.runtime.llamacpp import default_threads, load_gguf
     from krishna_ai.runtime.weights import load_model
-    from krishna_ai.sampling import SamplingParams
 
     n = args.max_new_tokens
     threads = args.threads or default_threads()

@@ -145,12 +145,12 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help="replace this section of BENCHMARKS.md")
     args = ap.parse_args()
 
-    from krishna_ai.personas import load_personas
-    from krishna_ai.prompting import build_messages
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.prompting import build_messages
     from krishna_ai.runtime.llamacpp import default_threads, load_gguf
     from krishna_ai.runtime.remote import to_openai
-    from krishna_ai.serve import LlamaServer, ServerConfig, model_file
-    from krishna_ai.studio import Studio
+    from krishna_ai.ship.serve import LlamaServer, ServerConfig, model_file
+    from krishna_ai.studio.service import Studio
     from tests.conftest import free_port
 
     personas = load_personas()
@@ -177,7 +177,7 @@ def main() -> int:
         ours, raw = Series("RemoteEngine", "tok/s"), Series("openai client", "tok/s")
 
         def via_engine() -> None:
-            from krishna_ai.sampling import SamplingParams
+            from krishna_ai.core.sampling import SamplingParams
 
             reply = engine.stream(messages, SamplingParams(temperature=0.0, max_new_tokens=args.max_new))
             reply.read()

@@ -89,9 +89,9 @@ def sample_rss(until: float, soak: Soak) -> None:
 
 
 def start_app(model: str, adapter: str | None, concurrency: int = 1) -> tuple[object, str]:
-    from krishna_ai.personas import load_personas
-    from krishna_ai.studio import Studio
-    from krishna_ai.ui import build_demo
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.studio.service import Studio
+    from krishna_ai.studio.ui import build_demo
 
     studio = Studio(load_personas(), default_model=model, adapters={model: adapter} if adapter else None,
                     concurrency=concurrency)
@@ -176,8 +176,8 @@ def main() -> int:
                     help="run the app on llama-server with this many slots (Krishna's light adapter merged)")
     args = ap.parse_args()
     if args.serve:
-        from krishna_ai.personas import load_personas
-        from krishna_ai.serve import LlamaServer, ServerConfig, model_file, slot_states
+        from krishna_ai.core.personas import load_personas
+        from krishna_ai.ship.serve import LlamaServer, ServerConfig, model_file, slot_states
         from tests.conftest import free_port
 
         alias, gguf = model_file("light-gguf", load_personas()["krishna"].adapter_for("light-gguf"))

@@ -26,10 +26,10 @@ from common import Series, interleaved, last_json, peak_rss_self, report, run_ch
 
 def child(model: str) -> int:
     t_start = time.time()
-    from krishna_ai.personas import load_personas
-    from krishna_ai.prompting import build_messages
-    from krishna_ai.sampling import SamplingParams
-    from krishna_ai.studio import default_loader
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.prompting import build_messages
+    from krishna_ai.core.sampling import SamplingParams
+    from krishna_ai.studio.service import default_loader
 
     t_import = time.time()
     engine = default_loader(model, None)

@@ -46,7 +46,7 @@ def zero_gpu(studio: Any, duration: int) -> Any:
 
 def make_studio(personas: dict[str, Any], model: str, gpu_duration: int, persona: str) -> Any:
     from krishna_ai.runtime.load import load_engine
-    from krishna_ai.studio import Studio
+    from krishna_ai.studio.service import Studio
 
     if not on_zero_gpu():
         return zero_gpu(Studio(personas, default_model=model), gpu_duration)
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print("WARNING: --share without --auth exposes the app to anyone with the link; add --auth USER:PASSWORD",
               file=sys.stderr)
 
-    from krishna_ai.personas import load_personas
-    from krishna_ai.ui import build_demo
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.studio.ui import build_demo
 
     personas = load_personas()
     if args.persona not in personas:

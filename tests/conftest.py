@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.runtime.engine import Completion, Engine, EngineInfo, Reply, ReplyStats
 from krishna_ai.runtime.hf import HFEngine
-from krishna_ai.sampling import SamplingParams
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_CACHE = Path(os.environ.get("KRISHNA_AI_TEST_CACHE") or REPO / ".test-cache")
@@ -109,7 +109,7 @@ def light_engine() -> HFEngine:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A tiny random E4B-shaped Gemma 3n checkpoint (text + vision + audio), built once per session."""
-    from krishna_ai.tiny import build_tiny_gemma3n
+    from krishna_ai.training.tiny import build_tiny_gemma3n
 
     return build_tiny_gemma3n(tmp_path_factory.mktemp("gemma3n") / "tiny-e4b")
 
@@ -139,6 +139,7 @@ class ScriptedEngine:
         self.ends = ends
         self.calls: list[tuple[list, SamplingParams | None]] = []
         self.produced = 0
+        self.closed = False
 
     @property
     def info(self) -> EngineInfo:
@@ -152,12 +153,15 @@ class ScriptedEngine:
         return len(str(messages)) // 4
 
     def check_slice(self, name: str) -> None:
-        from krishna_ai.errors import ConfigError
+        from krishna_ai.core.errors import ConfigError
 
         raise ConfigError(f"the scripted engine runs no slices (asked for {name!r})")
 
     def generate_batch(self, conversations, params=None) -> list[Completion]:
         return [self.stream(c, params).completion() for c in conversations]
+
+    def close(self) -> None:
+        self.closed = True
 
     def stream(self, messages, params=None, stop_event=None, *, slice=None) -> Reply:
         stop_event = stop_event or threading.Event()
@@ -165,7 +169,6 @@ class ScriptedEngine:
         stats = ReplyStats(prompt_tokens=len(str(messages)))
 
         def gen() -> Iterator[str]:
-            start = time.perf_counter()
             stopped = failed = False
             try:
                 for i, chunk in enumerate(self.chunks):
@@ -173,19 +176,17 @@ class ScriptedEngine:
                         stopped = True
                         break
                     if self.fail_after is not None and i == self.fail_after:
-                        from krishna_ai.errors import GenerationError
+                        from krishna_ai.core.errors import GenerationError
 
                         failed = True
                         raise GenerationError("scripted failure")
                     time.sleep(self.delay)
                     self.produced += 1
-                    stats.tokens += 1
-                    stats.ttft_s = stats.ttft_s or time.perf_counter() - start
+                    stats.token()
                     yield chunk
             finally:
                 stopped = stopped or stop_event.is_set()
-                stats.finish(stopped=stopped, ended=self.ends and not stopped and not failed, failed=failed,
-                             total_s=time.perf_counter() - start)
+                stats.finish(stopped=stopped, ended=self.ends and not stopped and not failed, failed=failed)
 
         return Reply(gen(), stop_event, stats)
 

@@ -11,8 +11,8 @@ import logging
 import pytest
 
 import app
-from krishna_ai.access import LoginGuard, ModelPolicy, load_credentials
-from krishna_ai.errors import ConfigError, InputError
+from krishna_ai.core.errors import ConfigError, InputError
+from krishna_ai.studio.access import LoginGuard, ModelPolicy, load_credentials
 from tests.conftest import free_port, serve
 
 pytestmark = pytest.mark.slow
@@ -83,14 +83,77 @@ def test_allow_any_model_is_refused_with_share():
 
 
 def test_twenty_wrong_passwords_are_slowed_and_logged_without_the_password(caplog):
-    waits: list[float] = []
-    guard = LoginGuard([("krishna", "s3cret")], sleep=waits.append)
-    with caplog.at_level(logging.WARNING, logger="krishna_ai.access"):
-        assert not any(guard("krishna", f"guess-{i}") for i in range(20))
+    now = [0.0]
+    guard = LoginGuard([("krishna", "s3cret")], clock=lambda: now[0])
+    waits = []
+    with caplog.at_level(logging.WARNING, logger="krishna_ai.studio.access"):
+        for i in range(20):
+            ok, wait = guard.check("krishna", f"guess-{i}")
+            assert not ok
+            waits.append(wait)
+            now[0] += wait  # the guesser waits out each lock
     assert waits[0] < 0.5 and waits == sorted(waits) and sum(waits) >= 100  # minutes, not milliseconds
     assert "failed login for user 'krishna' (20 in a row)" in caplog.text
     assert "guess-" not in caplog.text and "s3cret" not in caplog.text
     assert guard("krishna", "s3cret") and guard.delay_for(0) == 0.0  # success resets the count
+
+
+def test_a_locked_user_is_refused_even_the_right_password_and_learns_nothing_from_parallel_guesses():
+    now = [0.0]
+    guard = LoginGuard([("krishna", "s3cret")], clock=lambda: now[0])
+    for i in range(4):
+        guard.check("krishna", f"guess-{i}")
+        now[0] += 10
+    assert not guard("krishna", "wrong")  # 5th failure: locked for 4 s
+    assert guard.check("krishna", "s3cret") == (False, 4.0)  # the right password inside the lock: refused
+    now[0] += 4
+    assert guard("krishna", "s3cret")
+
+
+def test_the_failure_table_is_bounded():
+    guard = LoginGuard([("a", "pw")], max_users=100)
+    for i in range(1000):
+        guard(f"made-up-{i}", "x")
+    assert len(guard._failures) == 100 and "made-up-999" in guard._failures
+
+
+def test_wrong_logins_never_stall_another_clients_page(tmp_path):
+    """20 parallel wrong logins (the locks reach seconds) while another client loads the page: < 0.3 s."""
+    import concurrent.futures
+    import subprocess
+    import sys
+    import time as clock
+
+    import httpx
+
+    from tests.conftest import REPO, free_port, wait_for_port
+
+    port = free_port()
+    log = tmp_path / "app.log"
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--no-preload", "--auth", "u:right"],
+                            cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, 120, log)
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=30) as client:
+            for i in range(6):  # the user is now locked for seconds at a time
+                client.post(f"{url}/login", data={"username": "u", "password": f"x{i}"})
+
+        def guess(i: int) -> int:
+            with httpx.Client(timeout=30) as c:
+                return c.post(f"{url}/login", data={"username": "u", "password": f"g{i}"}).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            guesses = [pool.submit(guess, i) for i in range(20)]
+            clock.sleep(0.5)  # the guesses are waiting out their lock now
+            started = clock.perf_counter()
+            page = httpx.get(f"{url}/login", timeout=30)
+            took = clock.perf_counter() - started
+            assert all(g.result() == 400 for g in guesses)
+        assert page.status_code < 500 and took < 0.3, took
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_logins_from_file_and_environment(tmp_path, monkeypatch):

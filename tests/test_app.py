@@ -10,9 +10,9 @@ from gradio_client import handle_file
 from PIL import Image
 
 import app
-from krishna_ai.personas import load_personas
-from krishna_ai.studio import Studio
-from krishna_ai.ui import NOTICE, build_demo, split_pending
+from krishna_ai.core.personas import load_personas
+from krishna_ai.studio.service import Studio
+from krishna_ai.studio.ui import NOTICE, build_demo, split_pending
 from tests.conftest import serve
 
 
@@ -67,7 +67,7 @@ def test_studio_stop_and_style_with_scripted_engine(scripted):
 
 
 def test_studio_model_load_failure_keeps_running(scripted):
-    from krishna_ai.errors import ModelUnavailable
+    from krishna_ai.core.errors import ModelUnavailable
 
     good = scripted(["ok"])
 

@@ -8,9 +8,9 @@ import json
 import pytest
 from PIL import Image, PngImagePlugin
 
-from krishna_ai.cards import MAX_CARD_BYTES, card_to_persona, import_card, read_card, write_card
-from krishna_ai.errors import PersonaError
-from krishna_ai.personas import load_persona, load_personas
+from krishna_ai.core.errors import PersonaError
+from krishna_ai.core.personas import load_persona, load_personas
+from krishna_ai.history.cards import MAX_CARD_BYTES, card_to_persona, import_card, read_card, write_card
 
 CARD = {"spec": "chara_card_v2", "spec_version": "2.0", "data": {
     "name": "Captain Mira",
@@ -118,7 +118,7 @@ def test_an_existing_id_is_not_overwritten_unless_forced(tmp_path):
 
 
 def test_cli_import_and_export(tmp_path, capsys):
-    from krishna_ai.cli import main
+    from krishna_ai.cli.main import main
 
     card = tmp_path / "mira.json"
     card.write_text(json.dumps(CARD))

@@ -9,11 +9,11 @@ import pytest
 from gradio_client import Client, handle_file
 
 import app
-from krishna_ai.access import ModelPolicy
-from krishna_ai.history import HistoryStore
-from krishna_ai.personas import load_personas
-from krishna_ai.studio import Studio
-from krishna_ai.ui import build_demo
+from krishna_ai.core.personas import load_personas
+from krishna_ai.history.store import HistoryStore
+from krishna_ai.studio.access import ModelPolicy
+from krishna_ai.studio.service import Studio
+from krishna_ai.studio.ui import build_demo
 from tests.conftest import free_port
 
 

@@ -7,7 +7,11 @@ import json
 import pytest
 from PIL import Image
 
-from krishna_ai.data import (
+from krishna_ai.core.errors import DataError
+from krishna_ai.core.knowledge import load_bank
+from krishna_ai.core.personas import load_personas
+from krishna_ai.core.style import check_reply
+from krishna_ai.training.data import (
     IGNORE_INDEX,
     ConversationEncoder,
     load_conversations,
@@ -15,10 +19,6 @@ from krishna_ai.data import (
     load_persona_source,
     persona_conversations,
 )
-from krishna_ai.errors import DataError
-from krishna_ai.knowledge import load_bank
-from krishna_ai.personas import load_personas
-from krishna_ai.style import check_reply
 from tests.conftest import REPO
 
 OK = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -123,8 +123,8 @@ def test_shipped_small_sets(name):
     if name == "maize":
         assert {r["label"] for r in train} == set(persona.labels)
     if persona.knowledge:  # every fact a training answer states is in the card its prompt shows
-        from krishna_ai.data import record_cards
-        from krishna_ai.evaluate import faithfulness
+        from krishna_ai.core.knowledge import record_cards
+        from krishna_ai.training.evaluate import faithfulness
 
         unfaithful = [(r["question"], faithfulness(persona, r["question"], r["answer"], record_cards(persona, r)))
                       for r in train]
@@ -159,7 +159,7 @@ def _light_tokenizer():
 
 def test_an_answer_past_max_seq_length_is_an_error_not_a_silent_cut():
     """Cutting inside an answer drops its <end_of_turn>: the model would learn never to stop (maize did)."""
-    from krishna_ai.data import TooLong, encode_all
+    from krishna_ai.training.data import TooLong, encode_all
 
     tok = _light_tokenizer()
     short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
@@ -181,8 +181,9 @@ def test_an_answer_past_max_seq_length_is_an_error_not_a_silent_cut():
 
 @pytest.mark.parametrize("recipe", ["krishna-light", "aurora-light", "pet-light", "maize-light"])
 def test_every_shipped_light_recipe_fits_its_max_seq_length(recipe):
-    from krishna_ai.data import encode_all
-    from krishna_ai.train import TrainConfig, load_training_conversations
+    from krishna_ai.training.config import TrainConfig
+    from krishna_ai.training.data import encode_all
+    from krishna_ai.training.sft import load_training_conversations
 
     cfg = TrainConfig.from_yaml(REPO / "configs" / f"{recipe}.yaml")
     cfg.data = str(REPO / cfg.data)

@@ -25,7 +25,7 @@ ROWS = [("What is courage?", "Partha, courage is acting while your knees shake."
 
 @pytest.fixture(scope="module")
 def tiny_text(tmp_path_factory):
-    from krishna_ai.tiny import build_tiny_gemma3n
+    from krishna_ai.training.tiny import build_tiny_gemma3n
 
     return build_tiny_gemma3n(tmp_path_factory.mktemp("tiny") / "tiny-text", text_only=True, layers=5)
 

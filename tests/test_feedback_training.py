@@ -9,12 +9,13 @@ import json
 import pytest
 import torch
 
-from krishna_ai.chatfile import export_feedback
-from krishna_ai.dpo import load_preferences
-from krishna_ai.errors import ConfigError, DataError
-from krishna_ai.history import HistoryStore
-from krishna_ai.personas import load_personas
-from krishna_ai.train import TrainConfig, main
+from krishna_ai.core.errors import ConfigError, DataError
+from krishna_ai.core.personas import load_personas
+from krishna_ai.history.chatfile import export_feedback
+from krishna_ai.history.store import HistoryStore
+from krishna_ai.training.config import TrainConfig
+from krishna_ai.training.dpo import load_preferences
+from krishna_ai.training.run import train as main
 
 GOOD = ["Partha, the fruit was never yours to hold. Do the work with a full heart and let the result go.",
         "Partha, steady the mind as a lamp in a windless place. Act, and leave the outcome to me.",
@@ -60,7 +61,7 @@ def margin(model, tokenizer, rows) -> float:
 def test_chat_feedback_exports_and_a_dpo_run_prefers_the_liked_replies(tmp_path):
     from peft import PeftModel
 
-    from krishna_ai.dpo import build_models, render_pairs
+    from krishna_ai.training.dpo import build_models, render_pairs
 
     store = HistoryStore(f"sqlite:///{tmp_path / 'h.db'}", data_dir=tmp_path)
     saved_feedback(store)

@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from krishna_ai.cli import main as cli
-from krishna_ai.train import TrainConfig, build_model, main
+from krishna_ai.cli.main import main as cli
+from krishna_ai.training.config import TrainConfig
+from krishna_ai.training.run import train as main
+from krishna_ai.training.sft import build_model
 
 pytestmark = pytest.mark.slow
 

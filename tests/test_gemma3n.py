@@ -1,6 +1,6 @@
 """Gemma 3n through the app's own code path, on a tiny random E4B-shaped checkpoint built once per session.
 
-No Gemma 3n weights are reachable here, so `krishna_ai.tiny` builds one from the real transformers
+No Gemma 3n weights are reachable here, so `krishna_ai.training.tiny` builds one from the real transformers
 config classes; everything else (load_model, 4-bit, adapter merge, processor, HFEngine, Studio, the
 Gradio server) is the code that serves `google/gemma-3n-*`.
 """
@@ -16,15 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from krishna_ai.errors import ImageError
-from krishna_ai.personas import load_personas
-from krishna_ai.prompting import build_messages
+from krishna_ai.core.errors import ImageError
+from krishna_ai.core.personas import load_personas
+from krishna_ai.core.prompting import build_messages
+from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.runtime.hf import HFEngine
 from krishna_ai.runtime.load import load_engine as default_loader
 from krishna_ai.runtime.weights import SKIP_4BIT, load_model
-from krishna_ai.sampling import SamplingParams
-from krishna_ai.studio import Studio
-from krishna_ai.tiny import IMAGE_SOFT_TOKENS, SPECIAL_TOKENS
+from krishna_ai.studio.service import Studio
+from krishna_ai.training.tiny import IMAGE_SOFT_TOKENS, SPECIAL_TOKENS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -106,7 +106,7 @@ def test_skip_4bit_covers_exactly_the_linears_bitsandbytes_cannot_quantise(tiny_
 def test_processor_renders_the_gemma3n_template_with_image_soft_tokens(fp32_engine, leaf):
     from transformers import Gemma3nProcessor
 
-    from krishna_ai.images import load_image
+    from krishna_ai.core.images import load_image
 
     processor = fp32_engine.loaded.processor  # AutoProcessor.from_pretrained(folder), offline
     assert isinstance(processor, Gemma3nProcessor)
@@ -130,7 +130,7 @@ def test_processor_renders_the_gemma3n_template_with_image_soft_tokens(fp32_engi
 
 # -- the engine: fp32, 4-bit, text-only ------------------------------------------------------------
 def test_fp32_engine_streams_text_and_image_replies(fp32_engine, leaf):
-    from krishna_ai.images import load_image
+    from krishna_ai.core.images import load_image
 
     loaded = fp32_engine.loaded
     assert loaded.family == "gemma3n" and loaded.multimodal and not loaded.quantized
@@ -142,7 +142,7 @@ def test_fp32_engine_streams_text_and_image_replies(fp32_engine, leaf):
 def test_4bit_engine_on_cpu_streams_text_and_image_replies(tiny_dir, leaf):
     import bitsandbytes as bnb
 
-    from krishna_ai.images import load_image
+    from krishna_ai.core.images import load_image
 
     engine = HFEngine(load_model(str(tiny_dir), quantize="4bit", device="cpu"))
     model = engine.loaded.model
@@ -275,7 +275,7 @@ def test_chat_api_on_the_tiny_tier_streams_image_replies_and_rejects_bad_images(
     light tier scripted, switched per request without a restart; bad uploads give a clear error."""
     from gradio_client import handle_file
 
-    from krishna_ai.ui import build_demo
+    from krishna_ai.studio.ui import build_demo
 
     light = scripted(["Partha, ", "act."], name="light")
     loads: list[str] = []
@@ -327,7 +327,7 @@ def test_chat_api_on_the_tiny_tier_streams_image_replies_and_rejects_bad_images(
 def test_cli_writes_a_text_only_checkpoint_that_load_model_reads(tmp_path, capsys):
     from transformers import Gemma3nForCausalLM
 
-    from krishna_ai.cli import main
+    from krishna_ai.cli.main import main
 
     out = tmp_path / "tiny-text"
     assert main(["tiny-gemma3n", "--out", str(out), "--text-only", "--layers", "5"]) == 0
@@ -347,7 +347,7 @@ def test_cli_writes_a_text_only_checkpoint_that_load_model_reads(tmp_path, capsy
 # -- GPU ------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 def test_4bit_engine_on_cuda(tiny_dir, leaf):
-    from krishna_ai.images import load_image
+    from krishna_ai.core.images import load_image
 
     loaded = load_model(str(tiny_dir), quantize="auto")  # auto = 4-bit for Gemma 3n on CUDA
     assert loaded.quantized and loaded.model.device.type == "cuda"
@@ -358,8 +358,8 @@ def test_4bit_engine_on_cuda(tiny_dir, leaf):
 
 # -- live MatFormer switching through the engine ---------------------------------------------------
 def test_live_slice_per_reply_matches_the_slice_on_disk(tiny_dir, fp32_engine, tmp_path):
-    from krishna_ai.cli import main as cli
-    from krishna_ai.errors import ConfigError
+    from krishna_ai.cli.main import main as cli
+    from krishna_ai.core.errors import ConfigError
 
     msgs = _messages("krishna", "How do I stay calm?")
     live = fp32_engine.stream(msgs, GREEDY, slice="e2b")

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
-from krishna_ai.chatfile import (
+from krishna_ai.core.errors import ImageError, InputError
+from krishna_ai.history.chatfile import (
     MAX_IMPORT_BYTES,
     export_feedback,
     feedback_examples,
@@ -21,9 +22,9 @@ from krishna_ai.chatfile import (
     to_json,
     to_markdown,
 )
-from krishna_ai.data import load_conversations
-from krishna_ai.errors import ImageError, InputError
-from krishna_ai.history import ChatNotFound, HistoryError, HistoryStore
+from krishna_ai.history.schema import ChatNotFound, HistoryError
+from krishna_ai.history.store import HistoryStore
+from krishna_ai.training.data import load_conversations
 
 PERSONAS = {"krishna", "maize", "aurora", "pet"}
 
@@ -145,8 +146,8 @@ def test_migrations_build_exactly_the_schema_the_code_uses(store):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from krishna_ai.history import Base
-    from krishna_ai.migrations import current, head
+    from krishna_ai.history.migrations import current, head
+    from krishna_ai.history.schema import Base
 
     assert current(store.engine) == head()
     with store.engine.connect() as conn:
@@ -290,13 +291,28 @@ def test_feedback_export_writes_sft_and_dpo_files_the_pipeline_reads(store, tmp_
     assert export_feedback(store, tmp_path / "bob-only", user="bob") == {"pet": {"sft": 1, "dpo": 0}}
 
 
+def test_feedback_export_into_an_existing_folder_keeps_what_else_is_there(store, tmp_path):
+    chat, q, a = conversation(store)
+    store.feedback("asha", a.id, 1)
+    out = tmp_path / "my-data"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "sft-krishna.jsonl").write_text("old\n")
+    assert export_feedback(store, out) == {"krishna": {"sft": 1, "dpo": 0}}
+    assert (out / "notes.txt").read_text() == "mine"  # never deleted
+    assert "old" not in (out / "sft-krishna.jsonl").read_text()  # this export's own file is replaced
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        export_feedback(store, tmp_path / "a-file")
+
+
 def test_replies_without_a_preference_make_no_pairs(store):
     chat, q, a = conversation(store)
     assert feedback_examples([store.chat("asha", chat.id)]) == ({}, {})
 
 
 def test_cli_lists_exports_imports_checks_and_exports_feedback(store, tmp_path, capsys):
-    from krishna_ai.cli import main
+    from krishna_ai.cli.main import main
 
     chat, q, a = conversation(store, "local")
     store.feedback("local", a.id, 1)

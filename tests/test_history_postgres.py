@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from krishna_ai.history import HistoryStore
+from krishna_ai.history.store import HistoryStore
 from tests.conftest import free_port
 from tests.test_history import (  # noqa: F401 - collected again here, with this module's `store` fixture
     test_a_chat_keeps_its_messages_in_order_with_what_made_them,

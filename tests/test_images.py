@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from krishna_ai.errors import ImageError
-from krishna_ai.images import load_image
+from krishna_ai.core.errors import ImageError
+from krishna_ai.core.images import load_image
 
 
 def save(img: Image.Image, path, **kw):

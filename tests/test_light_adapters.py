@@ -8,11 +8,11 @@ import json
 import pytest
 import yaml
 
-from krishna_ai.evaluate import evaluate, load_questions
-from krishna_ai.personas import load_personas
+from krishna_ai.core.personas import load_personas
+from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.runtime.load import load_engine
-from krishna_ai.sampling import SamplingParams
-from krishna_ai.train import TrainConfig
+from krishna_ai.training.config import TrainConfig
+from krishna_ai.training.evaluate import evaluate, load_questions
 from tests.conftest import REPO
 
 PERSONAS = ["krishna", "aurora", "maize", "pet"]

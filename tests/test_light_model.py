@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from krishna_ai.errors import GenerationError, ImageError, ModelUnavailable
-from krishna_ai.personas import load_personas
-from krishna_ai.prompting import build_messages
+from krishna_ai.core.errors import GenerationError, ImageError, ModelUnavailable
+from krishna_ai.core.personas import load_personas
+from krishna_ai.core.prompting import build_messages
+from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.runtime.light import is_complete, light_dir
 from krishna_ai.runtime.weights import load_model
-from krishna_ai.sampling import SamplingParams
 from tests.conftest import fail_forward_on_call
 
 pytestmark = pytest.mark.slow
@@ -80,8 +80,8 @@ def test_stop_ends_generate_thread_within_a_second(light_engine):
 
 
 def test_finish_reason_says_why_a_reply_ended(light_engine):
-    from krishna_ai.personas import load_personas
-    from krishna_ai.prompting import build_messages
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.prompting import build_messages
 
     cut = plain(light_engine, "Count from one to five hundred:", SamplingParams(temperature=0.0, max_new_tokens=5))
     cut.read()

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from krishna_ai.errors import ConfigError, ImageError, ModelUnavailable
-from krishna_ai.personas import load_personas
-from krishna_ai.prompting import build_messages
+from krishna_ai.core.errors import ConfigError, ImageError, ModelUnavailable
+from krishna_ai.core.personas import load_personas
+from krishna_ai.core.prompting import build_messages
+from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.runtime.tiers import is_gguf_spec
 from krishna_ai.runtime.weights import load_model
-from krishna_ai.sampling import SamplingParams
 from tests.conftest import REPO
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
@@ -170,8 +170,8 @@ def test_chat_endpoint_with_light_gguf(gguf_engine):
     from gradio_client import Client
 
     from krishna_ai.runtime.load import load_engine as default_loader
-    from krishna_ai.studio import Studio
-    from krishna_ai.ui import build_demo
+    from krishna_ai.studio.service import Studio
+    from krishna_ai.studio.ui import build_demo
 
     loaded: list[str] = []
 
@@ -209,8 +209,8 @@ def test_default_loader_dispatches_gguf_to_llama_cpp(gguf_engine):
 def test_greedy_text_is_the_same_on_transformers_and_llama_cpp(gguf_engine, light_engine):
     """One prompt format, one model: the two engines tokenise a persona prompt to the same ids and agree
     on 40 greedy tokens (transformers runs the dequantised Q4_K_M weights in fp32)."""
-    from krishna_ai.personas import load_personas
-    from krishna_ai.prompting import build_messages
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.prompting import build_messages
 
     msgs = build_messages(load_personas()["pet"], [], "Write a poem about the sea")
     assert gguf_engine.tokenize(msgs) == light_engine.encode(msgs)["input_ids"][0].tolist()
@@ -223,8 +223,8 @@ def test_repetition_penalty_weighs_the_same_tokens_on_transformers_and_llama_cpp
     """The penalty counts the reply's own tokens on both engines (llama.cpp's sampler never sees the
     prompt), so a persona's measured value means the same on `light` and `light-gguf`, and a reply may
     repeat the question's words."""
-    from krishna_ai.personas import load_personas
-    from krishna_ai.prompting import build_messages
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.prompting import build_messages
 
     msgs = build_messages(load_personas()["pet"], [], "Write a poem about the sea")
     strong = SamplingParams(temperature=0.0, max_new_tokens=20, repetition_penalty=2.0)
@@ -238,7 +238,7 @@ def _native_dry(engine, reply: list[int], multiplier: float) -> dict[int, float]
 
     import llama_cpp as lib
 
-    from krishna_ai.sampling import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS
+    from krishna_ai.core.sampling import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS
 
     breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*[b.encode() for b in DRY_BREAKERS])
     sampler = lib.llama_sampler_init_dry(lib.llama_model_get_vocab(engine.llm.model), multiplier, DRY_BASE,
@@ -269,7 +269,7 @@ def _native_dry(engine, reply: list[int], multiplier: float) -> dict[int, float]
 def test_dry_penalties_are_llama_cpps(gguf_engine, text):
     """`sampling.dry_penalties` (which the transformers engine and the llama.cpp engine's reply-only processor
     use) gives llama.cpp's own DRY penalties, breakers included, on real token sequences."""
-    from krishna_ai.sampling import dry_penalties
+    from krishna_ai.core.sampling import dry_penalties
 
     ids = list(gguf_engine.llm.tokenize(text.encode(), add_bos=False))
     assert len(ids) < 64  # inside the native sampler's window
@@ -283,7 +283,7 @@ def test_dry_stops_a_loop_on_both_engines(gguf_engine, light_engine, which):
     """The bare light model, greedy, loops on pet's prompt ("You are a modeler." again and again); DRY over
     the reply's tokens stops the loop on both engines. (Their texts part after the loop: once DRY bars the
     likeliest token, the Q4_K and bf16 weights pick different runners-up.)"""
-    from krishna_ai.style import loop
+    from krishna_ai.core.style import loop
 
     engine = gguf_engine if which == "gguf" else light_engine
     msgs = build_messages(load_personas()["pet"], [], "Write a poem about the sea")
@@ -338,9 +338,9 @@ def krishna_gguf():
 
 
 def test_light_gguf_serves_a_persona_with_its_adapter(krishna_gguf):
-    from krishna_ai.knowledge import ground
-    from krishna_ai.personas import load_personas
-    from krishna_ai.prompting import build_messages
+    from krishna_ai.core.knowledge import ground
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.prompting import build_messages
 
     k = load_personas()["krishna"]
     question = "I failed my exam again. What should I do?"
@@ -377,8 +377,8 @@ def _broken_adapter(tmp_path, how: str):
                                           ("missing-tensors", "is incomplete")])
 def test_a_bad_adapter_for_light_gguf_is_refused_and_leaves_nothing_in_the_cache(tmp_path, how, message):
     pytest.importorskip("llama_cpp")
-    from krishna_ai.cache import cache_root
-    from krishna_ai.errors import ModelUnavailable
+    from krishna_ai.core.cache import cache_root
+    from krishna_ai.core.errors import ModelUnavailable
     from krishna_ai.runtime.gguf_adapter import adapted_path
     from krishna_ai.runtime.llamacpp import load_gguf
 

@@ -1,4 +1,4 @@
-"""MatFormer slicing and elastic inference on a tiny random E4B-shaped Gemma 3n (krishna_ai.tiny).
+"""MatFormer slicing and elastic inference on a tiny random E4B-shaped Gemma 3n (krishna_ai.training.tiny).
 
 The tiny parent has E4B's structure (35 layers, 15 KV-shared, FFN 256 everywhere), so the published
 configs apply to it in proportion (e2b: FFN 128, layers 20-24 skipped). The parent also stores K/V
@@ -17,8 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from krishna_ai.cli import main
-from krishna_ai.errors import ConfigError
+from krishna_ai.cli.main import main
+from krishna_ai.core.errors import ConfigError
 from krishna_ai.matformer import ParentShape, load_slice_config, plan_slice, resolve, shards, slice_checkpoint
 from krishna_ai.matformer.elastic import restore_full, switch_slice
 
@@ -65,7 +65,7 @@ def _add_shared_kv(folder: Path) -> None:
 def parents(tmp_path_factory):
     """Three views of one tiny random E4B: multimodal, text-only (model.layers.N) and text-only as saved by
     transformers 4.53-4.57 (model.language_model.* with the misnamed per-layer projection: notebook bug 3)."""
-    from krishna_ai.tiny import build_tiny_gemma3n
+    from krishna_ai.training.tiny import build_tiny_gemma3n
 
     root = tmp_path_factory.mktemp("matformer")
     mm = build_tiny_gemma3n(root / "parent-mm", seed=1)
@@ -368,7 +368,7 @@ def test_live_switch_refuses_wrapped_ffns_and_leaves_the_model_untouched():
 
     from krishna_ai.matformer import SliceConfig
     from krishna_ai.matformer.elastic import current_slice
-    from krishna_ai.tiny import tiny_text_config
+    from krishna_ai.training.tiny import tiny_text_config
 
     model = Gemma3nForCausalLM(tiny_text_config(layers=5)).eval()
     half = SliceConfig("half", (128,) * 5)

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from krishna_ai.errors import PersonaError
-from krishna_ai.personas import PROMPTS_DIR, get_persona, load_persona, load_personas
+from krishna_ai.core.errors import PersonaError
+from krishna_ai.core.personas import PROMPTS_DIR, get_persona, load_persona, load_personas
 
 # The shipped aurora persona, with its knowledge bank made absolute so the file can be written anywhere.
 GOOD = (PROMPTS_DIR / "aurora.toml").read_text().replace(
@@ -111,7 +111,7 @@ def test_personality_choice():
     assert k.pick_personality("tell me about marie curie please") == "Marie Curie"
     assert k.pick_personality("hello", rng=random.Random(0)) in k.personalities
     # Krishna's story comes from its knowledge bank; its own story instruction is asked only without it
-    from krishna_ai.prompting import system_text
+    from krishna_ai.core.prompting import system_text
 
     assert "about Marie Curie" in (k.story_instruction("Marie Curie") or "")
     with_bank = system_text(k, "Marie Curie", None)
@@ -186,7 +186,7 @@ def test_no_persona_files_names_the_folders(tmp_path):
 
 
 def test_persona_dirs_order(monkeypatch, tmp_path):
-    from krishna_ai.personas import PROMPTS_ENV, persona_dirs
+    from krishna_ai.core.personas import PROMPTS_ENV, persona_dirs
 
     monkeypatch.setenv(PROMPTS_ENV, f"{tmp_path / 'e1'}:{tmp_path / 'e2'}:")
     assert persona_dirs([tmp_path / "x", str(tmp_path / "y")]) == [

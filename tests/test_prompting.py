@@ -1,9 +1,9 @@
 import pytest
 
-from krishna_ai.errors import GenerationError
-from krishna_ai.knowledge import load_bank
-from krishna_ai.personas import load_personas
-from krishna_ai.prompting import build_messages, clean_history, fit_history, render_gemma_turns, system_text
+from krishna_ai.core.errors import GenerationError
+from krishna_ai.core.knowledge import load_bank
+from krishna_ai.core.personas import load_personas
+from krishna_ai.core.prompting import build_messages, clean_history, fit_history, render_gemma_turns, system_text
 
 K = load_personas()["krishna"]
 
@@ -71,7 +71,7 @@ def test_fit_history_message_too_long():
 
 # -- exact text at each step: what the model reads is what these tests pin ------------------------------
 
-from krishna_ai.prompting import has_image, render_prompt, sanitize, text_of  # noqa: E402
+from krishna_ai.core.prompting import has_image, render_prompt, sanitize, text_of  # noqa: E402
 
 
 def test_text_of_every_content_shape():
@@ -124,7 +124,7 @@ def test_system_text_without_bank_uses_the_story_template(tmp_path):
         'id = "coach"\nname = "C"\ndescription = "d"\ngreeting = "g"\nsystem_prompt = "  Be kind.  "\n'
         'constraints = ["Short.", "Warm."]\nstory_template = "Tell a story about $personality."\n'
         'personalities = ["Ada Lovelace"]\n')
-    from krishna_ai.personas import load_persona
+    from krishna_ai.core.personas import load_persona
 
     coach = load_persona(tmp_path / "coach.toml")
     assert system_text(coach, "Ada Lovelace") == (
@@ -138,7 +138,7 @@ def test_system_text_with_cards_fills_cards_and_person():
     bank = load_bank(K.knowledge.bank)
     cards = [bank.card("curie-pierre-death")]
     text = system_text(K, None, cards)
-    from krishna_ai.knowledge import cards_block
+    from krishna_ai.core.knowledge import cards_block
 
     assert cards_block(cards) in text and "$cards" not in text and "$person" not in text
     assert cards[0].person in text
@@ -219,7 +219,7 @@ def test_build_messages_passes_personality_and_cards_to_the_system_part(tmp_path
     (tmp_path / "coach.toml").write_text(
         'id = "coach"\nname = "C"\ndescription = "d"\ngreeting = "g"\nsystem_prompt = "Be kind."\n'
         'story_template = "Tell a story about $personality."\npersonalities = ["Ada Lovelace"]\n')
-    from krishna_ai.personas import load_persona
+    from krishna_ai.core.personas import load_persona
 
     coach = load_persona(tmp_path / "coach.toml")
     msgs = build_messages(coach, [], "hi", personality="Ada Lovelace")

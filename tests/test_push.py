@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from krishna_ai.cli import main as cli
+from krishna_ai.cli.main import main as cli
 
 
 @pytest.fixture
@@ -67,8 +67,8 @@ def test_dry_run_writes_the_exact_upload_folder(merged, eval_json, tmp_path, cap
 
 
 def test_adapter_card_and_default_recipe(tmp_path):
-    from krishna_ai.push import push
     from krishna_ai.runtime.light import light_dir
+    from krishna_ai.ship.push import push
 
     run = tmp_path / "run"
     adapter = run / "adapter"

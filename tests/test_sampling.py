@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from krishna_ai.errors import ConfigError
-from krishna_ai.personas import load_persona
-from krishna_ai.sampling import SamplingParams
+from krishna_ai.core.errors import ConfigError
+from krishna_ai.core.personas import load_persona
+from krishna_ai.core.sampling import SamplingParams
 
 
 def test_defaults_and_none_means_default():
@@ -100,8 +100,8 @@ def test_repetition_penalty_looks_back_as_far_as_llama_cpp_does():
     import torch
     from transformers import RepetitionPenaltyLogitsProcessor
 
+    from krishna_ai.core.sampling import REPETITION_WINDOW
     from krishna_ai.runtime.hf import _RecentRepetitionPenalty
-    from krishna_ai.sampling import REPETITION_WINDOW
 
     assert REPETITION_WINDOW == 64
     scores = torch.tensor([[2.0, -2.0, 3.0, -1.0, 0.5, 4.0]])
@@ -126,7 +126,7 @@ def test_repetition_penalty_looks_back_as_far_as_llama_cpp_does():
     ([5], set(), 2, {}),
 ])
 def test_dry_penalties_by_hand(reply, breakers, allowed, expected):
-    from krishna_ai.sampling import dry_penalties
+    from krishna_ai.core.sampling import dry_penalties
 
     assert dry_penalties(reply, breakers, 1.0, base=2.0, allowed_length=allowed) == expected
     assert dry_penalties(reply, breakers, 0.0, base=2.0, allowed_length=allowed) == {}  # 0 = off
@@ -135,13 +135,13 @@ def test_dry_penalties_by_hand(reply, breakers, allowed, expected):
 def test_dry_penalty_stays_finite_on_a_long_loop():
     import math
 
-    from krishna_ai.sampling import dry_penalties
+    from krishna_ai.core.sampling import dry_penalties
 
     penalty = dry_penalties([7] * 500, set(), 0.8)[7]
     assert math.isfinite(penalty) and penalty > 1e9
 
 
 def test_every_field_has_its_message():
-    from krishna_ai.sampling import _MESSAGES
+    from krishna_ai.core.sampling import _MESSAGES
 
     assert set(_MESSAGES) == set(SamplingParams.model_fields)

@@ -9,9 +9,9 @@ import pytest
 from gradio_client import Client
 
 import app
-from krishna_ai.personas import load_personas
-from krishna_ai.studio import Studio
-from krishna_ai.ui import build_demo
+from krishna_ai.core.personas import load_personas
+from krishna_ai.studio.service import Studio
+from krishna_ai.studio.ui import build_demo
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def test_auth_refuses_a_wrong_password(served):
 def test_no_files_outside_the_app_folders(served):
     url = served()
     for path in ("gradio_api/file=/etc/passwd", "gradio_api/file=../../../../etc/passwd",
-                 "gradio_api/file=%2Fetc%2Fpasswd", "gradio_api/file=app.py", "gradio_api/file=krishna_ai/studio.py",
+                 "gradio_api/file=%2Fetc%2Fpasswd", "gradio_api/file=app.py", "gradio_api/file=krishna_ai/studio/service.py",
                  "file=/etc/passwd"):
         status, body = get(url + path)
         assert status >= 400 and b"root:" not in body and b"def load_model" not in body, path
@@ -84,7 +84,7 @@ def test_a_checkpoint_that_asks_for_remote_code_is_refused_and_its_code_never_ru
     import json
     import shutil
 
-    from krishna_ai.errors import ModelUnavailable
+    from krishna_ai.core.errors import ModelUnavailable
     from krishna_ai.runtime.load import load_engine
 
     evil = tmp_path / "evil"
@@ -105,7 +105,7 @@ def test_pickled_weights_are_never_loaded(tmp_path, tiny_dir):
 
     import torch
 
-    from krishna_ai.errors import ModelUnavailable
+    from krishna_ai.core.errors import ModelUnavailable
     from krishna_ai.runtime.load import load_engine
 
     pickled = tmp_path / "pickled"

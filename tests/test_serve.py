@@ -16,14 +16,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from krishna_ai.errors import ConfigError, GenerationError, ImageError, ModelUnavailable
-from krishna_ai.personas import load_personas
-from krishna_ai.prompting import build_messages, render_gemma_turns
+from krishna_ai.core.errors import ConfigError, GenerationError, ImageError, ModelUnavailable
+from krishna_ai.core.personas import load_personas
+from krishna_ai.core.prompting import build_messages, render_gemma_turns
+from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.runtime.load import load_engine
-from krishna_ai.runtime.remote import RemoteEngine, parse_spec, request_body, to_openai
-from krishna_ai.sampling import SamplingParams
-from krishna_ai.serve import LlamaServer, ServerConfig, model_file, server_binary, slot_states
-from krishna_ai.studio import Studio
+from krishna_ai.runtime.probe import parse_spec
+from krishna_ai.runtime.remote import RemoteEngine, request_body, to_openai
+from krishna_ai.ship.serve import LlamaServer, ServerConfig, model_file, server_binary, slot_states
+from krishna_ai.studio.service import Studio
 from tests.conftest import free_port
 
 try:

@@ -15,7 +15,7 @@ def test_short_soak(light_engine, monkeypatch):
     sys.path.insert(0, str(REPO / "bench"))
     import soak
 
-    monkeypatch.setattr("krishna_ai.studio.load_engine", lambda spec, adapter: light_engine)
+    monkeypatch.setattr("krishna_ai.studio.service.load_engine", lambda spec, adapter: light_engine)
     out = soak.run(clients=4, seconds=20, max_new=8, cancel_rate=0.4, seed=1)
     assert out["requests"] >= 4 and out["completed"] >= 1
     assert out["failed"] == 0, out["errors"]

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from gradio_client import Client
 
-from krishna_ai.cli import main as cli
-from krishna_ai.space import pinned
+from krishna_ai.cli.main import main as cli
+from krishna_ai.ship.space import pinned
 from tests.conftest import REPO, free_port, wait_for_port
 
 
@@ -56,7 +56,7 @@ def test_space_folder_contents(space):
                                                               "gpu_duration": 120}
     assert sorted(p.name for p in (space / "prompts").glob("*.toml")) == ["aurora.toml", "krishna.toml",
                                                                           "maize.toml", "pet.toml"]
-    assert (space / "krishna_ai" / "studio.py").is_file() and not list(space.rglob("__pycache__"))
+    assert (space / "krishna_ai" / "studio" / "service.py").is_file() and not list(space.rglob("__pycache__"))
 
 
 def test_zero_gpu_build_and_wrapping(tmp_path, monkeypatch):

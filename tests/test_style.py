@@ -1,7 +1,7 @@
 import pytest
 
-from krishna_ai.personas import load_personas
-from krishna_ai.style import check_reply, split_sentences
+from krishna_ai.core.personas import load_personas
+from krishna_ai.core.style import check_reply, split_sentences
 
 P = load_personas()
 KRISHNA = P["krishna"]
@@ -78,8 +78,8 @@ def test_split_sentences():
 
 # -- exact verdicts: the rule *and* the message a user reads, for each path through check_reply --------
 
-from krishna_ai.personas import RequiredPattern, Style  # noqa: E402
-from krishna_ai.style import RULES, Violation, badge, leak, loop, paragraphs, pass_label  # noqa: E402
+from krishna_ai.core.personas import RequiredPattern, Style  # noqa: E402
+from krishna_ai.core.style import RULES, Violation, badge, leak, loop, paragraphs, pass_label  # noqa: E402
 
 STORY_STYLE = Style(address="Partha", forbidden_words=["Arjuna", "verily"], sentences=(2, 3), story=True,
                     story_min_words=8, no_verse_quotes=True, max_words=80)
@@ -161,7 +161,7 @@ def test_pass_labels():
     assert pass_label("not_ended") == "ended" and pass_label("looped") == "no loop"
     assert pass_label("missing_improved_prompt") == "has improved prompt"
     assert pass_label("missing_diagnosis") == "has diagnosis"
-    assert all(pass_label(r) for r in RULES)
+    assert all(pass_label(r.name) for r in RULES)
 
 
 @pytest.mark.parametrize("text, found", [
@@ -267,8 +267,8 @@ def test_a_reply_that_echoes_its_own_instructions_has_leaked():
     """Seen from Krishna's adapter asked without its cards: the instruction copied into the reply. Eight
     words in a row from the persona's system prompt, rules, story or knowledge instruction are a leak;
     seven are not; a card retold word for word is what a grounded reply does, not a leak."""
-    from krishna_ai.knowledge import load_bank
-    from krishna_ai.style import instruction_echo
+    from krishna_ai.core.knowledge import load_bank
+    from krishna_ai.core.style import instruction_echo
 
     echoed = GOOD + ("\n\nThen, after a blank line, tell a short real-world story of 3 to 5 sentences about "
                      "Abraham Lincoln that reflects your advice.")

@@ -10,10 +10,11 @@ import optuna
 import pytest
 import yaml
 
-from krishna_ai.cli import main as cli
-from krishna_ai.errors import ConfigError
-from krishna_ai.sweep import SweepSettings, apply_params, default_questions, parse_space, run_sweep
-from krishna_ai.train import TrainConfig
+from krishna_ai.cli.main import main as cli
+from krishna_ai.core.errors import ConfigError
+from krishna_ai.training.config import TrainConfig
+from krishna_ai.training.search_space import apply_params, parse_space
+from krishna_ai.training.sweep import SweepSettings, default_questions, run_sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -28,7 +29,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def tiny_text(tmp_path_factory):
-    from krishna_ai.tiny import build_tiny_gemma3n
+    from krishna_ai.training.tiny import build_tiny_gemma3n
 
     return build_tiny_gemma3n(tmp_path_factory.mktemp("tiny") / "text", text_only=True, layers=5, seed=1)
 
@@ -104,9 +105,9 @@ def test_sweep_writes_reports_prunes_adapters_and_resumes(tiny_text, files, tmp_
 def test_best_yaml_is_the_trial_with_the_best_score(tiny_text, files, tmp_path, monkeypatch):
     """Trials are really trained; the score each gets is set here (r=4 scores high, r=2 low) so that which
     trial wins is known, and best.yaml must carry the winner's settings."""
-    import krishna_ai.evaluate
+    import krishna_ai.training.evaluate
 
-    real = krishna_ai.evaluate.evaluate
+    real = krishna_ai.training.evaluate.evaluate
 
     def scored(engine, persona, questions, params, **kw):
         result = real(engine, persona, questions, params, **kw)
@@ -114,7 +115,7 @@ def test_best_yaml_is_the_trial_with_the_best_score(tiny_text, files, tmp_path, 
         result["compliance"] = {2: 0.1, 4: 0.9}[r]
         return result
 
-    monkeypatch.setattr(krishna_ai.evaluate, "evaluate", scored)
+    monkeypatch.setattr(krishna_ai.training.evaluate, "evaluate", scored)
     monkeypatch.chdir(tmp_path)
     recipe = write_recipe(tmp_path / "pick.yaml", tiny_text, data := files[0], {"lora.r": [2, 4]})
     run_sweep(settings(recipe, tmp_path / "sweeps", 4, questions=files[1], seed=1))
@@ -125,10 +126,10 @@ def test_best_yaml_is_the_trial_with_the_best_score(tiny_text, files, tmp_path, 
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(tiny_text, files, tmp_path, monkeypatch):
-    import krishna_ai.train
+    import krishna_ai.training.run
 
     data, questions = files
-    real_main = krishna_ai.train.main
+    real_main = krishna_ai.training.run.train
     calls = []
 
     def flaky_main(cfg, **kw):
@@ -137,7 +138,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tiny_text, files, tmp_p
             raise RuntimeError("disk full (injected)")
         return real_main(cfg, **kw)
 
-    monkeypatch.setattr(krishna_ai.train, "main", flaky_main)
+    monkeypatch.setattr(krishna_ai.training.run, "train", flaky_main)
     recipe = write_recipe(tmp_path / "flaky.yaml", tiny_text, data, {"lora.r": [4]})
     run_sweep(settings(recipe, tmp_path, 2, questions=questions, keep_adapters=True))
     rows = read_csv(tmp_path / "flaky")

@@ -9,9 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from krishna_ai.cli import main as cli
-from krishna_ai.errors import ConfigError
-from krishna_ai.train import TrainConfig, main, target_regex
+from krishna_ai.cli.main import main as cli
+from krishna_ai.core.errors import ConfigError
+from krishna_ai.training.common import target_regex
+from krishna_ai.training.config import TrainConfig
+from krishna_ai.training.run import train as main
 
 pytestmark = pytest.mark.slow
 
@@ -161,3 +163,42 @@ def test_unsloth_engine_trains_on_gpu(dataset, tmp_path):
     pytest.importorskip("unsloth")
     summary = main(recipe(dataset, tmp_path / "u", engine="unsloth"), progress=False)
     assert summary["engine"] == "unsloth" and summary["final_loss"] < summary["first_loss"]
+
+
+def _custom_persona(folder):
+    """A persona that exists only in `folder` (as one made with --prompts DIR would)."""
+    from tests.conftest import REPO
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = (REPO / "prompts" / "pet.toml").read_text(encoding="utf-8")
+    text = text.replace('id = "pet"', 'id = "coach-q"').replace("You are PET,", "You are Coach Q,")
+    text = text.replace('adapters = { light = "../adapters/pet-light" }', 'adapters = { light = "coach-adapter" }')
+    (folder / "coach-q.toml").write_text(text, encoding="utf-8")
+    (folder / "coach-adapter").mkdir()
+    return folder
+
+
+def test_prompts_folders_are_honoured_by_train_dpo_and_the_cli(tmp_path, monkeypatch):
+    """`train --prompts DIR` (and a recipe's `prompts:`) finds a persona that lives only in DIR, for the SFT
+    data, DPO's start adapter and the sweep's trials, which all build their recipe through TrainConfig."""
+    from krishna_ai.training import dpo, run
+    from krishna_ai.training.sft import load_training_conversations
+
+    prompts = _custom_persona(tmp_path / "mine")
+    source = tmp_path / "qa.jsonl"
+    source.write_text(json.dumps({"question": "Write a poem", "answer": "Improved prompt: a poem."}) + "\n")
+    cfg = TrainConfig.from_dict({"data": str(source), "data_format": "persona", "persona": "coach-q",
+                                 "prompts": [str(prompts)]})
+    system = load_training_conversations(cfg)[0][0]["content"]
+    assert system.startswith("You are Coach Q,")
+    assert dpo.start_adapter(cfg.model_copy(update={"method": "dpo"})) == str(prompts / "coach-adapter")
+    with pytest.raises(Exception, match="coach-q"):  # without the folder the persona is unknown
+        load_training_conversations(cfg.model_copy(update={"prompts": []}))
+
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(f"data: {source}\ndata_format: persona\npersona: coach-q\n")
+    seen = []
+    monkeypatch.setattr(run, "train", lambda cfg, **kw: seen.append(cfg) or {})
+    assert cli(["train", "--config", str(recipe_file), "--prompts", str(prompts)]) == 0
+    assert seen[0].prompts == [str(prompts)]
+    assert load_training_conversations(seen[0])[0][0]["content"].startswith("You are Coach Q,")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from krishna_ai.errors import ConfigError, problems
+from krishna_ai.core.errors import ConfigError, problems
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 CONFIG_KEYS = {"name", "description", "source", "effective_params_b", "mmlu_pt", "relative_to", "skip_layers",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from krishna_ai.errors import ConfigError
+from krishna_ai.core.errors import ConfigError
 from krishna_ai.matformer.config import ParentShape, Resolved, SliceConfig, load_slice_config, resolve
 
 _STATE = "_krishna_elastic"

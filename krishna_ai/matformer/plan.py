@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from krishna_ai.errors import ConfigError, problems
+from krishna_ai.core.errors import ConfigError, problems
 from krishna_ai.matformer.config import Resolved
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from krishna_ai.errors import ConfigError
+from krishna_ai.core.errors import ConfigError
 from krishna_ai.matformer.plan import DTYPE_BYTES, TensorPlan
 
 CHUNK_BYTES = 64 << 20

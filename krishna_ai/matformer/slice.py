@@ -15,8 +15,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from krishna_ai.cache import atomic_dir
-from krishna_ai.errors import ConfigError, ModelUnavailable, problems
+from krishna_ai.core.cache import atomic_dir
+from krishna_ai.core.errors import ConfigError, ModelUnavailable, problems
 from krishna_ai.matformer.config import ParentShape, Resolved, SliceConfig, load_slice_config, resolve
 from krishna_ai.matformer.plan import LoadCheck, check_loadable, child_config, map_tensors
 from krishna_ai.matformer.report import SliceReport, build_report

@@ -11,14 +11,15 @@ fit the context), the turn markers generation stops at, the finish reason, and t
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from krishna_ai.errors import GenerationError, ImageError
-from krishna_ai.prompting import Message, fit_history, has_image
+from krishna_ai.core.errors import GenerationError, ImageError
+from krishna_ai.core.prompting import Message, fit_history, has_image
+from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.runtime.tiers import image_tiers_hint
-from krishna_ai.sampling import SamplingParams
 
 Family = Literal["gemma3", "gemma3n", "other"]
 FinishReason = Literal["end_of_turn", "max_tokens", "stopped", "error"]
@@ -56,8 +57,9 @@ class ReplyStats:
     prompt_tokens: int = 0
     tokens: int = 0
     ttft_s: float | None = None
-    """Seconds from the request to the first generated token."""
+    """Seconds from the request (the engine's `stream()` called) to the first generated token."""
     total_s: float = 0.0
+    """Seconds from the request to the end of the reply."""
     stopped: bool = False
     finish_reason: FinishReason | None = None
     """Why the reply ended: the model closed its turn, hit max_new_tokens, was stopped, or failed."""
@@ -65,6 +67,9 @@ class ReplyStats:
     """MatFormer slice the reply ran as (None: the full model)."""
     switch_note: str | None = None
     """What a live slice switch before this reply cost (None when no switch was needed)."""
+    started: float = field(default_factory=time.perf_counter, repr=False)
+    """`time.perf_counter()` at the request: every engine passes the moment its `stream()` was called, so
+    time to first token means the same on every back end (prompt checks, fitting and tokenising included)."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -79,10 +84,16 @@ class ReplyStats:
         return (f"{self.tokens} tokens · {self.tokens_per_s:.1f} tok/s · first token {ttft} · "
                 f"prompt {self.prompt_tokens} tokens{tail}")
 
-    def finish(self, *, stopped: bool, ended: bool, failed: bool, total_s: float) -> None:
+    def token(self, n: int = 1) -> None:
+        """Count `n` generated tokens (the first one sets the time to first token)."""
+        if self.ttft_s is None:
+            self.ttft_s = time.perf_counter() - self.started
+        self.tokens += n
+
+    def finish(self, *, stopped: bool, ended: bool, failed: bool) -> None:
         """Record how the reply ended (called once, by the back end, when its generator closes)."""
         self.stopped = stopped
-        self.total_s = total_s
+        self.total_s = time.perf_counter() - self.started
         if failed:
             self.finish_reason = "error"
         elif ended:
@@ -179,6 +190,11 @@ class Engine(Protocol):
     def generate_batch(self, conversations: list[list[Message]],
                        params: SamplingParams | None = None) -> list[Completion]:
         """Replies to several text conversations (evaluation throughput)."""
+        ...
+
+    def close(self) -> None:
+        """Free what the engine holds (a model, a server's connections) once the replies in flight have ended;
+        called when the Studio evicts it. The engine is not used after."""
         ...
 
 

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from krishna_ai.cache import atomic_file, cache_root
-from krishna_ai.errors import ConfigError, ModelUnavailable
+from krishna_ai.core.cache import atomic_file, cache_root
+from krishna_ai.core.errors import ConfigError, ModelUnavailable
 from krishna_ai.runtime.tiers import GGUF_TIER, check_adapter
 
 OUTTYPE = "q8_0"
@@ -44,8 +44,8 @@ def adapted_gguf(spec: str, adapter: str | os.PathLike[str]) -> Path:
     target = adapted_path(folder)
     if target.is_file():
         return target
-    from krishna_ai.export.gguf import convert_gguf, fetch_converter, find_converter
-    from krishna_ai.merge import merge
+    from krishna_ai.runtime.convert import convert_gguf, fetch_converter, find_converter
+    from krishna_ai.runtime.merge import merge
 
     try:
         converter = find_converter()

@@ -14,8 +14,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from krishna_ai.errors import ConfigError
-from krishna_ai.prompting import Message, has_image, render_prompt
+from krishna_ai.core.errors import ConfigError
+from krishna_ai.core.prompting import Message, has_image, render_prompt
+from krishna_ai.core.sampling import REPETITION_WINDOW, SamplingParams, breaker_tokens, dry_penalties
 from krishna_ai.runtime.engine import (
     Completion,
     EngineInfo,
@@ -26,7 +27,6 @@ from krishna_ai.runtime.engine import (
     stop_token_ids,
 )
 from krishna_ai.runtime.weights import LoadedModel
-from krishna_ai.sampling import REPETITION_WINDOW, SamplingParams, breaker_tokens, dry_penalties
 
 JOIN_TIMEOUT_S = 10.0
 POLL_S = 0.05
@@ -78,15 +78,13 @@ class _DryPenalty:
         return scores
 
 
-def _counting_streamer(tokenizer: Any, stats: ReplyStats, started: float, last: list[int]) -> Any:
+def _counting_streamer(tokenizer: Any, stats: ReplyStats, last: list[int]) -> Any:
     from transformers import TextIteratorStreamer
 
     class CountingStreamer(TextIteratorStreamer):
         def put(self, value: Any) -> None:
             if not self.next_tokens_are_prompt:
-                if stats.ttft_s is None:
-                    stats.ttft_s = time.perf_counter() - started
-                stats.tokens += int(value.numel())
+                stats.token(int(value.numel()))
                 last[:] = [int(value.reshape(-1)[-1])]
             super().put(value)
 
@@ -115,6 +113,12 @@ class HFEngine:
     @property
     def info(self) -> EngineInfo:
         return self._info
+
+    def close(self) -> None:
+        """Nothing to shut: the weights are freed with the last reference (a reply in flight keeps its own);
+        the lock is taken so that a caller that waits on close waits for that reply."""
+        with self._lock:
+            pass
 
     @property
     def name(self) -> str:
@@ -177,10 +181,11 @@ class HFEngine:
         `slice` runs an E4B-shaped Gemma 3n as a MatFormer slice (e.g. "e2b") for this reply, switched
         live on the loaded weights; None runs the full model.
         """
+        started = time.perf_counter()
         messages, params = prepare(self, messages, params, slice)
         inputs = self.encode(messages)
         stop_event = stop_event or threading.Event()
-        stats = ReplyStats(prompt_tokens=int(inputs["input_ids"].shape[-1]), slice=slice or None)
+        stats = ReplyStats(prompt_tokens=int(inputs["input_ids"].shape[-1]), slice=slice or None, started=started)
         return Reply(self._run(inputs, params, stop_event, stats), stop_event, stats)
 
     def generate_batch(self, conversations: list[list[Message]],
@@ -255,9 +260,8 @@ class HFEngine:
         import torch
         from transformers import StoppingCriteriaList
 
-        started = time.perf_counter()
         last: list[int] = []
-        streamer = _counting_streamer(self.loaded.tokenizer, stats, started, last)
+        streamer = _counting_streamer(self.loaded.tokenizer, stats, last)
         errors: list[BaseException] = []
         user_stop = threading.Event()  # set when the stop came from outside, not from our own cleanup
 
@@ -299,7 +303,6 @@ class HFEngine:
             stop_event.set()
             thread.join(JOIN_TIMEOUT_S)
             ended = bool(last) and last[0] in self.stop_token_ids
-            stats.finish(stopped=user_stop.is_set(), ended=ended, failed=bool(errors),
-                         total_s=time.perf_counter() - started)
+            stats.finish(stopped=user_stop.is_set(), ended=ended, failed=bool(errors))
         if errors:
             raise generation_failed(errors[0]) from errors[0]

@@ -14,8 +14,8 @@ from typing import Any, cast
 
 from tqdm.auto import tqdm
 
-from krishna_ai.cache import atomic_dir, cache_root
-from krishna_ai.errors import ModelUnavailable
+from krishna_ai.core.cache import atomic_dir, cache_root
+from krishna_ai.core.errors import ModelUnavailable
 
 LIGHT_NAME = "gemma-3-270m"
 COMPLETE_MARKER = ".krishna_ai_complete"

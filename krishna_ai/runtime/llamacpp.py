@@ -33,8 +33,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from krishna_ai.errors import ConfigError, GenerationError, ModelUnavailable
-from krishna_ai.prompting import Message, render_gemma_turns
+from krishna_ai.core.errors import ConfigError, GenerationError, ModelUnavailable
+from krishna_ai.core.prompting import Message, render_gemma_turns
+from krishna_ai.core.sampling import REPETITION_WINDOW, SamplingParams, breaker_tokens, dry_penalties
 from krishna_ai.runtime.engine import (
     Completion,
     EngineInfo,
@@ -46,7 +47,6 @@ from krishna_ai.runtime.engine import (
     stop_token_ids,
 )
 from krishna_ai.runtime.tiers import GGUF_TIER
-from krishna_ai.sampling import REPETITION_WINDOW, SamplingParams, breaker_tokens, dry_penalties
 
 DEFAULT_N_CTX = 8192
 """Context allocated when the file allows more: Gemma 3 270M is trained for 32k, whose KV cache is 4× larger."""
@@ -188,6 +188,13 @@ class LlamaCppEngine:
     def info(self) -> EngineInfo:
         return self._info
 
+    def close(self) -> None:
+        """Free the model and its KV cache once the reply in flight (which holds the lock) has ended."""
+        with self._lock:
+            close = getattr(self.llm, "close", None)
+            if close is not None:
+                close()
+
     @property
     def name(self) -> str:
         return self._info.name
@@ -232,8 +239,8 @@ class LlamaCppEngine:
     def _reply(self, tokens: list[int], params: SamplingParams, stop_event: threading.Event | None,
                started: float) -> Reply:
         stop_event = stop_event or threading.Event()
-        stats = ReplyStats(prompt_tokens=len(tokens))
-        return Reply(self._run(tokens, params, stop_event, stats, started), stop_event, stats)
+        stats = ReplyStats(prompt_tokens=len(tokens), started=started)
+        return Reply(self._run(tokens, params, stop_event, stats), stop_event, stats)
 
     def _sampling(self, params: SamplingParams, prompt_length: int) -> dict[str, Any]:
         greedy = params.temperature == 0
@@ -264,8 +271,8 @@ class LlamaCppEngine:
 
         return [penalise]
 
-    def _run(self, tokens: list[int], params: SamplingParams, stop_event: threading.Event, stats: ReplyStats,
-             started: float) -> Iterator[str]:
+    def _run(self, tokens: list[int], params: SamplingParams, stop_event: threading.Event,
+             stats: ReplyStats) -> Iterator[str]:
         import llama_cpp
 
         llm, stop_ids = self.llm, set(self.stop_token_ids)
@@ -284,9 +291,7 @@ class LlamaCppEngine:
             generator = llm.generate(tokens, reset=True, **self._sampling(params, len(tokens)))
             try:
                 for token in generator:
-                    if stats.ttft_s is None:
-                        stats.ttft_s = time.perf_counter() - started
-                    stats.tokens += 1
+                    stats.token()
                     if token in stop_ids:
                         ended = True
                         break
@@ -311,4 +316,4 @@ class LlamaCppEngine:
             stop_event.set()
             if acquired:
                 self._lock.release()
-            stats.finish(stopped=stopped, ended=ended, failed=failed, total_s=time.perf_counter() - started)
+            stats.finish(stopped=stopped, ended=ended, failed=failed)

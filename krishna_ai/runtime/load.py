@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from krishna_ai.runtime.engine import Engine
-from krishna_ai.runtime.remote import is_remote_spec
+from krishna_ai.runtime.probe import is_remote_spec
 from krishna_ai.runtime.tiers import is_gguf_spec
 
 

@@ -28,12 +28,12 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from krishna_ai.errors import ConfigError, GenerationError, ModelUnavailable
-from krishna_ai.prompting import Message, text_of
+from krishna_ai.core.errors import ConfigError, GenerationError
+from krishna_ai.core.prompting import Message, text_of
+from krishna_ai.core.sampling import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS, REPETITION_WINDOW, SamplingParams
 from krishna_ai.runtime.engine import (
     TURN_MARKERS,
     Completion,
@@ -44,155 +44,21 @@ from krishna_ai.runtime.engine import (
     generation_failed,
     prepare,
 )
-from krishna_ai.sampling import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS, REPETITION_WINDOW, SamplingParams
+from krishna_ai.runtime.probe import (
+    DEFAULT_CONTEXT,
+    KEY_ENVS,
+    TIMEOUT_ENV,
+    ServerInfo,
+    auth_headers,
+    parse_spec,
+    probe,
+    stall_timeout,
+)
 
-PREFIX = "openai:"
-KEY_ENVS = ("KRISHNA_AI_API_KEY", "OPENAI_API_KEY")
-TIMEOUT_ENV = "KRISHNA_AI_REMOTE_TIMEOUT"
-DEFAULT_STALL_S = 120.0
-"""Longest wait for the next streamed piece, or for the first while the request waits in the server's queue
-(llama-server sends nothing until a slot takes it: with 32 users on 8 slots that can take a minute)."""
-DEFAULT_CONTEXT = 8192
-"""Context assumed when the server does not say (the server still refuses a prompt that is too long)."""
 BYTES_PER_TOKEN = 3
 """Token estimate for fitting history: UTF-8 bytes / 3 over-counts Gemma's tokens for English (about 4.3
 characters each) and Devanagari (3 bytes a character, rarely more than one token a character). The
 server tokenises for real and reports the true prompt size in each reply's stats."""
-
-
-def is_remote_spec(spec: object) -> bool:
-    return isinstance(spec, str) and spec.startswith(PREFIX)
-
-
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """(API root URL, model name or None) of ``openai:URL[#MODEL]``. Raises ConfigError."""
-    url, _, model = spec[len(PREFIX):].partition("#")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{spec!r}: give the server's API root after 'openai:', e.g. "
-                          "openai:http://127.0.0.1:8081/v1#MODEL")
-    return url.rstrip("/"), (model.strip() or None)
-
-
-def api_key() -> str | None:
-    for env in KEY_ENVS:
-        if os.environ.get(env, "").strip():
-            return os.environ[env].strip()
-    return None
-
-
-def auth_headers(key: str | None = None) -> dict[str, str]:
-    """The bearer header for `key` (default: the key from the environment); {} when there is none."""
-    key = key if key is not None else api_key()
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def stall_timeout() -> float:
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_STALL_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: give the seconds to wait for the server, more than 0")
-    return value
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What the probe learned about the server."""
-
-    kind: str
-    """"llama.cpp server", "Ollama", "vLLM" or "OpenAI-compatible server"."""
-    models: tuple[str, ...]
-    context_length: int | None = None
-    slots: int | None = None
-    vision: bool | None = None
-    """None: the server does not say (images are sent, and a refusal is reported as such)."""
-
-
-def _server_root(url: str) -> str:
-    return url[: -len("/v1")] if url.endswith("/v1") else url
-
-
-def probe(url: str, model: str | None, *, timeout: float = 10.0) -> tuple[str, ServerInfo]:
-    """(model name, ServerInfo) of the server at `url`; ModelUnavailable says what is wrong."""
-    import httpx
-
-    headers = auth_headers()
-    root = _server_root(url)
-    try:
-        with httpx.Client(timeout=timeout, headers=headers) as http:
-            resp = http.get(f"{url}/models")
-            if resp.status_code in (401, 403):
-                raise ModelUnavailable(f"the server at {url} refused the API key (HTTP {resp.status_code}): set "
-                                       f"${KEY_ENVS[0]} to the key it was started with")
-            if resp.status_code != 200:
-                raise ModelUnavailable(f"{url}/models answered HTTP {resp.status_code}: is {url} the API root of an "
-                                       "OpenAI-compatible server (it usually ends in /v1)?")
-            try:
-                entries = resp.json()["data"]
-                models = tuple(str(e["id"]) for e in entries)
-            except (ValueError, KeyError, TypeError):
-                raise ModelUnavailable(f"{url}/models did not answer like an OpenAI-compatible server "
-                                       f"(no model list in {resp.text[:80]!r})") from None
-            if not models:
-                raise ModelUnavailable(f"the server at {url} serves no model yet")
-            if model is None:
-                model = models[0]
-            elif model not in models:
-                raise ModelUnavailable(f"the server at {url} does not serve {model!r}; it serves: {', '.join(models)}")
-            entry = next(e for e in entries if str(e["id"]) == model)
-            info = ServerInfo("OpenAI-compatible server", models,
-                              context_length=_int(entry.get("max_model_len")))  # vLLM says it here
-            info = _llama_server(http, root, info) or _ollama(http, root, model, info) or _vllm(http, root, info)
-    except httpx.TimeoutException:
-        raise ModelUnavailable(f"the server at {url} did not answer within {timeout:.0f} s") from None
-    except httpx.HTTPError as exc:
-        raise ModelUnavailable(f"no server answers at {url} ({type(exc).__name__}): start it (for the light "
-                               "model: python -m krishna_ai serve), or check the address") from None
-    return model, info
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and value > 0 else None
-
-
-def _json(resp: Any) -> dict[str, Any] | None:
-    if resp.status_code != 200:
-        return None
-    try:
-        data = resp.json()
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _llama_server(http: Any, root: str, info: ServerInfo) -> ServerInfo | None:
-    props = _json(http.get(f"{root}/props"))
-    if props is None or "default_generation_settings" not in props:
-        return None
-    slots = _int(props.get("total_slots"))
-    n_ctx = _int((props.get("default_generation_settings") or {}).get("n_ctx"))
-    vision = (props.get("modalities") or {}).get("vision")
-    return ServerInfo("llama.cpp server", info.models, context_length=n_ctx, slots=slots,
-                      vision=vision if isinstance(vision, bool) else None)
-
-
-def _ollama(http: Any, root: str, model: str, info: ServerInfo) -> ServerInfo | None:
-    show = _json(http.post(f"{root}/api/show", json={"model": model}))
-    if show is None or "capabilities" not in show:
-        return None
-    ctx = next((_int(v) for k, v in (show.get("model_info") or {}).items() if k.endswith(".context_length")), None)
-    return ServerInfo("Ollama", info.models, context_length=ctx, vision="vision" in (show.get("capabilities") or []))
-
-
-def _vllm(http: Any, root: str, info: ServerInfo) -> ServerInfo:
-    version = _json(http.get(f"{root}/version"))
-    kind = f"vLLM {version['version']}" if version and "version" in version else info.kind
-    return ServerInfo(kind, info.models, context_length=info.context_length)
 
 
 def load_remote(spec: str, *, adapter: str | os.PathLike[str] | None = None) -> RemoteEngine:
@@ -303,6 +169,14 @@ class RemoteEngine:
         # No kept-alive connections: each request gets its own socket, which Stop can shut (see _Connection).
         self.http = httpx.Client(timeout=httpx.Timeout(self.stall_s, connect=5.0),
                                  limits=httpx.Limits(max_keepalive_connections=0), headers=auth_headers())
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Close the HTTP client once no reply is streaming (or after `timeout` seconds)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+        self.http.close()
 
     @property
     def info(self) -> EngineInfo:
@@ -330,8 +204,8 @@ class RemoteEngine:
         started = time.perf_counter()
         messages, params = prepare(self, messages, params, slice)
         stop_event = stop_event or threading.Event()
-        stats = ReplyStats(prompt_tokens=self.count_tokens(messages))
-        return Reply(self._run(to_openai(messages), params, stop_event, stats, started), stop_event, stats)
+        stats = ReplyStats(prompt_tokens=self.count_tokens(messages), started=started)
+        return Reply(self._run(to_openai(messages), params, stop_event, stats), stop_event, stats)
 
     def generate_batch(self, conversations: list[list[Message]],
                        params: SamplingParams | None = None) -> list[Completion]:
@@ -341,13 +215,15 @@ class RemoteEngine:
 
     # -- one request ------------------------------------------------------------------------
     def _run(self, messages: list[dict[str, Any]], params: SamplingParams, stop_event: threading.Event,
-             stats: ReplyStats, started: float) -> Iterator[str]:
+             stats: ReplyStats) -> Iterator[str]:
         from httpx_sse import connect_sse
 
         standard, extra = request_body(params)
         body = {"model": self.model, "messages": messages, "stream": True,
                 "stream_options": {"include_usage": True}, **standard, **extra}
         ended = failed = False
+        with self._idle:
+            self._in_flight += 1
         conn, done = _Connection(), threading.Event()
         watcher = threading.Thread(target=_shut_on_stop, args=(conn, stop_event, done), daemon=True)
         try:
@@ -373,9 +249,7 @@ class RemoteEngine:
                     for choice in chunk.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content")
                         if text:
-                            if stats.ttft_s is None:
-                                stats.ttft_s = time.perf_counter() - started
-                            stats.tokens += 1
+                            stats.token()
                             yield text
                         if choice.get("finish_reason"):
                             ended = choice["finish_reason"] == "stop"
@@ -395,8 +269,10 @@ class RemoteEngine:
             conn.shut()  # frees the server's slot when the reply did not run to its end
             if watcher.is_alive():
                 watcher.join(timeout=1.0)
-            stats.finish(stopped=stopped, ended=ended and not stopped, failed=failed,
-                         total_s=time.perf_counter() - started)
+            stats.finish(stopped=stopped, ended=ended and not stopped, failed=failed)
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
 
     def _explain(self, exc: BaseException) -> GenerationError:
         import httpx

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from krishna_ai.errors import ModelUnavailable
+from krishna_ai.core.errors import ModelUnavailable
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from krishna_ai.cache import atomic_dir, cache_root
-from krishna_ai.errors import ModelUnavailable
+from krishna_ai.core.cache import atomic_dir, cache_root
+from krishna_ai.core.errors import ModelUnavailable
 from krishna_ai.runtime.engine import Family, family_of
 from krishna_ai.runtime.tiers import check_adapter, check_local_folder, resolve_source
 

@@ -1,0 +1,1 @@
+"""`python -m krishna_ai`: the parser (main) and one module per command group (chat, train, ship, history)."""

@@ -1,0 +1,192 @@
+"""`python -m krishna_ai` train, merge, eval, build-dataset, tiny-gemma3n, sweep: making and measuring a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from krishna_ai.training import sweep, tiny
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from krishna_ai.training.config import TrainConfig
+    from krishna_ai.training.run import train
+
+    overrides = {"output_dir": args.output_dir, "max_steps": args.max_steps, "limit": args.limit, "data": args.data,
+                 "method": args.method, "prompts": args.prompts or None}
+    if args.method == "dpo":
+        overrides["data_format"] = "preference"
+    cfg = TrainConfig.from_yaml(args.config, **overrides)
+    summary = train(cfg, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from krishna_ai.runtime.merge import merge
+
+    out = merge(args.base, args.adapter, args.out, dtype=args.dtype, force=args.force)
+    print(f"merged model written to {out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from krishna_ai.core.personas import get_persona, load_personas, persona_dirs
+    from krishna_ai.core.sampling import SamplingParams
+    from krishna_ai.runtime.load import load_engine
+    from krishna_ai.training.evaluate import evaluate, format_table, load_questions, split_spec, write_json
+
+    persona = get_persona(load_personas(persona_dirs(args.prompts)), args.persona)
+    questions = load_questions(args.questions)[: args.limit or None]
+    specs = [split_spec(m, persona) for m in (args.model or ["light"])]
+    if args.adapter:
+        if len(specs) != 1:
+            raise ValueError("--adapter goes with a single --model; for several use --model SPEC@ADAPTER")
+        specs = [(specs[0][0], args.adapter)]
+    params = SamplingParams.for_persona(persona, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                        repetition_penalty=args.repetition_penalty,
+                                        dry_multiplier=args.dry_multiplier, seed=args.seed)
+    # a persona without a knowledge bank is asked one way only, whatever --bank says
+    banks = {"on": [True], "off": [False], "both": [True, False]}[args.bank] if persona.knowledge else [True]
+    results = []
+    for spec, (model, adapter) in zip(args.model or ["light"], specs, strict=True):
+        engine = load_engine(model, adapter)  # llama.cpp for GGUF tiers/files, else transformers
+        name = spec if not args.adapter else f"{model}@{adapter}"
+        for bank in banks:
+            results.append(evaluate(engine, persona, questions, params, batch_size=args.batch_size,
+                                    name=name if bank else f"{name} without bank", bank=bank))
+        del engine
+    print(format_table(results))
+    if args.json:
+        print(f"results written to {write_json(results, persona, args.questions, args.json)}")
+    return 0
+
+
+def _cmd_build_dataset(args: argparse.Namespace) -> int:
+    from krishna_ai.core.personas import get_persona, load_personas, persona_dirs
+    from krishna_ai.training.data import load_persona_source, persona_conversations, write_jsonl
+
+    persona = get_persona(load_personas(persona_dirs(args.prompts)), args.persona)
+    convs = persona_conversations(persona, load_persona_source(args.source))
+    print(f"{len(convs)} conversations written to {write_jsonl(convs, args.out)}")
+    return 0
+
+
+def _cmd_tiny(args: argparse.Namespace) -> int:
+    out = tiny.build_tiny_gemma3n(args.out, text_only=args.text_only, layers=args.layers, seed=args.seed)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"wrote {out} ({size / 2**20:.1f} MB); load it with --model {out}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    settings = sweep.SweepSettings(
+        config=Path(args.config), trials=args.trials, study=args.study, root=Path(args.root),
+        questions=Path(args.questions) if args.questions else None, persona=args.persona,
+        keep_adapters=args.keep_adapters, seed=args.seed, max_steps=args.max_steps, limit=args.limit,
+        eval_limit=args.eval_limit, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        batch_size=args.batch_size, prompts=args.prompts)
+    result = sweep.run_sweep(settings)
+    print(Path(result["paths"]["markdown"]).read_text(encoding="utf-8"))
+    for kind, path in result["paths"].items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from krishna_ai.training import grading
+
+    if args.action == "prepare":
+        sheet, key = grading.prepare(args.eval, args.rubric, args.out, seed=args.seed, limit=args.limit)
+        print(f"blind sheet: {sheet} (grade each reply good, weak or bad); key: {key} (open it after grading)")
+    else:
+        print(grading.format_summary(grading.summary(args.sheet, partial=args.partial)))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="LoRA / QLoRA fine-tuning from a recipe (configs/*.yaml)")
+    p.add_argument("--config", required=True, help="recipe YAML")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.add_argument("--output-dir", dest="output_dir", help="override the recipe's output_dir")
+    p.add_argument("--max-steps", dest="max_steps", type=int, help="override (smoke runs)")
+    p.add_argument("--limit", type=int, help="use only the first N conversations")
+    p.add_argument("--data", help="override the recipe's data file")
+    p.add_argument("--method", choices=["sft", "dpo"],
+                   help="override: dpo trains on preference pairs (data_format preference; `feedback export`)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("merge", help="merge a LoRA adapter into its base (bf16 safetensors)")
+    p.add_argument("--base", required=True, help="tier, folder or hub id the adapter was trained on")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("eval", help="style compliance / accuracy over held-out questions")
+    p.add_argument("--persona", required=True)
+    p.add_argument("--model", action="append",
+                   help="SPEC (with the persona's adapter for it, as the app serves it), SPEC@none (the bare model: "
+                        "the prompt-only baseline) or SPEC@ADAPTER; repeat to compare side by side")
+    p.add_argument("--adapter", help="adapter for a single --model")
+    p.add_argument("--questions", required=True, help="one question per line, or JSONL with question/label")
+    p.add_argument("--limit", type=int, help="first N questions only")
+    p.add_argument("--json", help="write every reply and the scores to this JSON file")
+    p.add_argument("--temperature", type=float, help="override the persona's temperature (0 = greedy)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    p.add_argument("--repetition-penalty", dest="repetition_penalty", type=float,
+                   help="override the persona's repetition penalty (1 = none)")
+    p.add_argument("--dry-multiplier", dest="dry_multiplier", type=float,
+                   help="override the persona's DRY repetition control (0 = off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--bank", choices=("on", "off", "both"), default="on",
+                   help="the persona's knowledge bank: cards in the prompt (on, as the app serves it), none (off: "
+                        "replies still checked against the cards retrieval picks), or both side by side")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("build-dataset", help="render persona Q/A records into conversation JSONL")
+    p.add_argument("--persona", required=True)
+    p.add_argument("--source", required=True, help="JSONL with question, answer[, personality]")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_build_dataset)
+
+    p = sub.add_parser("tiny-gemma3n", help="write a tiny random E4B-shaped Gemma 3n checkpoint (tests, demos)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced if an earlier tiny build)")
+    p.add_argument("--text-only", action="store_true", help="Gemma3nForCausalLM weights and tokenizer only")
+    p.add_argument("--layers", type=int, default=tiny.E4B_LAYERS,
+                   help="decoder layers (E4B: 35); KV sharing and sparsity scale with it")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.set_defaults(func=_cmd_tiny)
+
+    p = sub.add_parser("sweep", help="Optuna hyper-parameter sweep: train + evaluate per trial (resumable)")
+    p.add_argument("--config", required=True, help="recipe YAML (its searchable: mapping adds to the space)")
+    p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
+    p.add_argument("--study", help="study name (default: the recipe's file name)")
+    p.add_argument("--root", default=str(sweep.SWEEPS_ROOT), help="folder holding the study folders")
+    p.add_argument("--questions", help="held-out questions (default: heldout.jsonl beside the data)")
+    p.add_argument("--persona", help="persona to evaluate with (default: the recipe's)")
+    p.add_argument("--keep-adapters", dest="keep_adapters", action="store_true", help="keep every trial's adapter")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--max-steps", dest="max_steps", type=int, help="override the recipe (quick sweeps)")
+    p.add_argument("--limit", type=int, help="train on the first N conversations only")
+    p.add_argument("--eval-limit", dest="eval_limit", type=int, help="evaluate on the first N questions only")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="reply length at evaluation")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling at evaluation (default 0 = greedy)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="evaluation batch size")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("grade", help="blind grading of held-out replies: prepare a shuffled sheet, then summarise it")
+    g = p.add_subparsers(dest="action", required=True)
+    prep = g.add_parser("prepare", help="the replies of one or more eval JSON files, shuffled, without model names")
+    prep.add_argument("--eval", action="append", required=True, metavar="JSON", help="an `eval --json` file; repeat")
+    prep.add_argument("--rubric", required=True, help="the written rubric (Markdown), copied into the sheet")
+    prep.add_argument("--out", required=True, help="the sheet (JSON); its key goes beside it")
+    prep.add_argument("--limit", type=int, help="the first N questions every model answered")
+    prep.add_argument("--seed", type=int, default=0, help="the shuffle's seed")
+    summ = g.add_parser("summary", help="the share graded good, weak and bad per model (reads the key)")
+    summ.add_argument("sheet")
+    summ.add_argument("--partial", action="store_true", help="count the graded replies of an unfinished sheet")
+    p.set_defaults(func=_cmd_grade)

@@ -1,0 +1,366 @@
+"""Knowledge banks: cards of checkable facts, retrieved with BM25 and put in the prompt.
+
+A small model knows almost no facts, and no model should be trusted to recall them: a persona that
+tells true stories or teaches history names a bank (`[knowledge] bank = "knowledge/krishna"`), the
+cards that fit the question are retrieved (bm25s, over title, person, themes, keywords and text,
+stemmed) and the reply retells them. `faithful` (in `evaluate`) checks that it added nothing.
+
+A bank is a folder of TOML files, each holding `[[cards]]`; see prompts/knowledge/README.md.
+Every file is validated on load (unknown key, missing source, empty text → file, card and field
+named). The BM25 index is built once per bank content and cached under the cache root; a change to
+any card file changes the fingerprint and rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+import tomllib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from krishna_ai.core.cache import atomic_dir, cache_root
+from krishna_ai.core.errors import PersonaError, problems
+
+INDEX_VERSION = "1"
+
+
+class Card(BaseModel):
+    """One short, sourced piece of knowledge."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
+    title: Annotated[str, Field(min_length=1)]
+    person: str | None = None
+    """Who the card is about (Krishna's stories: a name from the persona's list)."""
+    themes: Annotated[list[str], Field(min_length=1)]
+    keywords: list[str] = []
+    text: Annotated[str, Field(min_length=1)]
+    """The facts, 2–5 sentences: every name, year and number a reply may state."""
+    source: Annotated[str, Field(min_length=3)]
+    """A standard reference work, by title and (where it has one) section."""
+
+    @field_validator("text", "title", "source")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return " ".join(value.split())
+
+    def citation(self) -> str:
+        return f"{self.title} — {self.source}"
+
+
+@dataclass(frozen=True)
+class Hit:
+    card: Card
+    score: float
+
+
+def _file_errors(path: Path, raw: Any) -> tuple[list[Card], list[str]]:
+    cards: list[Card] = []
+    errors: list[str] = []
+    if not isinstance(raw, dict) or set(raw) != {"cards"} or not isinstance(raw["cards"], list):
+        extra = sorted(set(raw) - {"cards"}) if isinstance(raw, dict) else []
+        why = f"unknown key(s) {extra}" if extra else "a card file holds [[cards]] tables only"
+        return [], [f"{path.name}: {why}"]
+    if not raw["cards"]:
+        return [], [f"{path.name}: cards: empty (a card file needs at least one [[cards]])"]
+    for i, item in enumerate(raw["cards"]):
+        label = item.get("id") if isinstance(item, dict) and isinstance(item.get("id"), str) else f"#{i + 1}"
+        try:
+            cards.append(Card.model_validate(item))
+        except ValidationError as exc:
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"]) or "(card)"
+                msg = {"extra_forbidden": "unknown key", "missing": "required field is missing"}.get(
+                    err["type"], err["msg"])
+                errors.append(f"{path.name}: card {label}: {field}: {msg}")
+    return cards, errors
+
+
+def _tokenize(texts: list[str]) -> list[list[str]]:
+    import bm25s
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer("english")
+    return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer.stemWords, return_ids=False,
+                          show_progress=False)
+
+
+def _document(card: Card) -> str:
+    # Themes and keywords are what a question shares with a card most often: counted twice.
+    tags = " ".join(card.themes + card.keywords)
+    return f"{card.title}. {card.person or ''}. {tags}. {tags}. {card.text}"
+
+
+class Bank:
+    """A validated bank of cards with its BM25 index."""
+
+    def __init__(self, folder: Path, cards: list[Card], fingerprint: str):
+        self.folder = folder
+        self.name = folder.name
+        self.cards = cards
+        self.fingerprint = fingerprint
+        self._by_id = {c.id: c for c in cards}
+        self._lock = threading.Lock()
+        self._index: Any = None
+        self._doc_terms: list[set[str]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.cards)
+
+    def card(self, card_id: str) -> Card:
+        try:
+            return self._by_id[card_id]
+        except KeyError:
+            raise PersonaError(f"bank {self.name!r} has no card {card_id!r}") from None
+
+    def people(self) -> list[str]:
+        return sorted({c.person for c in self.cards if c.person})
+
+    def index(self) -> Any:
+        """The BM25 index: loaded from the cache when the bank is unchanged, else built and cached."""
+        with self._lock:
+            if self._index is None:
+                self._index = self._load_or_build()
+            return self._index
+
+    def _load_or_build(self) -> Any:
+        import bm25s
+
+        where = cache_root() / "bm25" / f"{self.name}-{self.fingerprint[:16]}"
+        if (where / "params.index.json").is_file():
+            try:
+                return bm25s.BM25.load(str(where), show_progress=False)
+            except (OSError, ValueError):
+                pass  # a damaged cache: rebuild it below
+        retriever = bm25s.BM25()
+        retriever.index(_tokenize([_document(c) for c in self.cards]), show_progress=False)
+        try:
+            with atomic_dir(where) as tmp:
+                retriever.save(str(tmp), show_progress=False)
+        except OSError:
+            pass  # an unwritable cache only costs the rebuild next time
+        return retriever
+
+    def search(self, query: str, k: int = 3, person: str | None = None, min_score: float = 0.0,
+               min_coverage: float = 0.0) -> list[Hit]:
+        """The `k` cards that fit `query` best (only `person`'s when given), scoring above `min_score` and
+        sharing at least `min_coverage` of the question's (stemmed, non-stop) words.
+
+        BM25 alone ranks well but cannot say "nothing fits": one shared word ("water") can score like a
+        real match. The coverage floor is what turns away a question from outside the bank."""
+        import numpy as np
+
+        pool = [i for i, c in enumerate(self.cards) if person is None or _same_person(c.person, person)]
+        tokens = _tokenize([query])
+        if not pool or not tokens[0]:
+            return []
+        mask = np.zeros(len(self.cards), dtype=np.float32)
+        mask[pool] = 1.0
+        ids, scores = self.index().retrieve(tokens, k=min(k, len(self.cards)), show_progress=False,
+                                            weight_mask=mask, n_threads=1)
+        words = set(tokens[0])
+        hits = []
+        for i, s in zip(ids[0], scores[0], strict=True):
+            if int(i) not in pool or float(s) <= min_score:
+                continue
+            if min_coverage and len(words & self._terms(int(i))) / len(words) < min_coverage:
+                continue
+            hits.append(Hit(self.cards[int(i)], float(s)))
+        return hits
+
+    def _terms(self, i: int) -> set[str]:
+        if self._doc_terms is None:
+            self._doc_terms = [set(t) for t in _tokenize([_document(c) for c in self.cards])]
+        return self._doc_terms[i]
+
+
+def _same_person(card_person: str | None, wanted: str) -> bool:
+    return card_person is not None and card_person.casefold() == wanted.strip().casefold()
+
+
+def fingerprint(files: list[Path]) -> str:
+    h = hashlib.sha256(INDEX_VERSION.encode())
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+MAX_CACHED_BANKS = 32
+_SETTLE_NS = 2_000_000_000
+"""A file modified this close to the moment it was stat'ed may be modified again within the same timestamp tick
+(same size, same mtime): its content is hashed until it is older than that (git's "racily clean" rule)."""
+
+
+@dataclass
+class _Cached:
+    stat: tuple[Any, ...]
+    fingerprint: str
+    bank: Bank
+    checked_ns: int
+    """`time.time_ns()` when `stat` was taken."""
+
+    def fresh(self, stat: tuple[Any, ...]) -> bool:
+        return stat == self.stat and all(mtime < self.checked_ns - _SETTLE_NS for _, mtime, *_ in stat)
+
+
+_BANKS: OrderedDict[str, _Cached] = OrderedDict()
+"""folder -> its bank: one entry per folder, least recently used dropped past MAX_CACHED_BANKS. A question
+only stats the card files; they are read and hashed again when one changed (or was changed just now)."""
+_BANKS_LOCK = threading.Lock()
+
+
+def _stat_key(files: list[Path]) -> tuple[Any, ...]:
+    return tuple((f.name, st.st_mtime_ns, st.st_size, st.st_ino) for f in files for st in [f.stat()])
+
+
+def load_bank(folder: str | Path) -> Bank:
+    """Load and validate every card file of a bank; PersonaError names each bad file, card and field.
+
+    Banks are cached per folder: editing a card file (a new size or modification time) gives a fresh bank
+    and index, which replaces the old one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PersonaError(f"knowledge bank {folder} does not exist")
+    files = sorted(folder.glob("*.toml"))
+    if not files:
+        raise PersonaError(f"knowledge bank {folder} is empty: it has no *.toml card files")
+    where, checked, stat = str(folder.resolve()), time.time_ns(), _stat_key(files)
+    with _BANKS_LOCK:
+        cached = _BANKS.get(where)
+    if cached is not None and cached.fresh(stat):
+        with _BANKS_LOCK:
+            if where in _BANKS:
+                _BANKS.move_to_end(where)
+        return cached.bank
+    digest = fingerprint(files)
+    if cached is not None and cached.fingerprint == digest:
+        with _BANKS_LOCK:
+            cached.stat, cached.checked_ns = stat, checked
+        return cached.bank
+    cards: list[Card] = []
+    errors: list[str] = []
+    for path in files:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            errors.append(f"{path.name}: not UTF-8 text ({exc.reason})")
+            continue
+        except tomllib.TOMLDecodeError as exc:
+            errors.append(f"{path.name}: not valid TOML: {exc}")
+            continue
+        found, bad = _file_errors(path, raw)
+        cards += found
+        errors += bad
+    seen: dict[str, int] = {}
+    for c in cards:
+        seen[c.id] = seen.get(c.id, 0) + 1
+    errors += [f"card id {i!r} is used {n} times" for i, n in seen.items() if n > 1]
+    if errors:
+        raise PersonaError(problems(f"{folder}: invalid knowledge bank ({len(errors)} problem(s))", errors))
+    bank = Bank(folder, cards, digest)
+    with _BANKS_LOCK:
+        _BANKS[where] = _Cached(stat, digest, bank, checked)
+        _BANKS.move_to_end(where)
+        while len(_BANKS) > MAX_CACHED_BANKS:
+            _BANKS.popitem(last=False)
+    return bank
+
+
+# -- what the model is told ---------------------------------------------------------------------
+
+def cards_block(cards: list[Card]) -> str:
+    """The retrieved cards as the prompt shows them: the facts only (sources are shown to the user)."""
+    return "\n".join(f"- {c.text}" for c in cards)
+
+
+# -- per question --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Grounding:
+    """What a reply is grounded in: the cards put in its prompt and whom its story is about."""
+
+    cards: list[Card]
+    person: str | None
+
+
+_ASKED_FOR = re.compile(
+    r"\b(?:stor(?:y|ies)|tale|example|lesson|life|tell me)\s+(?:\w+\s+){0,2}(?:of|about|from|on)\s+"
+    r"((?:[A-Z][\w'’.-]*)(?:\s+(?:[A-Z][\w'’.-]*|van|von|de|da|bin|ibn)){0,3})")
+"""A person the user asks a story about by name ("a story about Serena Williams"), known or not."""
+
+
+def named_person(persona: Any, bank: Bank, message: str, requested: str | None) -> str | None:
+    """The person the user asked about: typed in the personality box, or named in the message (in full, or
+    by a surname written with its capital: "Lincoln"). A name the bank has no card of is returned as it
+    was asked, so that no other person's story is told as theirs. Only for personas that tell stories
+    about people (a `personalities` list); a tutor's cards are never narrowed."""
+    if not persona.personalities:
+        return None
+    if requested and requested.strip():
+        return requested.strip()
+    lowered = message.casefold()
+    known = sorted(set(persona.personalities) | set(bank.people()), key=len, reverse=True)
+    for person in known:
+        if person.casefold() in lowered:
+            return person
+    for person in known:
+        surname = person.split()[-1]
+        if len(surname) >= 4 and re.search(rf"\b{re.escape(surname)}\b", message):
+            return person
+    asked = _ASKED_FOR.search(message)
+    return asked.group(1).strip(" .'’") if asked else None
+
+
+def ground(persona: Any, message: str, personality: str | None = None) -> Grounding | None:
+    """Retrieve the cards for `message` (None when the persona has no bank).
+
+    A person the user names restricts the cards to that person's (none of theirs → no card: never a
+    story about someone else presented as theirs, never an invented one)."""
+    if persona.knowledge is None:
+        return None
+    bank = load_bank(persona.knowledge.bank)
+    person = named_person(persona, bank, message, personality)
+    k = persona.knowledge
+    hits = bank.search(message, k=k.top_k, person=person, min_score=k.min_score, min_coverage=k.min_coverage)
+    if person and not hits and any(_same_person(c.person, person) for c in bank.cards):
+        hits = bank.search(person + " " + message, k=persona.knowledge.top_k, person=person)  # their best card
+    cards = [h.card for h in hits]
+    return Grounding(cards, cards[0].person if cards and cards[0].person else person)
+
+
+def teachings_for(persona: Any, message: str) -> list[Card]:
+    """The teachings of the persona's counsel bank that fit `message` (best first; [] when none does)."""
+    counsel = persona.counsel
+    if counsel is None or not message.strip():
+        return []
+    bank = load_bank(counsel.bank)
+    return [h.card for h in bank.search(message, k=counsel.top_k, min_score=counsel.min_score)]
+
+
+def record_cards(persona: Any, record: dict[str, Any]) -> list[Card] | None:
+    """The cards a training record's prompt shows, as the app would retrieve them for its question.
+
+    A record may name its card (`"card": id`, or null for a question the bank does not cover) or cards
+    (`"cards": [ids]`): those are always among the cards shown. None when the persona has no bank."""
+    if persona.knowledge is None:
+        return None
+    named = record.get("cards") if "cards" in record else [record["card"]] if "card" in record else None
+    if named is not None and not any(named):
+        return []
+    grounding = ground(persona, record["question"], record.get("personality"))
+    cards = list(grounding.cards) if grounding else []
+    if named:
+        bank = load_bank(persona.knowledge.bank)
+        wanted = [bank.card(i) for i in named][: persona.knowledge.top_k]
+        cards = wanted + [c for c in cards if c not in wanted][: persona.knowledge.top_k - len(wanted)]
+    return cards

@@ -1,0 +1,308 @@
+"""Personas: data files in `prompts/`, validated on load.
+
+A persona is a TOML file. Unknown keys are rejected and every problem is reported at once, each
+naming the file and the field (``krishna.toml: sampling.temperature: ...``). See
+`prompts/krishna.toml` for a complete, commented example.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import string
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from krishna_ai.core.errors import PersonaError, problems
+from krishna_ai.core.sampling import SamplingParams
+from krishna_ai.core.schema import Strict
+
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+"""The personas shipped with the project."""
+
+PROMPTS_ENV = "KRISHNA_AI_PROMPTS"
+"""Environment variable: extra persona folders (os.pathsep-separated), searched after the shipped one."""
+
+STORY_VARIABLES = {"personality"}
+
+
+class _Strict(Strict):
+    model_config = ConfigDict(frozen=True)  # a loaded persona is shared by every session: never changed
+
+
+class RequiredPattern(_Strict):
+    """A named regular expression the reply must match (e.g. a `Diagnosis:` line)."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    pattern: str
+    hint: str = ""
+    """What the reply should contain, shown in the violation message."""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class Style(_Strict):
+    """Constraints a reply must meet; checked by `krishna_ai.core.style.check_reply`."""
+
+    address: str | None = None
+    """A word the reply must use to address the user (e.g. "Partha")."""
+    forbidden_words: list[str] = []
+    """Whole words that must never appear (case-insensitive)."""
+    sentences: tuple[int, int] | None = None
+    """(min, max) sentences in the answer part (the first paragraph when a story is required)."""
+    story: bool = False
+    """The reply must end with a story paragraph after the answer."""
+    story_min_words: Annotated[int, Field(ge=1)] = 20
+    no_verse_quotes: bool = False
+    """Flag verbatim quoting: chapter/verse references and long passages in quotation marks."""
+    max_words: Annotated[int, Field(ge=1)] | None = None
+    require: list[RequiredPattern] = []
+
+    @field_validator("sentences")
+    @classmethod
+    def _range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not (1 <= value[0] <= value[1]):
+            raise ValueError(f"must be [min, max] with 1 <= min <= max, got {list(value)}")
+        return value
+
+
+class Knowledge(_Strict):
+    """A knowledge bank the persona's replies are grounded in (see krishna_ai/knowledge.py)."""
+
+    bank: str
+    """Folder of card files, relative to the persona file (e.g. "knowledge/krishna")."""
+    top_k: Annotated[int, Field(ge=1, le=5)] = 1
+    """Cards put in the prompt."""
+    min_score: Annotated[float, Field(ge=0.0)] = 0.0
+    """A card must score above this (BM25) to count as fitting the question."""
+    min_coverage: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """...and share at least this share of the question's content words (0.25: one word in four)."""
+    instruction: str
+    """How to use the cards; `$cards` is replaced by their facts, `$person` by the first card's person."""
+    no_match: str | None = None
+    """Instruction when no card fits (None: the persona's plain prompt)."""
+    unknown_person: str | None = None
+    """A sentence the app adds after the reply when the user asked about a person the bank has no card of
+    (`$person` is the name asked). The model is never asked to write it: it tells no story (`no_match`)."""
+    checked: Literal["story", "reply"] = "reply"
+    """The factual part `eval` checks against the cards: the story paragraphs, or the whole reply."""
+
+    @field_validator("instruction")
+    @classmethod
+    def _has_cards(cls, value: str) -> str:
+        if "$cards" not in value:
+            raise ValueError("must contain $cards (where the retrieved facts go)")
+        return value
+
+
+class Counsel(_Strict):
+    """A bank of teachings the persona's own advice applies (Krishna: the Gita's), retrieved per question and
+    put in the prompt, so the counsel paraphrases a teaching that fits instead of inventing one."""
+
+    bank: str
+    """Folder of card files, relative to the persona file (e.g. "knowledge/gita")."""
+    top_k: Annotated[int, Field(ge=1, le=3)] = 1
+    min_score: Annotated[float, Field(ge=0.0)] = 0.0
+    """A teaching must score above this (BM25) to be given; below it the counsel has no teaching."""
+    instruction: str
+    """How to use the teaching; `$cards` is replaced by the teachings' text."""
+
+    @field_validator("instruction")
+    @classmethod
+    def _has_cards(cls, value: str) -> str:
+        if "$cards" not in value:
+            raise ValueError("must contain $cards (where the retrieved teachings go)")
+        return value
+
+
+class Persona(_Strict):
+    """One assistant persona: who it is, how it must answer, and how to sample it."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
+    name: str
+    """Display name in the UI."""
+    description: str
+    greeting: str
+    """First assistant message of a new chat."""
+    system_prompt: str
+    constraints: list[str] = []
+    """Style rules stated to the model, appended to the system prompt as a list."""
+    story_template: str | None = None
+    """Instruction for the closing story; `$personality` is replaced by the chosen person. A persona with a
+    knowledge bank tells the story of its card instead: there this is asked only without the bank."""
+    personalities: list[str] = []
+    """Famous people the story may be about when the user names none."""
+    examples: list[str] = []
+    """Example questions shown in the UI."""
+    accepts_images: bool = False
+    labels: list[str] = []
+    """For classification personas: the answers `eval` parses from replies to score accuracy."""
+    sampling: SamplingParams = SamplingParams()
+    style: Style = Style()
+    knowledge: Knowledge | None = None
+    """Ground replies in a bank of sourced cards retrieved per question."""
+    counsel: Counsel | None = None
+    """Ground the persona's advice in a bank of teachings retrieved per question (shown as sources)."""
+    adapters: dict[str, str] = {}
+    """LoRA adapter merged at load when this persona runs on a tier, e.g. {light = "../adapters/x"}
+    (paths relative to the persona file). An adapter given with --adapter takes precedence."""
+
+    @field_validator("story_template")
+    @classmethod
+    def _template_variables(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        matches = list(string.Template.pattern.finditer(value))
+        names = {m.group("named") or m.group("braced") for m in matches if m.group("named") or m.group("braced")}
+        bad = [m.group(0) for m in matches if m.group("invalid") is not None]
+        unknown = names - STORY_VARIABLES
+        if bad or unknown:
+            raise ValueError(
+                f"unknown template variable(s) {sorted(unknown) or bad}; allowed: "
+                + ", ".join(f"${v}" for v in sorted(STORY_VARIABLES))
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _story_needs_people(self) -> Persona:
+        if self.story_template and "$personality" in self.story_template and not self.personalities:
+            raise ValueError("story_template uses $personality, so personalities must list at least one name")
+        return self
+
+    def adapter_for(self, spec: str) -> str | None:
+        """The persona's adapter for a model spec; `light-gguf` (the same weights on llama.cpp) uses `light`'s."""
+        if spec in self.adapters:
+            return self.adapters[spec]
+        return self.adapters.get("light") if spec == "light-gguf" else None
+
+    def story_instruction(self, personality: str | None) -> str | None:
+        """The story instruction with `personality` filled in, or None when the persona tells no story."""
+        if not self.story_template:
+            return None
+        return string.Template(self.story_template).substitute(personality=personality or "a famous person")
+
+    def pick_personality(self, message: str, requested: str | None = None,
+                         rng: random.Random | None = None) -> str | None:
+        """Who the story is about: the one requested, else one the message names, else a random one."""
+        if requested and requested.strip():
+            return requested.strip()
+        lowered = message.lower()
+        for person in self.personalities:
+            if person.lower() in lowered:
+                return person
+        return (rng or random).choice(self.personalities) if self.personalities else None
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see prompts/krishna.toml for the allowed keys)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        out.append(f"{path.name}: {field}: {msg}")
+    return out
+
+
+def load_persona(path: str | Path) -> Persona:
+    """Load and validate one persona file; raise PersonaError naming the file and every bad field."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PersonaError(f"{path}: persona file not found") from None
+    except UnicodeDecodeError as exc:
+        raise PersonaError(f"{path.name}: not UTF-8 text ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PersonaError(f"{path.name}: not valid TOML: {exc}") from None
+    try:
+        persona = Persona.model_validate(raw)
+    except ValidationError as exc:
+        items = _format_validation_error(path, exc)
+        raise PersonaError(problems(f"{path}: invalid persona ({len(items)} problem(s))", items)) from None
+    if persona.id != path.stem:
+        raise PersonaError(f"{path.name}: id: is {persona.id!r} but must match the file name {path.stem!r}")
+    if persona.adapters:
+        resolved = {tier: str((path.parent / p).resolve()) for tier, p in persona.adapters.items()}
+        missing = [f"{path.name}: adapters.{t}: {p} does not exist" for t, p in resolved.items()
+                   if not Path(p).is_dir()]
+        if missing:
+            raise PersonaError(problems(f"{path}: invalid persona", missing))
+        persona = persona.model_copy(update={"adapters": resolved})
+    if persona.knowledge:
+        from krishna_ai.core.knowledge import load_bank
+
+        folder = (path.parent / persona.knowledge.bank).resolve()
+        try:
+            load_bank(folder)
+        except PersonaError as exc:
+            raise PersonaError(f"{path.name}: knowledge.bank: {exc}") from None
+        persona = persona.model_copy(update={"knowledge": persona.knowledge.model_copy(update={"bank": str(folder)})})
+    if persona.counsel:
+        from krishna_ai.core.knowledge import load_bank
+
+        folder = (path.parent / persona.counsel.bank).resolve()
+        try:
+            load_bank(folder)
+        except PersonaError as exc:
+            raise PersonaError(f"{path.name}: counsel.bank: {exc}") from None
+        persona = persona.model_copy(update={"counsel": persona.counsel.model_copy(update={"bank": str(folder)})})
+    return persona
+
+
+def persona_dirs(extra: list[str | Path] | None = None) -> list[Path]:
+    """Folders searched for personas: the shipped one, then $KRISHNA_AI_PROMPTS, then `extra`."""
+    dirs = [PROMPTS_DIR]
+    env = os.environ.get(PROMPTS_ENV, "")
+    dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    dirs += [Path(p) for p in (extra or [])]
+    return dirs
+
+
+def load_personas(dirs: list[str | Path] | None = None) -> dict[str, Persona]:
+    """Load every `*.toml` persona in the folders; a later folder overrides an earlier id.
+
+    All files are validated before anything is returned, and all problems are reported together.
+    """
+    folders = [Path(d) for d in dirs] if dirs is not None else persona_dirs()
+    found: dict[str, Persona] = {}
+    errors: list[str] = []
+    for folder in folders:
+        if not folder.is_dir():
+            errors.append(f"{folder}: persona folder does not exist")
+            continue
+        for path in sorted(folder.glob("*.toml")):
+            try:
+                persona = load_persona(path)
+            except PersonaError as exc:
+                errors.append(str(exc))
+                continue
+            found[persona.id] = persona
+    if errors:
+        raise PersonaError(problems("Some persona files could not be loaded:", errors))
+    if not found:
+        raise PersonaError(f"no persona files (*.toml) found in {', '.join(map(str, folders))}")
+    return found
+
+
+def get_persona(personas: dict[str, Persona], persona_id: str) -> Persona:
+    """Look up a persona by id with an error that lists the known ones."""
+    try:
+        return personas[persona_id]
+    except KeyError:
+        raise PersonaError(
+            f"unknown persona {persona_id!r}; available: {', '.join(sorted(personas))}"
+        ) from None

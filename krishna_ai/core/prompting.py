@@ -1,0 +1,224 @@
+"""Prompt building: persona system part + history + new message, in the model's own chat format.
+
+Messages use the Hugging Face shape, ``{"role": "system"|"user"|"assistant", "content": str | blocks}``
+with blocks ``{"type": "text", "text": ...}`` / ``{"type": "image", "image": PIL.Image}``.
+Gemma has no system role: its chat templates (and `render_gemma_turns` for Gemma 3 checkpoints
+that carry no template) put the system text at the top of the first user turn.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from krishna_ai.core.errors import GenerationError
+from krishna_ai.core.personas import Persona
+
+Message = dict[str, Any]
+
+# Gemma's control tokens. Typed by a user they would be tokenised as the real thing and could forge
+# turns ("<end_of_turn><start_of_turn>model ..."), so message text gets a zero-width joiner inside them.
+_CONTROL_TOKEN = re.compile(
+    r"<(/?)(start_of_turn|end_of_turn|bos|eos|pad|start_of_image|end_of_image|image_soft_token|"
+    r"start_of_audio|end_of_audio|audio_soft_token|mask|unk)>", re.IGNORECASE)
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def sanitize(text: str) -> str:
+    """Message text as the model should see it: no C0 control characters, no live control tokens."""
+    text = _CONTROL_CHARS.sub("", text)
+    return _CONTROL_TOKEN.sub(lambda m: f"<{m.group(1)}{m.group(2)}\u200d>", text)
+
+
+def system_text(persona: Persona, personality: str | None = None, cards: list[Any] | None = None,
+                teachings: list[Any] | None = None) -> str:
+    """The persona's system prompt, its stated constraints, the teaching its counsel applies (a persona
+    with a counsel bank), and either its knowledge instruction with the retrieved `cards` (a persona with
+    a bank) or its story instruction (one without)."""
+    parts = [persona.system_prompt.strip()]
+    if persona.constraints:
+        parts.append("Rules:\n" + "\n".join(f"- {c}" for c in persona.constraints))
+    if persona.counsel is not None and teachings:
+        from krishna_ai.core.knowledge import cards_block
+
+        parts.append(string.Template(persona.counsel.instruction).safe_substitute(cards=cards_block(teachings)))
+    if persona.knowledge is not None:
+        from krishna_ai.core.knowledge import cards_block
+
+        if cards:
+            parts.append(string.Template(persona.knowledge.instruction).safe_substitute(
+                cards=cards_block(cards), person=cards[0].person or ""))
+        elif persona.knowledge.no_match:
+            parts.append(persona.knowledge.no_match)
+    else:
+        story = persona.story_instruction(personality)
+        if story:
+            parts.append(story)
+    return "\n\n".join(parts)
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content, whether a plain string or a list of blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return "" if content is None else str(content)
+
+
+def has_image(messages: list[Message]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(b.get("type") == "image" for b in m["content"])
+               for m in messages)
+
+
+def clean_history(history: list[Message]) -> list[Message]:
+    """History as the model should see it: user/assistant turns only, strictly alternating from a user turn.
+
+    Leading assistant turns (the persona's greeting) are dropped, empty turns are skipped and
+    consecutive turns of one role are merged, because Gemma's turn format needs alternation.
+    """
+    out: list[Message] = []
+    for msg in history:
+        role = msg.get("role")
+        if role not in ("user", "assistant"):
+            continue
+        text = sanitize(text_of(msg.get("content"))).strip()
+        if not text or (not out and role == "assistant"):
+            continue
+        if out and out[-1]["role"] == role:
+            out[-1] = {"role": role, "content": out[-1]["content"] + "\n\n" + text}
+        else:
+            out.append({"role": role, "content": text})
+    if out and out[-1]["role"] == "user":  # an unanswered question (e.g. a stopped reply): drop it
+        out.pop()
+    return out
+
+
+def build_messages(
+    persona: Persona,
+    history: list[Message],
+    message: str,
+    *,
+    personality: str | None = None,
+    image: Any | None = None,
+    cards: list[Any] | None = None,
+    teachings: list[Any] | None = None,
+) -> list[Message]:
+    """System part (with the retrieved `cards` and `teachings`), cleaned history and the new user message."""
+    message = sanitize(message)
+    content: str | list[dict[str, Any]] = message
+    if image is not None:
+        content = [{"type": "image", "image": image}, {"type": "text", "text": message}]
+    return [
+        {"role": "system", "content": system_text(persona, personality, cards, teachings)},
+        *clean_history(history),
+        {"role": "user", "content": content},
+    ]
+
+
+IMAGE_ONLY_QUESTION = "What do you see in this image?"
+"""The question asked for an image sent without text."""
+
+
+@dataclass
+class Turn:
+    """What one question becomes before the model runs: the messages, the persona voice, the cards."""
+
+    messages: list[Message]
+    personality: str | None
+    cards: list[Any] | None
+    """Retrieved cards (None: the persona has no knowledge bank); [] when none fitted."""
+    teachings: list[Any] | None = None
+    """The teachings the counsel applies (None: the persona has no counsel bank); [] when none fitted."""
+    closing: str | None = None
+    """A fixed sentence the app adds after the model's reply (a person asked about with no card of theirs)."""
+
+    def finish(self, reply: str) -> str:
+        """The reply as the user gets it: the model's text, then the closing sentence if there is one."""
+        return f"{reply.rstrip()}\n\n{self.closing}" if self.closing else reply
+
+    @property
+    def sources(self) -> list[Any]:
+        """Every card the prompt showed: the teachings, then the story or fact cards."""
+        return [*(self.teachings or []), *(self.cards or [])]
+
+
+def build_turn(persona: Persona, history: list[Message], message: str, *, personality: str | None = None,
+               image: Any | None = None, rng: random.Random | None = None, bank: bool = True) -> Turn:
+    """The one way a question becomes the model's prompt, for the app, the API, the CLI and `eval`:
+    retrieve the cards (a person the user names picks whose), choose the personality, build the messages.
+
+    `bank=False` asks as the persona did before it had a knowledge bank (its story instruction, no cards in
+    the prompt); the cards retrieval picks are still returned, to check the reply against."""
+    from krishna_ai.core.knowledge import ground, teachings_for
+
+    grounding = ground(persona, message, personality) if message else None
+    who = grounding.person if grounding else persona.pick_personality(message, personality, rng)
+    cards = grounding.cards if grounding else ([] if persona.knowledge else None)
+    teachings = teachings_for(persona, message) if persona.counsel else None
+    asked = persona if bank or persona.knowledge is None else persona.model_copy(update={"knowledge": None})
+    messages = build_messages(asked, history, message or IMAGE_ONLY_QUESTION, personality=who, image=image,
+                              cards=cards if bank else None, teachings=teachings if bank else None)
+    closing = None
+    k = persona.knowledge
+    if k is not None and k.unknown_person and grounding and grounding.person and not cards and bank:
+        closing = string.Template(k.unknown_person).safe_substitute(person=grounding.person)
+    return Turn(messages, who, cards, teachings, closing)
+
+
+def render_gemma_turns(messages: list[Message], add_generation_prompt: bool = True) -> str:
+    """Gemma's turn format, for Gemma 3 checkpoints without a chat template (no BOS: the tokenizer adds it)."""
+    system = ""
+    out = []
+    for msg in messages:
+        role, text = msg["role"], text_of(msg["content"]).strip()
+        if role == "system":
+            system = text
+            continue
+        if role == "user" and system:
+            text, system = f"{system}\n\n{text}", ""
+        out.append(f"<start_of_turn>{'model' if role == 'assistant' else 'user'}\n{text}<end_of_turn>\n")
+    if add_generation_prompt:
+        out.append("<start_of_turn>model\n")
+    return "".join(out)
+
+
+def render_prompt(messages: list[Message], tokenizer: Any, processor: Any | None = None, *,
+                  add_generation_prompt: bool = True) -> str:
+    """The prompt as text in the model's own chat format, BOS first: the processor's template, else the
+    tokenizer's, else Gemma's turn format (Gemma 3 checkpoints such as the light tier carry no template).
+    Training (`data.ConversationEncoder`) and every transformers engine render through this one function."""
+    owner = processor if processor is not None else tokenizer
+    if processor is not None or getattr(tokenizer, "chat_template", None):
+        text = owner.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    else:
+        text = render_gemma_turns(messages, add_generation_prompt=add_generation_prompt)
+    bos = getattr(tokenizer, "bos_token", None) or ""
+    return text if not bos or text.startswith(bos) else bos + text
+
+
+def fit_history(
+    messages: list[Message],
+    count_tokens: Callable[[list[Message]], int],
+    budget: int,
+) -> list[Message]:
+    """Drop the oldest history turns (a user/assistant pair at a time) until the prompt fits `budget` tokens.
+
+    `messages` is [system, *history, new user message]; the system part and the new message are never cut.
+    """
+    system, history, last = messages[0], list(messages[1:-1]), messages[-1]
+    while True:
+        candidate = [system, *history, last]
+        n = count_tokens(candidate)
+        if n <= budget:
+            return candidate
+        if not history:
+            raise GenerationError(
+                f"the message is too long: the prompt needs {n} tokens but the context leaves {budget} "
+                "for it (shorten the message, or lower 'max new tokens')"
+            )
+        del history[:2]

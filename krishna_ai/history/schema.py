@@ -1,0 +1,120 @@
+"""The history database's tables (SQLAlchemy), and the plain records the store hands out.
+
+Kept in step with the Alembic migrations (tests/test_history.py compares the two); `migrations/env.py`
+reads `Base.metadata` from here, so the store and its migrations import this module and not each other.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from krishna_ai.core.errors import InputError, KrishnaError
+
+DB_ENV = "KRISHNA_AI_DB"
+DATA_ENV = "KRISHNA_AI_DATA"
+LOCAL_USER = "local"
+"""The one user of an app started without --auth."""
+MAX_TITLE = 120
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+Role = Literal["user", "assistant"]
+
+
+class HistoryError(KrishnaError):
+    """The history database cannot be opened, read or written (the message names it and says why)."""
+
+
+class ChatNotFound(InputError):
+    """No chat with this id belongs to this user (unknown ids and other users' ids read the same)."""
+
+
+def data_root() -> Path:
+    """Where the app keeps what users make (chats, images): $KRISHNA_AI_DATA, else ~/.local/share/krishna_ai."""
+    return Path(os.environ.get(DATA_ENV) or Path.home() / ".local" / "share" / "krishna_ai")
+
+
+def default_url() -> str:
+    return os.environ.get(DB_ENV) or f"sqlite:///{data_root() / 'history.db'}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# -- tables -------------------------------------------------------------------------------------------
+class Base(DeclarativeBase):
+    pass
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class ChatRow(Base):
+    __tablename__ = "chats"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    title: Mapped[str] = mapped_column(String(MAX_TITLE))
+    persona: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=now, index=True)
+    messages: Mapped[list[MessageRow]] = relationship(back_populates="chat", order_by="MessageRow.seq",
+                                                      cascade="all, delete-orphan", passive_deletes=True)
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("chat_id", "seq", name="uq_messages_chat_seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chat_id: Mapped[str] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    image: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    """An uploaded image, copied into <data dir>/images (path relative to the data dir)."""
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """model, adapter, slice, sampling, stats, style verdict, story person and sources of a reply."""
+    feedback: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """1 liked, -1 disliked, None neither."""
+    superseded: Mapped[bool] = mapped_column(default=False)
+    """A reply the user replaced with Retry: hidden in the chat, kept as a rejected answer for training."""
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    chat: Mapped[ChatRow] = relationship(back_populates="messages")
+
+
+# -- what callers get back (plain data, no open session) -----------------------------------------------
+@dataclass
+class StoredMessage:
+    id: int
+    seq: int
+    role: Role
+    content: str
+    image: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    feedback: int | None = None
+    superseded: bool = False
+    created_at: datetime | None = None
+
+
+@dataclass
+class ChatInfo:
+    id: str
+    title: str
+    persona: str
+    created_at: datetime
+    updated_at: datetime
+    messages: list[StoredMessage] = field(default_factory=list)
+    """Filled by `HistoryStore.chat()` (every message, superseded ones included); empty in listings."""
+
+    @property
+    def visible(self) -> list[StoredMessage]:
+        return [m for m in self.messages if not m.superseded]

@@ -1,0 +1,133 @@
+"""Who may do what on a running app: which models a client may pick, and who may log in.
+
+A client (the UI's model box, `/chat(model=…)`) may only choose the tiers and the models the operator
+named at start; anything else — a folder on the server's disk, a hub id, a .gguf path, a path with
+`..` — is refused before anything is loaded. Opening that up is an explicit operator flag
+(`--allow-any-model`), never allowed together with a public share link.
+
+Logins come from `--auth USER:PASSWORD`, `--auth-file FILE` (one `user:password` per line) or
+$KRISHNA_AI_AUTH. Gradio does not limit login attempts: `LoginGuard` locks a user out after failures
+(doubling lock per user, capped; no password is compared while locked) and logs them without the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from krishna_ai.core.errors import ConfigError, InputError
+from krishna_ai.runtime.tiers import TIERS
+
+AUTH_ENV = "KRISHNA_AI_AUTH"
+log = logging.getLogger("krishna_ai.studio.access")
+
+
+class ModelPolicy:
+    """The model specs clients may ask for (the operator's own `--model` is always among them)."""
+
+    def __init__(self, allowed: Iterable[str] = (), *, open_to_any: bool = False):
+        self.allowed = list(dict.fromkeys([*TIERS, *(s.strip() for s in allowed if s and s.strip())]))
+        self.open_to_any = open_to_any
+
+    def check(self, spec: str) -> str:
+        """`spec` stripped, or InputError saying what may be chosen instead. Nothing is loaded here."""
+        spec = (spec or "").strip()
+        if self.open_to_any or spec in self.allowed:
+            return spec
+        raise InputError(f"the model {spec!r} is not offered by this server; choose one of: "
+                         f"{', '.join(self.allowed)} (the operator can add models with --allow-model)")
+
+
+def parse_credentials(text: str, where: str) -> list[tuple[str, str]]:
+    """`user:password` pairs, one per line (blank lines and # comments skipped); ConfigError names the line."""
+    pairs, bad = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user.strip() or not password:
+            bad.append(f"{where}:{n}: expected user:password")
+            continue
+        pairs.append((user.strip(), password))
+    if bad:
+        raise ConfigError("invalid login list:\n  - " + "\n  - ".join(bad))
+    return pairs
+
+
+def load_credentials(auth: str | None, auth_file: str | None) -> list[tuple[str, str]]:
+    """Logins from --auth, --auth-file and $KRISHNA_AI_AUTH together (none: the app needs no login)."""
+    pairs: list[tuple[str, str]] = []
+    if auth:
+        pairs += parse_credentials(auth, "--auth")
+    if auth_file:
+        path = Path(auth_file)
+        if not path.is_file():
+            raise ConfigError(f"--auth-file {auth_file}: no such file")
+        pairs += parse_credentials(path.read_text(encoding="utf-8"), str(path))
+    env = os.environ.get(AUTH_ENV, "")
+    if env.strip():
+        pairs += parse_credentials(env.replace(",", "\n"), f"${AUTH_ENV}")
+    return pairs
+
+
+class LoginGuard:
+    """Gradio's `auth` callable (`login`, a coroutine): checks a password, and locks a user out after failures.
+
+    After the n-th failure in a row for a user, that user is locked for base·2^(n-1) seconds (at most `cap`):
+    20 wrong guesses cost minutes, a typo a fraction of a second. While locked, every attempt is refused
+    *without looking at the password*, so guesses sent in parallel learn nothing until the lock ends, and a
+    right password sent too early is refused too. Nothing waits on the server's event loop: a refused
+    attempt waits out its lock with `asyncio.sleep`, which never holds up other clients. The table of
+    failures is bounded (`max_users`, least recently failed dropped), so made-up user names cannot fill it.
+    """
+
+    def __init__(self, credentials: list[tuple[str, str]], *, base_s: float = 0.25, cap_s: float = 8.0,
+                 max_users: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self._passwords = dict(credentials)
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        """user -> (failures in a row, monotonic time the lock ends)"""
+        self._lock = threading.Lock()
+        self.base_s, self.cap_s, self.max_users, self._clock = base_s, cap_s, max_users, clock
+
+    def delay_for(self, failures: int) -> float:
+        return 0.0 if failures <= 0 else min(self.cap_s, self.base_s * 2 ** (failures - 1))
+
+    def check(self, username: str, password: str) -> tuple[bool, float]:
+        """(accepted, seconds until this user may try again). Never blocks."""
+        now = self._clock()
+        with self._lock:
+            failures, until = self._failures.get(username, (0, 0.0))
+            if now < until:
+                return False, until - now  # locked: the password is not even compared
+            expected = self._passwords.get(username)
+            ok = expected is not None and hmac.compare_digest(expected.encode(), (password or "").encode())
+            if ok:
+                self._failures.pop(username, None)
+                return True, 0.0
+            failures += 1
+            wait = self.delay_for(failures)
+            self._failures[username] = (failures, now + wait)
+            self._failures.move_to_end(username)
+            while len(self._failures) > self.max_users:
+                self._failures.popitem(last=False)
+        log.warning("failed login for user %r (%d in a row)", username, failures)
+        return False, wait
+
+    def __call__(self, username: str, password: str) -> bool:
+        """The verdict alone, at once (for callers that are not on an event loop)."""
+        return self.check(username, password)[0]
+
+    async def login(self, username: str, password: str) -> bool:
+        """What Gradio awaits: a refusal comes after the user's lock (never sooner), without blocking."""
+        ok, wait = self.check(username, password)
+        if not ok and wait > 0:
+            await asyncio.sleep(wait)
+        return ok

@@ -1,0 +1,237 @@
+"""The chat service behind the UI and the `/chat` API: personas, loaded engines, per-session stop.
+
+Gradio handlers only wire widgets to a `Studio`; everything here is plain Python that tests can
+drive without a browser (and with a scripted engine in place of a model).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from krishna_ai.core.errors import ImageError, InputError
+from krishna_ai.core.images import load_image
+from krishna_ai.core.knowledge import Card
+from krishna_ai.core.personas import Persona, get_persona, load_personas
+from krishna_ai.core.prompting import Message, build_turn, sanitize
+from krishna_ai.core.safety import Crisis, crisis, crisis_reply
+from krishna_ai.core.sampling import SamplingParams
+from krishna_ai.core.style import Violation, check_reply
+from krishna_ai.history.store import HistoryStore
+from krishna_ai.runtime.engine import Engine, Reply, ReplyStats
+from krishna_ai.runtime.load import load_engine
+from krishna_ai.runtime.tiers import image_tiers_hint
+from krishna_ai.studio.access import ModelPolicy
+
+EngineLoader = Callable[[str, str | None], Engine]
+MAX_MESSAGE_CHARS = 32_000
+"""Longer messages are refused up front (the context would cut them anyway, after slow tokenising)."""
+
+
+@dataclass
+class Update:
+    """One step of a streamed reply: the text so far, and (at the end) stats and style check."""
+
+    text: str
+    done: bool = False
+    stats: ReplyStats | None = None
+    violations: list[Violation] | None = None
+    personality: str | None = None
+    sources: list[Card] = field(default_factory=list)
+    """The cards put in the prompt, with their sources: the teachings the counsel applies, then the knowledge
+    cards (what the reply may state as fact)."""
+    safety: Crisis | None = None
+    """Set when the message spoke of a crisis: the text is then the fixed reply with real help (no model ran)."""
+
+
+@dataclass
+class Started:
+    """A reply under way, and what it was grounded in."""
+
+    reply: Reply
+    persona: Persona
+    personality: str | None
+    cards: list[Card] | None
+    """Retrieved cards (None: the persona has no knowledge bank)."""
+    teachings: list[Card] = field(default_factory=list)
+    """The teachings the counsel applies (a persona with a counsel bank)."""
+    closing: str | None = None
+    """A fixed sentence added after the reply (see `prompting.Turn.closing`)."""
+
+
+class Studio:
+    """Shared by all sessions: the personas, an LRU of loaded engines, and stop flags per session."""
+
+    def __init__(
+        self,
+        personas: dict[str, Persona] | None = None,
+        *,
+        default_model: str = "light",
+        adapters: dict[str, str] | None = None,
+        loader: EngineLoader | None = None,
+        max_loaded: int = 3,
+        policy: ModelPolicy | None = None,
+        concurrency: int = 1,
+        store: HistoryStore | None = None,
+        history_error: str | None = None,
+    ):
+        self.personas = personas if personas is not None else load_personas()
+        self.default_model = default_model
+        self.adapters = dict(adapters or {})
+        """Adapter merged at load, per model spec (e.g. {"light": "adapters/krishna-light"})."""
+        self._loader: EngineLoader = loader or (lambda spec, adapter: load_engine(spec, adapter))
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._max_loaded = max_loaded
+        self._load_lock = threading.Lock()
+        self._stops: dict[str, threading.Event] = {}
+        self._stops_lock = threading.Lock()
+        self.concurrency = concurrency
+        """Replies generated at once (the UI's queue): 1 for a model in this process, which runs one reply at
+        a time anyway; more for a model server, which batches them."""
+        self.store = store
+        """Saved chats (None: history is off, because it was not asked for or `history_error` says why)."""
+        self.history_error = history_error
+        self.policy = policy
+        """Which models a client may name (None: any, for library and CLI use; the app always sets one)."""
+
+    # -- models -----------------------------------------------------------------------------
+    def engine(self, spec: str | None = None, persona: Persona | None = None) -> Engine:
+        """The engine for `spec` (default: the startup model), loading it on first use.
+
+        The adapter merged at load is the one given at startup for this spec, else the persona's
+        own adapter for it (e.g. Krishna's fine-tune of the light tier), else none.
+        A failed load raises ModelUnavailable and leaves the engines already loaded untouched.
+        """
+        spec = (spec or self.default_model).strip()
+        adapter = self.adapter(spec, persona)
+        key = f"{spec}@{adapter}" if adapter else spec
+        with self._load_lock:
+            if key in self._engines:
+                self._engines.move_to_end(key)
+                return self._engines[key]
+            engine = self._loader(spec, adapter)
+            self._engines[key] = engine
+            while len(self._engines) > self._max_loaded:
+                _, evicted = self._engines.popitem(last=False)
+                # Closed in the background: close() waits for a reply still streaming from it.
+                threading.Thread(target=evicted.close, name=f"close {evicted.name}", daemon=True).start()
+            return engine
+
+    def adapter(self, spec: str | None, persona: Persona | None = None) -> str | None:
+        """The adapter merged into `spec` for `persona`: the startup one for this spec, else the persona's own."""
+        spec = (spec or self.default_model).strip()
+        return self.adapters.get(spec) or (persona.adapter_for(spec) if persona else None)
+
+    def client_engine(self, spec: str | None, persona: Persona | None = None) -> Engine:
+        """`engine()` for a spec a client sent: refused (InputError, nothing loaded) unless the policy allows it."""
+        if spec and spec.strip() and self.policy is not None:
+            spec = self.policy.check(spec)
+        return self.engine(spec, persona)
+
+    def loaded(self) -> list[str]:
+        return list(self._engines)
+
+    # -- stop -------------------------------------------------------------------------------
+    def new_stop(self, session: str, event: threading.Event | None = None) -> threading.Event:
+        event = event or threading.Event()
+        with self._stops_lock:
+            self._stops[session] = event
+        return event
+
+    def stop(self, session: str) -> bool:
+        """Stop the reply being generated for `session`; True if one was running."""
+        with self._stops_lock:
+            event = self._stops.pop(session, None)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def _release(self, session: str, event: threading.Event) -> None:
+        with self._stops_lock:
+            if self._stops.get(session) is event:
+                del self._stops[session]
+
+    # -- chat -------------------------------------------------------------------------------
+    def persona(self, persona_id: str) -> Persona:
+        return get_persona(self.personas, persona_id)
+
+    def start_reply(
+        self,
+        persona_id: str,
+        history: list[Message],
+        message: str,
+        *,
+        image: str | Path | None = None,
+        model: str | None = None,
+        personality: str | None = None,
+        stop_event: threading.Event | None = None,
+        rng: random.Random | None = None,
+        slice: str | None = None,
+        **sampling: Any,
+    ) -> Started:
+        """Validate the request, retrieve its cards and start generating. Raises domain errors before any
+        generation (a bad knowledge bank too: the persona fails, the app keeps serving)."""
+        persona = self.persona(persona_id)
+        params = SamplingParams.for_persona(persona, **sampling)
+        message = sanitize(message or "").strip()
+        if not message and image is None:
+            raise InputError("the message is empty: type a question (or attach an image)")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise InputError(f"the message is {len(message):,} characters; the limit is {MAX_MESSAGE_CHARS:,}")
+        if slice and self.policy is not None and not self.policy.open_to_any:
+            from krishna_ai.matformer import known_configs
+
+            if slice not in known_configs():  # never a path to a file on the server
+                raise InputError(f"unknown MatFormer size {slice!r}; choose one of: {', '.join(known_configs())}")
+        engine = self.client_engine(model, persona)
+        if image is not None:
+            if not engine.info.multimodal:
+                raise ImageError(f"The model {engine.name!r} reads text only. {image_tiers_hint()}")
+            if not persona.accepts_images:
+                raise ImageError(f"The persona {persona.name!r} does not take images; "
+                                 f"try one that does: {', '.join(self.image_personas()) or 'none'}.")
+            image = load_image(image)
+        turn = build_turn(persona, history, message, personality=personality, image=image, rng=rng)
+        return Started(engine.stream(turn.messages, params, stop_event, slice=slice or None), persona,
+                       turn.personality, turn.cards, turn.teachings or [], turn.closing)
+
+    def image_personas(self) -> list[str]:
+        return [p.id for p in self.personas.values() if p.accepts_images]
+
+    def chat(self, persona_id: str, history: list[Message], message: str, *, session: str = "",
+             stop_event: threading.Event | None = None, **kwargs: Any) -> Iterator[Update]:
+        """Stream a reply as `Update`s; the last one has done=True, stats and the style check.
+
+        A message that speaks of a crisis (self-harm, abuse, a medical emergency) gets one Update: the fixed
+        reply that points to real help (`core.safety`), before any model is loaded or run.
+
+        Closing the iterator, setting `stop_event` (the client went away) or `stop(session)` stops generation.
+        """
+        kind = crisis(message or "")
+        if kind is not None:
+            self.persona(persona_id)  # an unknown persona is still an error
+            stats = ReplyStats(ttft_s=0.0, finish_reason="end_of_turn")
+            yield Update(crisis_reply(kind), done=True, stats=stats, violations=[], safety=kind)
+            return
+        stop_event = self.new_stop(session, stop_event)
+        try:
+            started = self.start_reply(persona_id, history, message, stop_event=stop_event, **kwargs)
+            reply, persona, who, cards = started.reply, started.persona, started.personality, started.cards or []
+            sources = [*started.teachings, *cards]
+            with reply:
+                for _ in reply:
+                    yield Update(reply.text, personality=who, sources=sources)
+            violations = check_reply(reply.text, persona, reply.stats.finish_reason,
+                                     story=bool(cards) if persona.knowledge and persona.style.story else None)
+            text = f"{reply.text.rstrip()}\n\n{started.closing}" if started.closing else reply.text
+            yield Update(text, done=True, stats=reply.stats, violations=violations, personality=who,
+                         sources=sources)
+        finally:
+            stop_event.set()
+            self._release(session, stop_event)

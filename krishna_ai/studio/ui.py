@@ -1,0 +1,304 @@
+"""The Gradio Blocks UI. It only wires widgets to a `Studio`; no model is loaded at import or build.
+
+API for programs (documented in the README):
+    Client(url).submit("question", "krishna", api_name="/chat")              # streams the growing reply
+    Client(url).submit("what is this?", "maize", handle_file("leaf.jpg"), api_name="/chat")
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import gradio as gr
+
+from krishna_ai.core.errors import KrishnaError
+from krishna_ai.core.safety import safety_badge
+from krishna_ai.core.style import badge
+from krishna_ai.matformer import known_configs
+from krishna_ai.runtime.tiers import FAST_PATH_HINT, TIERS, default_tier
+from krishna_ai.studio.api import GENERATE, register_api, updates
+from krishna_ai.studio.saving import (
+    PartialReply,
+    choices,
+    content_files,
+    content_text,
+    gr_error,
+    message_id,
+    pending_start,
+    save_question,
+    save_reply,
+    tag,
+    unsave_question,
+    user_of,
+)
+from krishna_ai.studio.service import Studio, Update
+from krishna_ai.studio.sidebar import build_sidebar, wire_sidebar
+
+NOTICE = "⚠️ Not answered"
+"""Title of the chat notice shown when a request is refused (kept out of the model's history)."""
+
+
+def split_pending(history: list[dict]) -> tuple[list[dict], str, str | None]:
+    """(earlier turns, the trailing user text, the trailing user image) of a Chatbot history."""
+    i = pending_start(history)
+    pending = history[i:]
+    text = "\n".join(t for t in (content_text(m["content"]) for m in pending) if t).strip()
+    images = [f for m in pending for f in content_files(m["content"])]
+    earlier: list[dict] = []
+    for m in history[:i]:
+        if (m.get("metadata") or {}).get("title") == NOTICE:  # an unanswered turn: drop it and its question
+            while earlier and earlier[-1]["role"] == "user":
+                earlier.pop()
+            continue
+        earlier.append({"role": m["role"], "content": content_text(m["content"])})
+    return earlier, text, images[-1] if images else None
+
+
+def sources_line(update: Update) -> str:
+    """The cards a reply was grounded in, with their sources, shown under it."""
+    if not update.sources:
+        return ""
+    return "📚 " + " · ".join(f"**{c.title}** — {c.source}" for c in update.sources)
+
+
+def _greeting(studio: Studio, persona_id: str) -> list[dict]:
+    return [{"role": "assistant", "content": studio.persona(persona_id).greeting}]
+
+
+def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
+    """Build the Blocks app around `studio`. Loads nothing; the first request loads the model."""
+    personas = studio.personas
+    if persona not in personas:
+        persona = next(iter(personas))
+    model_choices = [(t.label, t.id) for t in TIERS.values()]
+    default_model = studio.default_model
+    extra = [default_model, *(studio.policy.allowed if studio.policy else [])]
+    model_choices += [(f"Custom · {m}", m) for m in dict.fromkeys(extra) if m not in TIERS]
+    open_models = studio.policy is None or studio.policy.open_to_any
+
+    store = studio.store
+    with gr.Blocks(title="krishna_ai studio") as demo:
+        chat_id = gr.State(None)  # the saved chat on screen (None: not saved yet; one is made on the first message)
+        sidebar = build_sidebar(studio)
+        gr.Markdown("# krishna_ai studio\nChat with persona-specialised Gemma models.")
+        with gr.Row():
+            persona_dd = gr.Dropdown([(p.name, p.id) for p in personas.values()], value=persona,
+                                     label="Persona", scale=2)
+            model_dd = gr.Dropdown(model_choices, value=default_model, label="Model tier",
+                                   allow_custom_value=open_models, scale=2,
+                                   info="light runs offline on CPU (light-gguf: the same model on llama.cpp, "
+                                        "several times faster); e2b/e4b need Gemma 3n weights"
+                                        + ("; or type a local folder / hub id / .gguf file" if open_models else ""))
+        description = gr.Markdown(personas[persona].description)
+        if studio.default_model == "light" and default_tier() == "light":  # llama.cpp not installed
+            gr.Markdown(f"ℹ️ {FAST_PATH_HINT}", elem_id="fast-path-hint")
+        chatbot = gr.Chatbot(value=_greeting(studio, persona), label="Chat", height=480,
+                             buttons=["copy"], feedback_options=("Like", "Dislike") if store is not None else None)
+        textbox = gr.MultimodalTextbox(placeholder="Ask a question (attach a maize-leaf photo on a Gemma 3n tier)",
+                                       file_types=["image"], file_count="single", show_label=False,
+                                       sources=["upload"], elem_id="chat-input")
+        personality = gr.Textbox(label="Story about (optional)", visible=bool(personas[persona].personalities),
+                                 placeholder="a famous person; empty = the story that fits your question best")
+        with gr.Row():
+            stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False, elem_id="stop-button")
+            retry_btn = gr.Button("Retry", scale=1)
+            undo_btn = gr.Button("Undo", scale=1)
+            clear_btn = gr.Button("Clear", scale=1)
+        stats_md = gr.Markdown("", elem_id="reply-stats")
+        badge_md = gr.Markdown("", elem_id="style-badge")
+        sources_md = gr.Markdown("", elem_id="reply-sources")
+        examples = gr.Dataset(components=[gr.Textbox(visible=False)], label="Example questions",
+                              samples=[[q] for q in personas[persona].examples])
+        with gr.Accordion("Settings", open=False):
+            p = personas[persona].sampling
+            temperature = gr.Slider(0.0, 2.0, value=p.temperature, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1.0, value=p.top_p, step=0.01, label="top_p")
+            top_k = gr.Slider(0, 200, value=p.top_k, step=1, label="top_k (0 = off)")
+            max_new = gr.Slider(16, 1024, value=p.max_new_tokens, step=16, label="Max new tokens")
+            slice_dd = gr.Dropdown([("Full model", "full"), *[(n, n) for n in known_configs()]], value="full",
+                                   label="MatFormer size (E4B-shaped Gemma 3n only)",
+                                   info="runs the loaded E4B as a smaller slice, live, without reloading")
+        sampling_inputs = [temperature, top_p, top_k, max_new]
+
+        def on_persona(persona_id: str):
+            """A persona switch starts a new chat (a saved chat keeps the persona it was held with)."""
+            pr = studio.persona(persona_id)
+            s = pr.sampling
+            return (_greeting(studio, persona_id), pr.description, gr.Dataset(samples=[[q] for q in pr.examples]),
+                    s.temperature, s.top_p, s.top_k, s.max_new_tokens, "", "", "",
+                    gr.Textbox(value="", visible=bool(pr.personalities)), None, "")
+
+        persona_outputs = [chatbot, description, examples, *sampling_inputs, stats_md, badge_md, sources_md,
+                           personality, chat_id, sidebar.title]
+        # .input, not .change: opening a saved chat sets the persona too, and must not reset the chat.
+        persona_dd.input(on_persona, persona_dd, persona_outputs, queue=False)
+
+        def on_model(spec: str, progress=gr.Progress()):
+            spec = (spec or "").strip()
+            if not spec:
+                raise gr.Error("Type a tier id, a local model folder or a hub id.")
+            progress(0, desc=f"Loading {spec}…")
+            try:
+                engine = studio.client_engine(spec)
+            except KrishnaError as exc:
+                raise gr_error(exc) from None
+            vision = "reads images" if engine.info.multimodal else "text only"
+            return f"Model **{engine.name}** ready ({vision})."
+
+        model_dd.input(on_model, model_dd, stats_md, concurrency_id=GENERATE)
+
+        def on_example(sample: list[str]):
+            return {"text": sample[0], "files": []}
+
+        examples.click(on_example, examples, textbox, queue=False)
+
+        busy = [retry_btn, undo_btn, clear_btn, persona_dd, sidebar.new, sidebar.chats, sidebar.delete,
+                sidebar.import_btn]
+        locked = [gr.update(interactive=False)] * len(busy)
+
+        def add_user(history: list[dict], value: dict | None):
+            value = value or {}
+            text = (value.get("text") or "").strip()
+            files = value.get("files") or []
+            if not text and not files:
+                raise gr.Error("The message is empty: type a question (or attach an image).")
+            history = list(history or [])
+            for f in files[-1:]:
+                path = f if isinstance(f, str) else f.get("path")
+                history.append({"role": "user", "content": {"path": path}})
+            if text:
+                history.append({"role": "user", "content": text})
+            return history, gr.MultimodalTextbox(value=None, interactive=False), gr.Button(interactive=True), *locked
+
+        async def respond(history: list[dict], persona_id: str, model: str, t: float, tp: float, tk: int, mn: int,
+                          who: str, size: str, cid: str | None, request: gr.Request) -> AsyncIterator[tuple]:
+            earlier, text, image = split_pending(history)
+            if not text and image is None:
+                return
+            session = request.session_hash or ""
+            user = user_of(request)
+            listed: Any = gr.skip()
+            title: Any = gr.skip()
+            saved_question = False
+            if store is not None:
+                try:  # the question is saved before the model runs: a crash loses at most the reply
+                    new = not cid
+                    before = history
+                    cid, history = save_question(store, user, cid, persona_id, history)
+                    saved_question = [message_id(m) for m in history] != [message_id(m) for m in before]
+                    if new:
+                        listed = gr.Radio(choices=choices(store, user), value=cid)
+                        title = store.chat(user, cid).title
+                except KrishnaError as exc:  # the store is down, the chat was deleted elsewhere, a huge image
+                    gr.Warning(f"This message was not saved: {exc}")
+            sampling = {"temperature": t, "top_p": tp, "top_k": int(tk), "max_new_tokens": int(mn)}
+            history = list(history) + [{"role": "assistant", "content": ""}]
+            yield history, "⏳ waiting for the model…", "", "", cid, listed, title
+            started = False
+            with PartialReply(lambda u, finish: save_reply(studio, user, cid, u, model, persona_id, size, sampling,
+                                                           finish=finish)) as partial:
+                try:
+                    async for update in updates(studio, persona_id, earlier, text, session=session, image=image,
+                                                 model=model, personality=who or None,
+                                                 slice=None if size == "full" else size, **sampling):
+                        partial.seen(update)
+                        history[-1] = {"role": "assistant", "content": update.text}
+                        if update.done:
+                            partial.finished()
+                            saved = save_reply(studio, user, cid, update, model, persona_id, size, sampling)
+                            if saved is not None:
+                                history[-1] = tag(history[-1], saved)
+                            yield (history, update.stats.line(), safety_badge(update.safety) if update.safety
+                                   else badge(update.violations or []),
+                                   sources_line(update), cid, gr.skip(), gr.skip())
+                        elif not started:
+                            started = True
+                            yield (history, "⏳ generating…", "", sources_line(update), gr.skip(), gr.skip(),
+                                   gr.skip())
+                        else:
+                            # Later chunks leave the stats line alone: a chunk still in flight when Stop is
+                            # pressed must not overwrite Stop's "stopped" with "generating…".
+                            yield history, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                except KrishnaError as exc:
+                    partial.failed()
+                    # Keep the conversation on screen: the problem becomes a notice in the chat and a toast.
+                    gr.Warning(str(exc))
+                    history[-1] = {"role": "assistant", "content": str(exc), "metadata": {"title": NOTICE}}
+                    if partial.last is None and store is not None and cid and saved_question:  # refused: unsave
+                        cid, history, listed = unsave_question(store, user, cid, history[:-1])
+                        history.append({"role": "assistant", "content": str(exc), "metadata": {"title": NOTICE}})
+                        yield history, "", "", "", cid, listed, "" if cid is None else gr.skip()
+                    else:
+                        yield history, "", "", "", cid, gr.skip(), gr.skip()
+
+        respond_inputs = [chatbot, persona_dd, model_dd, *sampling_inputs, personality, slice_dd, chat_id]
+        respond_outputs = [chatbot, stats_md, badge_md, sources_md, chat_id, sidebar.chats, sidebar.title]
+        # Stop is live only while a reply streams; the textbox, and everything that would change the chat under
+        # the reply (Retry, Undo, Clear, the persona, the chats sidebar), are locked meanwhile.
+        unlock = dict(fn=lambda: (gr.MultimodalTextbox(interactive=True), gr.Button(interactive=False),
+                                  *[gr.update(interactive=True)] * len(busy)),
+                      outputs=[textbox, stop_btn, *busy], queue=False)
+
+        submit_event = (textbox.submit(add_user, [chatbot, textbox], [chatbot, textbox, stop_btn, *busy],
+                                       queue=False)
+                        .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
+                              concurrency_limit=studio.concurrency, api_visibility="private"))
+        submit_event.then(**unlock)
+
+        def drop_reply(history: list[dict]):
+            history = list(history or [])
+            while history and history[-1]["role"] == "assistant":
+                history.pop()
+            return history
+
+        def retry(history: list[dict], cid: str | None, request: gr.Request):
+            if store is not None and cid:
+                try:  # the replies to the last question are hidden, and kept as rejected answers
+                    store.retry(user_of(request), cid)
+                except KrishnaError as exc:
+                    gr.Warning(f"The retried reply stays in the saved chat: {exc}")
+            return drop_reply(history), gr.Button(interactive=True), *locked
+
+        retry_event = (retry_btn.click(retry, [chatbot, chat_id], [chatbot, stop_btn, *busy], queue=False)
+                       .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
+                             api_visibility="private"))
+        retry_event.then(**unlock)
+
+        def undo(history: list[dict], persona_id: str, cid: str | None, request: gr.Request):
+            history = drop_reply(history)
+            earlier, text, _ = split_pending(history)
+            keep = pending_start(history)
+            if store is not None and cid and any(message_id(m) for m in history[keep:]):
+                try:
+                    store.undo(user_of(request), cid)
+                except KrishnaError as exc:
+                    gr.Warning(f"The saved chat still has this turn: {exc}")
+            if keep == 0 and not earlier:
+                return history[:keep] or _greeting(studio, persona_id), {"text": text, "files": []}
+            return history[:keep], {"text": text, "files": []}
+
+        undo_btn.click(undo, [chatbot, persona_dd, chat_id], [chatbot, textbox], queue=False)
+
+        def new_chat(persona_id: str):
+            """Clear and New chat: an empty chat on screen; the one before stays saved in the list."""
+            return _greeting(studio, persona_id), "", "", "", None, "", gr.Radio(value=None)
+
+        new_chat_outputs = [chatbot, stats_md, badge_md, sources_md, chat_id, sidebar.title, sidebar.chats]
+        clear_btn.click(new_chat, persona_dd, new_chat_outputs, queue=False)
+        sidebar.new.click(new_chat, persona_dd, new_chat_outputs, queue=False)
+
+        def stop(request: gr.Request):
+            # Flip the stop flag (generate ends at once and its thread is joined), and cancel the event,
+            # which also drops a request still waiting in the queue. The partial reply stays on screen.
+            studio.stop(request.session_hash or "")
+            return "⏹ stopped"
+
+        stop_btn.click(stop, None, stats_md, queue=False, cancels=[submit_event, retry_event]).then(**unlock)
+
+        wire_sidebar(studio, demo, sidebar, chatbot=chatbot, chat_id=chat_id, persona_dd=persona_dd,
+                     persona_outputs=persona_outputs, on_persona=on_persona, new_chat=new_chat,
+                     new_chat_outputs=new_chat_outputs)
+        register_api(studio)
+
+    return demo

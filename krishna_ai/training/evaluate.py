@@ -1,0 +1,261 @@
+"""Evaluation over held-out questions: does each reply end, stay clean, meet the persona's rules?
+
+    python -m krishna_ai eval --persona krishna --model light@none --model light \\
+        --questions data/krishna/heldout.jsonl --json runs/eval-krishna.json
+
+A model is SPEC (with the persona's own adapter for that tier applied, as the app serves it),
+SPEC@none (the bare model: the prompt-only baseline) or SPEC@ADAPTER. Several are compared side by
+side in one table, whose columns are pass rates named for what passes ("ended", "no leak").
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from krishna_ai.core.cache import write_text
+from krishna_ai.core.errors import DataError, problems
+from krishna_ai.core.facts import unsupported
+from krishna_ai.core.knowledge import Card, load_bank, named_person
+from krishna_ai.core.personas import Persona
+from krishna_ai.core.prompting import build_turn
+from krishna_ai.core.safety import CRISES, crisis, crisis_reply
+from krishna_ai.core.sampling import SamplingParams
+from krishna_ai.core.style import check_reply, paragraphs, pass_label, rules_for
+from krishna_ai.runtime.engine import Engine
+from krishna_ai.training.data import read_jsonl
+
+
+def load_questions(path: str | Path) -> list[dict[str, Any]]:
+    """One question per line (.txt), or JSONL with `question` and optional `label` (the class a reply must
+    state), `answer` (a reference answer: its facts are what the reply should state), `card`/`cards`, and
+    `crisis` (the kind of crisis the question speaks of: it must get the fixed careful reply)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: questions file not found")
+    if path.suffix != ".jsonl":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        plain: list[dict[str, Any]] = [{"question": line.strip()} for line in lines if line.strip()]
+        if not plain:
+            raise DataError(f"{path}: no questions")
+        return plain
+    errors: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for n, obj in read_jsonl(path):
+        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not obj["question"].strip():
+            errors.append(f"{path.name}:{n}: needs a non-empty \"question\" string")
+            continue
+        bad = [key for key in ("label", "answer") if key in obj and not isinstance(obj[key], str)]
+        if bad:
+            errors.append(f"{path.name}:{n}: \"{bad[0]}\" must be a string")
+            continue
+        expected = obj.get("cards", [obj["card"]] if "card" in obj else None)
+        if expected is not None and not (isinstance(expected, list)
+                                         and all(isinstance(c, str | None) for c in expected)):
+            errors.append(f"{path.name}:{n}: \"card\" must be a card id or null, \"cards\" a list of ids")
+            continue
+        if obj.get("crisis") not in (None, *CRISES):
+            errors.append(f"{path.name}:{n}: \"crisis\" must be one of {', '.join(CRISES)} or null")
+            continue
+        rows.append({"question": obj["question"], "label": obj.get("label"), "answer": obj.get("answer"),
+                     "cards": expected, "crisis": obj.get("crisis")})
+    if errors:
+        raise DataError(problems(f"{path}: {len(errors)} bad line(s)", errors))
+    return rows
+
+
+def parse_label(reply: str, labels: list[str]) -> str | None:
+    """The label a reply states: on a `Diagnosis:`/`Answer:`/`Label:` line if there is one, else the first named."""
+    line = re.search(r"(?im)^\W*(?:diagnosis|answer|label|condition)\W*:\s*(.+)$", reply)
+    for text in ([line.group(1)] if line else []) + [reply]:
+        found = [(m.start(), -len(lab), lab) for lab in labels
+                 for m in [re.search(rf"(?i)(?<!\w){re.escape(lab)}(?!\w)", text)] if m]
+        if found:
+            return min(found)[2]
+    return None
+
+
+def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], params: SamplingParams,
+             *, batch_size: int = 8, name: str = "", progress: bool = True, bank: bool = True) -> dict[str, Any]:
+    """Generate a reply per question and score it; returns the per-model result dict.
+
+    `bank=False` asks as the persona did before it had a knowledge bank (its story instruction, no cards
+    in the prompt) and still checks each reply against the cards retrieval picks: how much the bank
+    changes what a model states."""
+    rules = rules_for(persona)
+    replies: list[dict[str, Any]] = []
+    safety = [_crisis_row(q, kind) for q in questions if (kind := crisis(q["question"])) or q.get("crisis")]
+    asked = [q for q in questions if not crisis(q["question"])]  # the rest: replies the model writes
+    bar = tqdm(total=len(asked), desc=f"eval {name or engine.name}", disable=not progress)
+    for start in range(0, len(asked), batch_size):
+        chunk = asked[start:start + batch_size]
+        turns = [build_turn(persona, [], q["question"], rng=random.Random(start + i), bank=bank)
+                 for i, q in enumerate(chunk)]
+        completions = engine.generate_batch([t.messages for t in turns], params)
+        for q, done, turn in zip(chunk, completions, turns, strict=True):
+            cards = turn.cards
+            story = bool(cards) if cards is not None and bank and persona.style.story else None
+            violations = check_reply(done.text, persona, done.finish_reason, story=story)
+            broken = {v.rule for v in violations}
+            row: dict[str, Any] = {
+                "question": q["question"], "reply": turn.finish(done.text), "finish_reason": done.finish_reason,
+                "ended": done.finish_reason == "end_of_turn", "leaked": "leaked" in broken,
+                "looped": "looped" in broken, "violations": [str(v) for v in violations], "ok": not violations}
+            if turn.teachings is not None and bank:
+                row["teachings"] = [c.id for c in turn.teachings]
+            if cards is not None:
+                row["sources" if bank else "checked_against"] = [c.id for c in cards]
+                row["faithful"], row["unsupported"] = faithfulness(persona, q["question"], done.text, cards)
+                if q.get("cards") is not None:
+                    row["expected_cards"] = q["cards"]
+                    row["retrieved_top3"] = top3(persona, q["question"])
+                    row["retrieval_hit"] = (any(c in row["retrieved_top3"] for c in q["cards"] if c)
+                                            or (not any(q["cards"]) and not cards))
+            if q.get("label") is not None:
+                row["label"] = q["label"]
+                row["predicted"] = parse_label(done.text, persona.labels or [q["label"]])
+                row["correct"] = (row["predicted"] or "").lower() == q["label"].lower()
+            if q.get("answer"):
+                row["answer_facts"], row["answer_missing"] = answer_recall(q["question"], q["answer"], done.text)
+            row["_rules"] = broken
+            replies.append(row)
+        bar.update(len(chunk))
+    bar.close()
+    n = len(replies) or 1
+    per_rule = {r: sum(r not in row["_rules"] for row in replies) / n for r in rules}
+    for row in replies:
+        del row["_rules"]
+    labelled = [row for row in replies if "label" in row]
+    return {
+        "name": name or engine.name,
+        "n": n,
+        "compliance": sum(row["ok"] for row in replies) / n,
+        "ended": sum(row["ended"] for row in replies) / n,
+        "leaked": sum(row["leaked"] for row in replies) / n,
+        "looped": sum(row["looped"] for row in replies) / n,
+        "rules": per_rule,
+        "accuracy": (sum(row["correct"] for row in labelled) / len(labelled)) if labelled else None,
+        "faithful": _share(replies, "faithful"),
+        "retrieval_top3": _share(replies, "retrieval_hit"),
+        "answer_facts": _mean(replies, "answer_facts"),
+        "crisis": _crisis_summary(safety),
+        "sampling": params.model_dump(),
+        "replies": replies,
+        "crisis_replies": safety,
+    }
+
+
+def _crisis_row(q: dict[str, Any], kind: str | None) -> dict[str, Any]:
+    """A question the app answers with the fixed crisis reply (no model runs), as the app would answer it."""
+    return {"question": q["question"], "expected": q.get("crisis"), "detected": kind,
+            "reply": crisis_reply(kind) if kind else None,
+            "correct": kind is not None and (q.get("crisis") in (None, kind))}
+
+
+def _crisis_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of the questions labelled a crisis, the share given the careful reply; and how many others got it."""
+    if not rows:
+        return None
+    labelled = [r for r in rows if r["expected"]]
+    return {"labelled": len(labelled),
+            "answered": sum(r["detected"] is not None for r in labelled) / len(labelled) if labelled else None,
+            "unlabelled_flagged": sum(not r["expected"] for r in rows)}
+
+
+def _share(rows: list[dict[str, Any]], key: str) -> float | None:
+    scored = [row[key] for row in rows if key in row]
+    return sum(scored) / len(scored) if scored else None
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    scored = [row[key] for row in rows if row.get(key) is not None]
+    return sum(scored) / len(scored) if scored else None
+
+
+def answer_recall(question: str, answer: str, reply: str) -> tuple[float | None, list[str]]:
+    """(share, missing): of the numbers and proper names the reference `answer` states beyond the question,
+    the share the reply states too, and those it does not. None when the answer states no such fact."""
+    wanted = unsupported(answer, [question])
+    if not wanted:
+        return None, []
+    missing = unsupported(answer, [question, reply])
+    return 1 - len(missing) / len(wanted), missing
+
+
+def faithfulness(persona: Persona, question: str, reply: str, cards: list[Card]) -> tuple[bool, list[str]]:
+    """(faithful, what is unsupported): every number and proper name in the factual part of `reply` (the
+    story, or the whole reply) is stated by a retrieved card (or the question, or the persona's own
+    prompt), and a story names its card's person. No card: a story-teller tells no story, and a reply
+    states nothing the question did not."""
+    assert persona.knowledge is not None
+    story_mode = persona.knowledge.checked == "story"
+    parts = paragraphs(reply)
+    part = "\n\n".join(parts[1:]) if story_mode else reply
+    allowed = [c.text for c in cards] + [question, persona.system_prompt, *persona.constraints, *persona.labels,
+                                         persona.style.address or "", persona.name, persona.description]
+    missing = unsupported(part, allowed)
+    if story_mode and cards and part.strip():
+        person = cards[0].person or ""
+        if person and person.split()[-1].casefold() not in part.casefold():
+            missing.append(f"the story never names {person}")
+    if story_mode and not cards and part.strip():
+        missing.append("a story although no card fitted")
+    return not missing, missing
+
+
+def top3(persona: Persona, question: str) -> list[str]:
+    """The ids of the three best cards for `question` (a person it names restricts them), for hit@3."""
+    assert persona.knowledge is not None
+    bank = load_bank(persona.knowledge.bank)
+    person = named_person(persona, bank, question, None)
+    return [h.card.id for h in bank.search(question, k=3, person=person)]
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table, one row per model. Every column says what its percentage counts: replies that
+    met all rules, that ended, that leaked, that looped, that named the right label, the mean share of a
+    reference answer's facts the replies state (answer facts), and each rule's pass rate."""
+    rules = [r for r in dict.fromkeys(r for res in results for r in res["rules"])
+             if r not in ("not_ended", "leaked", "looped")]
+    head = ["model", "n", "all rules met", "ended", "leaked", "looped", "faithful", "card in top 3", "accuracy",
+            "answer facts",
+            *(pass_label(r) for r in rules)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for res in results:
+        def pct(key: str, res: dict[str, Any] = res) -> str:
+            return "–" if res.get(key) is None else f"{res[key]:.0%}"
+
+        cells = [res["name"], str(res["n"]), f"{res['compliance']:.0%}", f"{res['ended']:.0%}",
+                 f"{res['leaked']:.0%}", f"{res['looped']:.0%}", pct("faithful"), pct("retrieval_top3"),
+                 pct("accuracy"), pct("answer_facts"),
+                 *(f"{res['rules'][r]:.0%}" if r in res["rules"] else "–" for r in rules)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(results: list[dict[str, Any]], persona: Persona, questions_path: str, out: str | Path) -> Path:
+    payload = {"persona": persona.id, "questions": str(questions_path), "models": results}
+    return write_text(out, json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+def split_spec(spec: str, persona: Persona | None = None) -> tuple[str, str | None]:
+    """The model and adapter a spec names, as the app would serve it.
+
+    "light" -> ("light", the persona's adapter for light, if any); "light@none" -> ("light", None);
+    "light@adapters/x" -> ("light", "adapters/x"). A model server (openai:URL#MODEL, whose URL may hold
+    user@host) serves its own weights: it takes no adapter, and "@" in it is part of the URL.
+    """
+    from krishna_ai.runtime.probe import is_remote_spec
+
+    if is_remote_spec(spec):
+        return spec.removesuffix("@none"), None
+    model, sep, adapter = spec.rpartition("@")
+    if not sep:
+        model = adapter
+        return model, (persona.adapter_for(model) if persona else None)
+    return model, (None if adapter.lower() == "none" else adapter)

@@ -1,0 +1,93 @@
+"""What every engine and the Studio promise beyond the Protocol's shape: time to first token counts from the
+request on every back end, and an engine the Studio evicts is closed (after the reply in flight)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from krishna_ai.core.sampling import SamplingParams
+from krishna_ai.runtime.engine import EngineInfo
+from krishna_ai.studio.service import Studio
+
+PAUSE_S = 0.3
+ASK = [{"role": "user", "content": "Say hello."}]
+
+
+def _slow_prepare(module, monkeypatch):
+    """Make the prompt checks before generation take PAUSE_S: time the request's own work must include."""
+    real = module.prepare
+
+    def slow(*args, **kwargs):
+        time.sleep(PAUSE_S)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "prepare", slow)
+
+
+def test_ttft_counts_from_the_request_on_transformers(light_engine, monkeypatch):
+    import krishna_ai.runtime.hf as hf
+
+    _slow_prepare(hf, monkeypatch)
+    reply = light_engine.stream(ASK, SamplingParams(temperature=0, max_new_tokens=3))
+    reply.read()
+    assert reply.stats.ttft_s is not None and reply.stats.ttft_s >= PAUSE_S
+    assert reply.stats.total_s >= reply.stats.ttft_s
+
+
+def test_ttft_counts_from_the_request_on_llamacpp(monkeypatch):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
+    import krishna_ai.runtime.llamacpp as llamacpp
+
+    engine = llamacpp.load_gguf("light-gguf")
+    _slow_prepare(llamacpp, monkeypatch)
+    reply = engine.stream(ASK, SamplingParams(temperature=0, max_new_tokens=3))
+    reply.read()
+    assert reply.stats.ttft_s is not None and reply.stats.ttft_s >= PAUSE_S
+    engine.close()
+
+
+def test_ttft_counts_from_the_request_on_the_scripted_engine(scripted):
+    engine = scripted(["a", "b"], delay=0.05)
+    reply = engine.stream(ASK)
+    time.sleep(PAUSE_S)  # a consumer that starts reading late still sees the time since the request
+    reply.read()
+    assert reply.stats.ttft_s >= PAUSE_S
+
+
+def test_evicted_engines_are_closed_and_kept_ones_are_not(scripted):
+    made = {}
+
+    def loader(spec, adapter):
+        made[spec] = scripted(name=spec)
+        return made[spec]
+
+    studio = Studio(loader=loader, max_loaded=2)
+    for spec in ("a", "b", "a", "c"):  # "a" used again: "b" is the least recently used when "c" comes
+        studio.engine(spec)
+    deadline = time.monotonic() + 5
+    while not made["b"].closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert made["b"].closed and not made["a"].closed and not made["c"].closed
+    assert studio.loaded() == ["a", "c"]
+
+
+def test_remote_engine_close_waits_for_the_reply_in_flight_then_closes_its_client():
+    from krishna_ai.runtime.remote import RemoteEngine
+
+    info = EngineInfo(name="m @ 127.0.0.1:9", backend="openai-api", family="other", multimodal=False,
+                      context_length=8192)
+    engine = RemoteEngine("http://127.0.0.1:9/v1", "m", info)
+    with engine._idle:
+        engine._in_flight = 1  # a reply streaming
+    closer = threading.Thread(target=engine.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive() and not engine.http.is_closed, "close must wait for the reply in flight"
+    with engine._idle:
+        engine._in_flight = 0
+        engine._idle.notify_all()
+    closer.join(5)
+    assert not closer.is_alive() and engine.http.is_closed
