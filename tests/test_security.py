@@ -55,7 +55,8 @@ def test_auth_refuses_a_wrong_password(served):
 def test_no_files_outside_the_app_folders(served):
     url = served()
     for path in ("gradio_api/file=/etc/passwd", "gradio_api/file=../../../../etc/passwd",
-                 "gradio_api/file=%2Fetc%2Fpasswd", "gradio_api/file=app.py", "gradio_api/file=krishna_ai/studio/service.py",
+                 "gradio_api/file=%2Fetc%2Fpasswd", "gradio_api/file=app.py",
+                 "gradio_api/file=krishna_ai/studio/service.py",
                  "file=/etc/passwd"):
         status, body = get(url + path)
         assert status >= 400 and b"root:" not in body and b"def load_model" not in body, path

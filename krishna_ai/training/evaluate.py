@@ -24,7 +24,7 @@ from krishna_ai.core.facts import unsupported
 from krishna_ai.core.knowledge import Card, load_bank, named_person
 from krishna_ai.core.personas import Persona
 from krishna_ai.core.prompting import build_turn
-from krishna_ai.core.safety import CRISES, crisis, crisis_reply
+from krishna_ai.core.safety import CRISES, Crisis, crisis, crisis_reply
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.core.style import check_reply, paragraphs, pass_label, rules_for
 from krishna_ai.runtime.engine import Engine
@@ -150,7 +150,7 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
     }
 
 
-def _crisis_row(q: dict[str, Any], kind: str | None) -> dict[str, Any]:
+def _crisis_row(q: dict[str, Any], kind: Crisis | None) -> dict[str, Any]:
     """A question the app answers with the fixed crisis reply (no model runs), as the app would answer it."""
     return {"question": q["question"], "expected": q.get("crisis"), "detected": kind,
             "reply": crisis_reply(kind) if kind else None,
