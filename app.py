@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--share", action="store_true", help="create a public gradio.live link")
     ap.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="require a login")
+    ap.add_argument("--no-login", dest="no_login", action="store_true",
+                    help="serve beyond this machine (--share, --host other than loopback) without a login, on purpose")
     ap.add_argument("--auth-file", dest="auth_file", default=None, metavar="FILE",
                     help="logins, one user:password per line (also: $KRISHNA_AI_AUTH, comma-separated)")
     ap.add_argument("--allow-model", dest="allow_model", action="append", default=[], metavar="SPEC",
@@ -157,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     if not port_free(args.host, args.port):
         print(f"error: port {args.port} is in use on {args.host}: pass --port N (another app, or this one "
               "started twice?)", file=sys.stderr)
+        return 2
+    public = args.share or args.host not in ("127.0.0.1", "localhost", "::1")
+    if public and auth is None and not args.no_login:
+        print(f"error: {'--share' if args.share else f'--host {args.host}'} serves the app beyond this machine, and "
+              "no login is set: anyone who reaches it could use the model and every chat would be one user's. "
+              "Add --auth USER:PASSWORD (or --auth-file), or pass --no-login to do this on purpose.", file=sys.stderr)
         return 2
     if args.share and auth is None:
         warnings.warn("--share without --auth: anyone with the link can use this app and its model. "

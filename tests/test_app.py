@@ -130,13 +130,18 @@ def test_share_without_auth_warns(monkeypatch, capsys):
             launched.update(kw)
 
     monkeypatch.setattr(app, "build", lambda args: (FakeDemo(), SimpleNamespace(concurrency=1, store=None)))
+    assert app.main(["--share"]) == 2 and not launched  # no login, public: refused unless said on purpose
+    assert "--no-login" in capsys.readouterr().err
+    assert app.main(["--host", "0.0.0.0"]) == 2 and not launched
     with pytest.warns(UserWarning, match="--share without --auth"):
-        app.main(["--share"])
+        app.main(["--share", "--no-login"])
     assert launched["share"] is True and launched["auth"] is None
     assert "WARNING" in capsys.readouterr().err
     app.main(["--auth", "u:p"])
     guard = launched["auth"]
-    assert guard("u", "p") is True and guard.delay_for(0) == 0.0
+    import asyncio
+
+    assert asyncio.run(guard("u", "p")) is True and guard.__self__.delay_for(0) == 0.0
 
 
 def test_a_model_server_gets_concurrent_replies_and_in_process_models_one():

@@ -91,3 +91,28 @@ def test_remote_engine_close_waits_for_the_reply_in_flight_then_closes_its_clien
         engine._idle.notify_all()
     closer.join(5)
     assert not closer.is_alive() and engine.http.is_closed
+
+
+def test_a_reply_that_runs_into_a_new_turn_is_not_ended(monkeypatch):
+    """Generation stops at <start_of_turn> as at <end_of_turn>, but only the latter (or EOS) ends a reply."""
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.prompting import build_turn
+    from krishna_ai.runtime.engine import FINISH_LABELS, ReplyStats
+    from krishna_ai.runtime.load import load_engine
+
+    stats = ReplyStats()
+    stats.finish(stopped=False, ended=False, failed=False, run_on=True)
+    assert stats.finish_reason == "run_on" and FINISH_LABELS["run_on"] == "ran into a new turn"
+    persona = load_personas()["krishna"]
+    engine = load_engine("light", persona.adapters["light"])  # the adapter closes its turns
+    ask = build_turn(persona, [], "I failed my exam again. What should I do?").messages
+    params = SamplingParams.for_persona(persona, seed=0)
+    first = engine.stream(ask, params)
+    first.read()
+    assert first.stats.finish_reason == "end_of_turn"
+    # The same reply, had its closing token been the start of a new turn: then it ran on.
+    monkeypatch.setattr(engine, "end_token_ids", [])
+    again = engine.stream(ask, params)
+    again.read()
+    assert again.stats.finish_reason == "run_on"
+    assert engine.generate_batch([ask], params)[0].finish_reason == "run_on"

@@ -31,6 +31,14 @@ def test_parse_label():
     assert parse_label("No idea.", LABELS) is None
 
 
+def test_parse_label_reads_negations_and_hedges_as_no_answer():
+    assert parse_label("Diagnosis: not Common Rust\nConfidence: low", LABELS) is None
+    assert parse_label("Diagnosis: Common Rust or Southern Rust", LABELS) is None  # a hedge is not an answer
+    assert parse_label("Diagnosis: Healthy. The spots suggest southern rust.", LABELS) is None
+    assert parse_label("Diagnosis: Southern Rust (rather than Common Rust)", LABELS) == "Southern Rust"
+    assert parse_label("It is not healthy; it is common rust.", LABELS) == "Common Rust"
+
+
 def test_rules_for_personas():
     assert rules_for(P["krishna"]) == ["empty_reply", "not_ended", "leaked", "looped", "missing_address",
                                        "forbidden_word", "sentence_count", "missing_story", "verse_quote",

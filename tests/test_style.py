@@ -100,6 +100,8 @@ def test_exact_messages_for_each_rule():
     assert verdict("  \n ") == [("empty_reply", "the reply is empty")]
     assert verdict(f"{ANSWER}\n\n{STORY}", finish_reason="max_tokens") == [
         ("not_ended", "cut at max_new_tokens: the model never closed its turn")]
+    assert verdict(f"{ANSWER}\n\n{STORY}", finish_reason="run_on") == [
+        ("not_ended", "ran into a new turn: the model never closed its own")]
     assert verdict(f"{ANSWER}\n\n{STORY}", finish_reason="end_of_turn") == []
     assert verdict(f"{ANSWER}\n\n{STORY}", finish_reason="stopped") == []
     assert verdict(f"Be steady. Act well.\n\n{STORY}") == [
@@ -168,6 +170,9 @@ def test_pass_labels():
     ("Partha, act.<end_of_turn>", "a turn marker or role line ('<end_of_turn>')"),
     ("Partha, act.\n< start_of_turn >model", "a turn marker or role line ('< start_of_turn >')"),
     ("Partha, act.\nmodel\nPartha, again.", "a turn marker or role line ('model')"),
+    ("Partha, act.\nUser: and what of fear?", "a turn marker or role line ('User:')"),
+    ("Partha, act.\nMODEL: Partha, again.", "a turn marker or role line ('MODEL:')"),
+    ("Partha, act.\n**Assistant**:", "a turn marker or role line ('**Assistant**:')"),
     ("Partha, act well. WithFieldContext", "a stray vocabulary piece ('WithFieldContext')"),
     ("Partha, act well stepToken now.", "a stray vocabulary piece ('stepToken')"),
     ("Partha, be calm and act now.\n\nEdison tried.\n\nPartha, be calm and act now, again.",

@@ -24,7 +24,9 @@ _VERSE_REF = re.compile(
 # A turn marker or role line of the chat format, or a code-like vocabulary piece glued into prose
 # ("stepToken", "WithFieldContext"): what an untrained end-of-turn row makes a base model emit.
 _MARKER = re.compile(r"<\s*/?\s*(?:start_of_turn|end_of_turn|eos|bos|pad|start_of_image|end_of_image)\s*>|"
-                     r"^\s*(?:model|user)\s*$", re.MULTILINE)
+                     r"^\s*(?:model|user|assistant)\s*:?\s*$|^\W{0,3}(?:user|model|assistant)\W{0,3}:",
+                     re.MULTILINE | re.IGNORECASE)
+"""... in any case, with or without a colon: "model", "User:", "MODEL: Partha, ..." (a reply playing both sides)."""
 _STRAY = re.compile(r"(?<![\w@/#-])(?:[a-z]{2,}(?:[A-Z][a-z0-9]+)+|[A-Z][a-z]+(?:[A-Z][a-z0-9]+){2,})(?![\w@-]|\.\w)")
 _LOOP_NGRAM = 10
 _RESTATE_MIN_WORDS = 8
@@ -150,6 +152,8 @@ class _Reply:
 def _not_ended(r: _Reply) -> Iterator[Violation]:
     if r.finish_reason == "max_tokens":
         yield Violation("not_ended", "cut at max_new_tokens: the model never closed its turn")
+    elif r.finish_reason == "run_on":
+        yield Violation("not_ended", "ran into a new turn: the model never closed its own")
 
 
 def _leaked(r: _Reply) -> Iterator[Violation]:

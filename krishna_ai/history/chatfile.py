@@ -208,7 +208,7 @@ def _complete(reply: StoredMessage) -> bool:
     """A reply that ended by itself: one stopped or cut at the token limit is never a chosen answer."""
     stats = reply.meta.get("stats")
     finish = stats.get("finish_reason") if isinstance(stats, dict) else None
-    return bool(reply.content.strip()) and finish not in ("stopped", "max_tokens", "error")
+    return bool(reply.content.strip()) and finish not in ("stopped", "max_tokens", "run_on", "error")
 
 
 def feedback_examples(chats: list[ChatInfo], personas: dict[str, Persona] | None = None,

@@ -22,10 +22,12 @@ from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.runtime.tiers import image_tiers_hint
 
 Family = Literal["gemma3", "gemma3n", "other"]
-FinishReason = Literal["end_of_turn", "max_tokens", "stopped", "error"]
+FinishReason = Literal["end_of_turn", "run_on", "max_tokens", "stopped", "error"]
 
 TURN_MARKERS = ("<end_of_turn>", "<start_of_turn>")
-"""Control tokens that end a reply: the end of this turn, or the start of another (a run-on reply)."""
+"""Control tokens generation stops at: the end of this turn, or the start of another. Only the first (or EOS)
+means the reply ended; a reply that runs into a new turn is `run_on`, which is not ended."""
+END_MARKERS = ("<end_of_turn>",)
 
 
 def family_of(name: str) -> Family:
@@ -62,7 +64,8 @@ class ReplyStats:
     """Seconds from the request to the end of the reply."""
     stopped: bool = False
     finish_reason: FinishReason | None = None
-    """Why the reply ended: the model closed its turn, hit max_new_tokens, was stopped, or failed."""
+    """Why the reply ended: the model closed its turn, ran into a new turn without closing its own, hit
+    max_new_tokens, was stopped, or failed."""
     slice: str | None = None
     """MatFormer slice the reply ran as (None: the full model)."""
     switch_note: str | None = None
@@ -90,7 +93,7 @@ class ReplyStats:
             self.ttft_s = time.perf_counter() - self.started
         self.tokens += n
 
-    def finish(self, *, stopped: bool, ended: bool, failed: bool) -> None:
+    def finish(self, *, stopped: bool, ended: bool, failed: bool, run_on: bool = False) -> None:
         """Record how the reply ended (called once, by the back end, when its generator closes)."""
         self.stopped = stopped
         self.total_s = time.perf_counter() - self.started
@@ -98,6 +101,8 @@ class ReplyStats:
             self.finish_reason = "error"
         elif ended:
             self.finish_reason = "end_of_turn"
+        elif run_on:
+            self.finish_reason = "run_on"
         elif stopped:
             self.finish_reason = "stopped"
         else:
@@ -105,7 +110,8 @@ class ReplyStats:
 
 
 FINISH_LABELS: dict[str, str] = {
-    "end_of_turn": "ended", "max_tokens": "cut at max tokens", "stopped": "stopped", "error": "failed"}
+    "end_of_turn": "ended", "run_on": "ran into a new turn", "max_tokens": "cut at max tokens", "stopped": "stopped",
+    "error": "failed"}
 
 
 class Reply:
@@ -212,10 +218,16 @@ def prepare(engine: Engine, messages: list[Message], params: SamplingParams | No
     return fit_history(messages, engine.count_tokens, budget), params
 
 
-def stop_token_ids(eos: int | None, lookup: Callable[[str], int | None]) -> list[int]:
+def stop_token_ids(eos: int | None, lookup: Callable[[str], int | None], markers: tuple[str, ...] = TURN_MARKERS
+                   ) -> list[int]:
     """EOS and every turn marker the vocabulary has (`lookup` returns None for a missing token)."""
-    ids = {eos} | {lookup(marker) for marker in TURN_MARKERS}
+    ids = {eos} | {lookup(marker) for marker in markers}
     return sorted(i for i in ids if i is not None and i >= 0)
+
+
+def end_token_ids(eos: int | None, lookup: Callable[[str], int | None]) -> list[int]:
+    """The stop tokens that mean the reply ended: EOS and <end_of_turn> (not a new turn's start)."""
+    return stop_token_ids(eos, lookup, END_MARKERS)
 
 
 def generation_failed(exc: BaseException) -> GenerationError:

@@ -22,6 +22,7 @@ from krishna_ai.runtime.engine import (
     EngineInfo,
     Reply,
     ReplyStats,
+    end_token_ids,
     generation_failed,
     prepare,
     stop_token_ids,
@@ -104,6 +105,7 @@ class HFEngine:
             return i if isinstance(i, int) and i != tok.unk_token_id else None
 
         self.stop_token_ids = stop_token_ids(tok.eos_token_id, lookup)
+        self.end_token_ids = end_token_ids(tok.eos_token_id, lookup)
         self._breakers: frozenset[int] | None = None
         self._info = EngineInfo(
             name=loaded.name, backend="transformers", family=loaded.family, multimodal=loaded.multimodal,
@@ -219,8 +221,9 @@ class HFEngine:
         for row in new.tolist():
             ended = next((i for i, t in enumerate(row) if t in self.stop_token_ids), None)
             kept = row[:ended] if ended is not None else [t for t in row if t != pad]
+            reason = "max_tokens" if ended is None else "end_of_turn" if row[ended] in self.end_token_ids else "run_on"
             results.append(Completion(text=tok.decode(kept, skip_special_tokens=True).strip(),
-                                      finish_reason="end_of_turn" if ended is not None else "max_tokens",
+                                      finish_reason=reason,
                                       tokens=len(kept) + (ended is not None)))
         return results
 
@@ -302,7 +305,8 @@ class HFEngine:
                 user_stop.set()
             stop_event.set()
             thread.join(JOIN_TIMEOUT_S)
-            ended = bool(last) and last[0] in self.stop_token_ids
-            stats.finish(stopped=user_stop.is_set(), ended=ended, failed=bool(errors))
+            ended = bool(last) and last[0] in self.end_token_ids
+            run_on = bool(last) and last[0] in self.stop_token_ids and not ended
+            stats.finish(stopped=user_stop.is_set(), ended=ended, failed=bool(errors), run_on=run_on)
         if errors:
             raise generation_failed(errors[0]) from errors[0]

@@ -41,6 +41,7 @@ from krishna_ai.runtime.engine import (
     EngineInfo,
     Reply,
     ReplyStats,
+    end_token_ids,
     family_of,
     generation_failed,
     prepare,
@@ -182,6 +183,7 @@ class LlamaCppEngine:
             return ids[0] if len(ids) == 1 else None
 
         self.stop_token_ids = stop_token_ids(llm.token_eos(), lookup)
+        self.end_token_ids = end_token_ids(llm.token_eos(), lookup)
         self._breakers: frozenset[int] | None = None
 
     @property
@@ -276,7 +278,7 @@ class LlamaCppEngine:
         import llama_cpp
 
         llm, stop_ids = self.llm, set(self.stop_token_ids)
-        acquired = ended = failed = False
+        acquired = ended = failed = run_on = False
         try:
             while not (acquired := self._lock.acquire(timeout=POLL_S)):
                 if stop_event.is_set():  # stopped while another reply held the model
@@ -293,7 +295,8 @@ class LlamaCppEngine:
                 for token in generator:
                     stats.token()
                     if token in stop_ids:
-                        ended = True
+                        ended = token in self.end_token_ids
+                        run_on = not ended
                         break
                     text = decoder.decode(llm.detokenize([token]))
                     if text:
@@ -316,4 +319,4 @@ class LlamaCppEngine:
             stop_event.set()
             if acquired:
                 self._lock.release()
-            stats.finish(stopped=stopped, ended=ended, failed=failed)
+            stats.finish(stopped=stopped, ended=ended, failed=failed, run_on=run_on)

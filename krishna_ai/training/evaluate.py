@@ -69,14 +69,27 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+_NEGATION = re.compile(r"(?i)\b(?:not|no|isn'?t|is not|unlikely|rather than|instead of|rules? out|ruled out|except)\s+"
+                       r"(?:\w+\s+){0,2}$")
+"""Words that, just before a label, say the reply does *not* diagnose it ("not Common Rust")."""
+
+
 def parse_label(reply: str, labels: list[str]) -> str | None:
-    """The label a reply states: on a `Diagnosis:`/`Answer:`/`Label:` line if there is one, else the first named."""
+    """The label a reply states: on a `Diagnosis:`/`Answer:`/`Label:` line if there is one, else the first named.
+
+    A label that is negated ("not Common Rust", "rather than Southern Rust") does not count, and a label line
+    that names two different labels ("Common Rust or Southern Rust") states none: a hedge is not an answer."""
     line = re.search(r"(?im)^\W*(?:diagnosis|answer|label|condition)\W*:\s*(.+)$", reply)
     for text in ([line.group(1)] if line else []) + [reply]:
-        found = [(m.start(), -len(lab), lab) for lab in labels
-                 for m in [re.search(rf"(?i)(?<!\w){re.escape(lab)}(?!\w)", text)] if m]
-        if found:
-            return min(found)[2]
+        found = sorted((m.start(), -len(lab), lab) for lab in labels
+                       for m in re.finditer(rf"(?i)(?<!\w){re.escape(lab)}(?!\w)", text)
+                       if not _NEGATION.search(text[:m.start()]))
+        named = list(dict.fromkeys(lab for _, _, lab in found))
+        named = [lab for lab in named if not any(lab != other and lab.lower() in other.lower() for other in named)]
+        if line is not None and text == line.group(1):
+            return named[0] if len(named) == 1 else None
+        if named:
+            return found[0][2] if found[0][2] in named else named[0]
     return None
 
 
