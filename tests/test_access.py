@@ -185,3 +185,10 @@ def test_a_gguf_model_without_llama_cpp_is_refused_at_start(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
     with pytest.raises(SystemExit, match="pip install -r requirements-llamacpp.txt"):
         app.build(app.parse_args(["--model", "light-gguf"]))
+
+
+def test_auth_from_the_environment_keeps_a_comma_inside_a_password(monkeypatch):
+    monkeypatch.setenv("KRISHNA_AI_AUTH", "asha:pa,ss,ravi:pw2")
+    assert load_credentials(None, None) == [("asha", "pa,ss"), ("ravi", "pw2")]
+    monkeypatch.setenv("KRISHNA_AI_AUTH", "asha:a,b,c")
+    assert load_credentials(None, None) == [("asha", "a,b,c")]  # no second user made from a password

@@ -142,3 +142,28 @@ def test_card_text_cannot_inject_persona_settings_or_break_the_folder(tmp_path):
     p = load_persona(target)
     assert p.accepts_images is False and p.labels == [] and p.greeting == "hi Dr \\o/ Evil"
     assert load_personas([tmp_path / "p"])["evil"].name == "Dr \\o/ Evil"
+
+
+def test_a_card_png_too_large_in_pixels_or_in_its_text_chunk_is_a_clear_error(tmp_path):
+    import io
+    import zlib
+
+    from PIL import Image, PngImagePlugin
+
+    from krishna_ai.core.errors import PersonaError
+    from krishna_ai.history.cards import read_card
+
+    def png(size, text_chunks=()):
+        info = PngImagePlugin.PngInfo()
+        for key, value in text_chunks:
+            info.add_itxt(key, value, zip=True)  # a compressed text chunk
+        buf = io.BytesIO()
+        Image.new("L", size).save(buf, "PNG", pnginfo=info, optimize=False)
+        return buf.getvalue()
+
+    with pytest.raises(PersonaError, match="pixels"):
+        read_card(png((5000, 4000)), "big.png")  # 20 million pixels, a few kB of PNG
+    bomb = "A" * (12 * 2**20)  # compresses to ~12 kB, decompresses past Pillow's 1 MB text limit
+    assert len(zlib.compress(bomb.encode())) < 100_000
+    with pytest.raises(PersonaError, match="too large to read"):
+        read_card(png((8, 8), [("chara", bomb)]), "bomb.png")

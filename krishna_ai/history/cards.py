@@ -37,6 +37,7 @@ from krishna_ai.core.errors import PersonaError, problems
 from krishna_ai.core.personas import Persona
 from krishna_ai.core.schema import read_json
 
+MAX_CARD_PIXELS = 4096 * 4096
 MAX_CARD_BYTES = 20 * 1024 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -102,8 +103,15 @@ def _png_card(raw: bytes, where: str) -> bytes:
 
     try:
         with Image.open(io.BytesIO(raw)) as img:
+            if img.width * img.height > MAX_CARD_PIXELS:
+                raise PersonaError(f"{where}: the PNG is {img.width}×{img.height} pixels; a card image may have at "
+                                   f"most {MAX_CARD_PIXELS:,} (a portrait is far smaller)")
             img.load()
             chunks = dict(getattr(img, "text", {}) or {})
+    except Image.DecompressionBombError:
+        raise PersonaError(f"{where}: the PNG declares more pixels than any card image has") from None
+    except ValueError as exc:  # Pillow's own limit on a text chunk that decompresses too large
+        raise PersonaError(f"{where}: a PNG text chunk is too large to read ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise PersonaError(f"{where}: a broken PNG ({exc})") from None
     text = chunks.get("ccv3") or chunks.get("chara")

@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -74,7 +75,9 @@ def load_credentials(auth: str | None, auth_file: str | None) -> list[tuple[str,
         pairs += parse_credentials(path.read_text(encoding="utf-8"), str(path))
     env = os.environ.get(AUTH_ENV, "")
     if env.strip():
-        pairs += parse_credentials(env.replace(",", "\n"), f"${AUTH_ENV}")
+        # Entries are separated by newlines, or by a comma that starts another `user:` (so "u:pa,ss" is one
+        # password with a comma; "u:p,v:q" is two users, as the variable has always been read).
+        pairs += parse_credentials(re.sub(r",(?=[^,:\s]+:)", "\n", env), f"${AUTH_ENV}")
     return pairs
 
 
