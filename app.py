@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-login", dest="no_login", action="store_true",
                     help="serve beyond this machine (--share, --host other than loopback) without a login, on purpose")
     ap.add_argument("--auth-file", dest="auth_file", default=None, metavar="FILE",
-                    help="logins, one user:password per line (also: $KRISHNA_AI_AUTH, entries on lines or after a comma)")
+                    help="logins, one user:password per line (also $KRISHNA_AI_AUTH: on lines, or after a comma)")
     ap.add_argument("--allow-model", dest="allow_model", action="append", default=[], metavar="SPEC",
                     help="another model clients may pick (repeatable); by default only the tiers and --model")
     ap.add_argument("--allow-any-model", dest="allow_any_model", action="store_true",
