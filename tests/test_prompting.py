@@ -63,6 +63,14 @@ def test_fit_history_cuts_oldest_pairs_never_system():
     assert only_new == [msgs[0], msgs[-1]]
 
 
+def test_fit_history_without_a_system_part_never_doubles_the_message():
+    alone = [{"role": "user", "content": "hello there"}]
+    assert fit_history(alone, count_words, 10) == alone
+    turns = [{"role": "user", "content": "a b c"}, {"role": "assistant", "content": "d e f"},
+             {"role": "user", "content": "g h"}]
+    assert fit_history(turns, count_words, 2) == turns[-1:]
+
+
 def test_fit_history_message_too_long():
     msgs = build_messages(K, [], "word " * 500)
     with pytest.raises(GenerationError, match="the message is too long"):

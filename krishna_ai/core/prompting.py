@@ -208,11 +208,13 @@ def fit_history(
 ) -> list[Message]:
     """Drop the oldest history turns (a user/assistant pair at a time) until the prompt fits `budget` tokens.
 
-    `messages` is [system, *history, new user message]; the system part and the new message are never cut.
+    `messages` is [system, *history, new user message] (the system part optional); the system part and the
+    new message are never cut.
     """
-    system, history, last = messages[0], list(messages[1:-1]), messages[-1]
+    head = messages[:1] if len(messages) > 1 and messages[0]["role"] == "system" else []
+    history, last = list(messages[len(head):-1]), messages[-1]
     while True:
-        candidate = [system, *history, last]
+        candidate = [*head, *history, last]
         n = count_tokens(candidate)
         if n <= budget:
             return candidate

@@ -233,10 +233,11 @@ def _generation_config() -> Any:
 
 
 def build_tiny_gemma3n(out_dir: str | Path, *, text_only: bool = False, layers: int = E4B_LAYERS,
-                       seed: int = 0) -> Path:
+                       seed: int = 0, config: Any = None, device: str | None = None) -> Path:
     """Write a random-weight Gemma 3n checkpoint (bf16, sharded safetensors) and its processor to `out_dir`.
 
-    text_only=True writes a Gemma3nForCausalLM checkpoint with the tokenizer only. The folder is
+    text_only=True writes a Gemma3nForCausalLM checkpoint with the tokenizer only. `config` (a Gemma3nConfig)
+    replaces the tiny shape: `Gemma3nConfig()` is E4B at full size (bench/gpu.py), built on `device`. The folder is
     written next to `out_dir` and renamed into place, so an interrupted build leaves nothing that
     looks complete. An existing `out_dir` is replaced only if it is empty or an earlier tiny build.
     """
@@ -246,11 +247,13 @@ def build_tiny_gemma3n(out_dir: str | Path, *, text_only: bool = False, layers: 
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
         raise ConfigError(f"{out} exists and is not an earlier tiny Gemma 3n build; choose another --out")
-    config = tiny_text_config(layers) if text_only else tiny_gemma3n_config(layers)
+    if config is None:
+        config = tiny_text_config(layers) if text_only else tiny_gemma3n_config(layers)
     with atomic_dir(out) as tmp:
         torch.manual_seed(seed)
         cls = Gemma3nForCausalLM if text_only else Gemma3nForConditionalGeneration
-        model = cls(config).to(torch.bfloat16)  # bf16 as the real checkpoints; fp16 overflows in Gemma 3n
+        with torch.device(device or "cpu"):  # a full-size build initialises faster on a GPU
+            model = cls(config).to(torch.bfloat16)  # bf16 as the real checkpoints; fp16 overflows in Gemma 3n
         model.generation_config = _generation_config()
         model.save_pretrained(tmp, max_shard_size=MAX_SHARD_SIZE)
         tokenizer = _tokenizer(tmp / ".tokenizer-work")
@@ -261,7 +264,7 @@ def build_tiny_gemma3n(out_dir: str | Path, *, text_only: bool = False, layers: 
         shutil.rmtree(tmp / ".tokenizer-work")
         kind = "Gemma3nForCausalLM (text only)" if text_only else "Gemma3nForConditionalGeneration"
         (tmp / MARKER).write_text(
-            f"# Tiny random Gemma 3n ({kind})\n\nE4B-shaped ({layers} layers, "
+            f"# Random Gemma 3n ({kind})\n\nE4B-shaped ({config.get_text_config().num_hidden_layers} layers, "
             f"{config.get_text_config().num_kv_shared_layers} KV-shared), random weights (seed {seed}), "
             "written by `python -m krishna_ai tiny-gemma3n` for tests; its replies are noise.\n",
             encoding="utf-8")
