@@ -77,26 +77,15 @@ class Style(_Strict):
         return value
 
 
-class Knowledge(_Strict):
-    """A knowledge bank the persona's replies are grounded in (see krishna_ai/knowledge.py)."""
+class _Bank(_Strict):
+    """A folder of cards retrieved per question and put in the prompt through `instruction`."""
 
     bank: str
     """Folder of card files, relative to the persona file (e.g. "knowledge/krishna")."""
-    top_k: Annotated[int, Field(ge=1, le=5)] = 1
-    """Cards put in the prompt."""
     min_score: Annotated[float, Field(ge=0.0)] = 0.0
     """A card must score above this (BM25) to count as fitting the question."""
-    min_coverage: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    """...and share at least this share of the question's content words (0.25: one word in four)."""
     instruction: str
-    """How to use the cards; `$cards` is replaced by their facts, `$person` by the first card's person."""
-    no_match: str | None = None
-    """Instruction when no card fits (None: the persona's plain prompt)."""
-    unknown_person: str | None = None
-    """A sentence the app adds after the reply when the user asked about a person the bank has no card of
-    (`$person` is the name asked). The model is never asked to write it: it tells no story (`no_match`)."""
-    checked: Literal["story", "reply"] = "reply"
-    """The factual part `eval` checks against the cards: the story paragraphs, or the whole reply."""
+    """How to use the cards; `$cards` is replaced by their text."""
 
     @field_validator("instruction")
     @classmethod
@@ -106,24 +95,28 @@ class Knowledge(_Strict):
         return value
 
 
-class Counsel(_Strict):
+class Knowledge(_Bank):
+    """A knowledge bank the persona's replies are grounded in (see krishna_ai/core/knowledge.py).
+    In `instruction`, `$person` is replaced by the first card's person."""
+
+    top_k: Annotated[int, Field(ge=1, le=5)] = 1
+    """Cards put in the prompt."""
+    min_coverage: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """...and share at least this share of the question's content words (0.25: one word in four)."""
+    no_match: str | None = None
+    """Instruction when no card fits (None: the persona's plain prompt)."""
+    unknown_person: str | None = None
+    """A sentence the app adds after the reply when the user asked about a person the bank has no card of
+    (`$person` is the name asked). The model is never asked to write it: it tells no story (`no_match`)."""
+    checked: Literal["story", "reply"] = "reply"
+    """The factual part `eval` checks against the cards: the story paragraphs, or the whole reply."""
+
+
+class Counsel(_Bank):
     """A bank of teachings the persona's own advice applies (Krishna: the Gita's), retrieved per question and
     put in the prompt, so the counsel paraphrases a teaching that fits instead of inventing one."""
 
-    bank: str
-    """Folder of card files, relative to the persona file (e.g. "knowledge/gita")."""
     top_k: Annotated[int, Field(ge=1, le=3)] = 1
-    min_score: Annotated[float, Field(ge=0.0)] = 0.0
-    """A teaching must score above this (BM25) to be given; below it the counsel has no teaching."""
-    instruction: str
-    """How to use the teaching; `$cards` is replaced by the teachings' text."""
-
-    @field_validator("instruction")
-    @classmethod
-    def _has_cards(cls, value: str) -> str:
-        if "$cards" not in value:
-            raise ValueError("must contain $cards (where the retrieved teachings go)")
-        return value
 
 
 class Persona(_Strict):
@@ -242,24 +235,18 @@ def load_persona(path: str | Path) -> Persona:
         if missing:
             raise PersonaError(problems(f"{path}: invalid persona", missing))
         persona = persona.model_copy(update={"adapters": resolved})
-    if persona.knowledge:
-        from krishna_ai.core.knowledge import load_bank
+    from krishna_ai.core.knowledge import load_bank
 
-        folder = (path.parent / persona.knowledge.bank).resolve()
+    for field in ("knowledge", "counsel"):  # each bank checked now, so a bad card fails the persona at load
+        table = getattr(persona, field)
+        if table is None:
+            continue
+        folder = (path.parent / table.bank).resolve()
         try:
             load_bank(folder)
         except PersonaError as exc:
-            raise PersonaError(f"{path.name}: knowledge.bank: {exc}") from None
-        persona = persona.model_copy(update={"knowledge": persona.knowledge.model_copy(update={"bank": str(folder)})})
-    if persona.counsel:
-        from krishna_ai.core.knowledge import load_bank
-
-        folder = (path.parent / persona.counsel.bank).resolve()
-        try:
-            load_bank(folder)
-        except PersonaError as exc:
-            raise PersonaError(f"{path.name}: counsel.bank: {exc}") from None
-        persona = persona.model_copy(update={"counsel": persona.counsel.model_copy(update={"bank": str(folder)})})
+            raise PersonaError(f"{path.name}: {field}.bank: {exc}") from None
+        persona = persona.model_copy(update={field: table.model_copy(update={"bank": str(folder)})})
     return persona
 
 
