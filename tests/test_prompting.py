@@ -71,6 +71,22 @@ def test_fit_history_without_a_system_part_never_doubles_the_message():
     assert fit_history(turns, count_words, 2) == turns[-1:]
 
 
+def test_fit_history_tokenises_a_long_chat_a_logarithmic_number_of_times():
+    history = []
+    for i in range(2000):
+        history += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+    msgs = build_messages(K, history, "latest question")
+    calls = []
+
+    def counting(m):
+        calls.append(len(m))
+        return count_words(m)
+
+    budget = count_words([msgs[0], *msgs[-11:]])  # room for the last five pairs and the new question
+    fitted = fit_history(msgs, counting, budget)
+    assert fitted == [msgs[0], *msgs[-11:]] and len(calls) <= 14  # was one count per dropped pair: 1996
+
+
 def test_fit_history_message_too_long():
     msgs = build_messages(K, [], "word " * 500)
     with pytest.raises(GenerationError, match="the message is too long"):
@@ -176,7 +192,7 @@ def test_fit_history_drops_whole_pairs_and_says_how_much():
         return len(m)
 
     assert fit_history(msgs, count, 4) == [msgs[0], msgs[3], msgs[4], msgs[5]]
-    assert seen == [6, 4]
+    assert seen == [6, 2, 4]  # the whole chat, then none of its history, then halfway (bisection)
     assert fit_history(msgs, len, 6) == msgs  # exactly at the budget: nothing cut
     with pytest.raises(GenerationError) as exc:
         fit_history(msgs, len, 1)

@@ -209,18 +209,28 @@ def fit_history(
     """Drop the oldest history turns (a user/assistant pair at a time) until the prompt fits `budget` tokens.
 
     `messages` is [system, *history, new user message] (the system part optional); the system part and the
-    new message are never cut.
+    new message are never cut. The number of pairs to drop is found by bisection (dropping more never makes
+    the prompt longer), so a long chat is tokenised about log2(turns) times, not once per dropped pair.
     """
     head = messages[:1] if len(messages) > 1 and messages[0]["role"] == "system" else []
     history, last = list(messages[len(head):-1]), messages[-1]
-    while True:
-        candidate = [*head, *history, last]
-        n = count_tokens(candidate)
-        if n <= budget:
-            return candidate
-        if not history:
-            raise GenerationError(
-                f"the message is too long: the prompt needs {n} tokens but the context leaves {budget} "
-                "for it (shorten the message, or lower 'max new tokens')"
-            )
-        del history[:2]
+
+    def fitted(drop: int) -> list[Message]:
+        return [*head, *history[2 * drop:], last]
+
+    if count_tokens(fitted(0)) <= budget:
+        return fitted(0)
+    lo, hi = 0, (len(history) + 1) // 2  # fitted(lo) is too long; is fitted(hi), with no history, short enough?
+    n = count_tokens(fitted(hi))
+    if n > budget:
+        raise GenerationError(
+            f"the message is too long: the prompt needs {n} tokens but the context leaves {budget} "
+            "for it (shorten the message, or lower 'max new tokens')"
+        )
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count_tokens(fitted(mid)) <= budget:
+            hi = mid
+        else:
+            lo = mid
+    return fitted(hi)
