@@ -190,5 +190,7 @@ def test_a_gguf_model_without_llama_cpp_is_refused_at_start(monkeypatch):
 def test_auth_from_the_environment_keeps_a_comma_inside_a_password(monkeypatch):
     monkeypatch.setenv("KRISHNA_AI_AUTH", "asha:pa,ss,ravi:pw2")
     assert load_credentials(None, None) == [("asha", "pa,ss"), ("ravi", "pw2")]
+    monkeypatch.setenv("KRISHNA_AI_AUTH", "asha:pw1, ravi:pw2")  # a space after the comma: still two users
+    assert load_credentials(None, None) == [("asha", "pw1"), ("ravi", "pw2")]
     monkeypatch.setenv("KRISHNA_AI_AUTH", "asha:a,b,c")
     assert load_credentials(None, None) == [("asha", "a,b,c")]  # no second user made from a password

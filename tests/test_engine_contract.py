@@ -46,7 +46,12 @@ def test_ttft_counts_from_the_request_on_llamacpp(monkeypatch):
     reply = engine.stream(ASK, SamplingParams(temperature=0, max_new_tokens=3))
     reply.read()
     assert reply.stats.ttft_s is not None and reply.stats.ttft_s >= PAUSE_S
+    waiting = engine.stream(ASK, SamplingParams(temperature=0, max_new_tokens=3))  # started before the close
     engine.close()
+    from krishna_ai.core.errors import GenerationError
+
+    with pytest.raises(GenerationError, match="unloaded to make room"):
+        waiting.read()  # never touches the freed model
 
 
 def test_ttft_counts_from_the_request_on_the_scripted_engine(scripted):

@@ -37,6 +37,7 @@ def test_parse_label_reads_negations_and_hedges_as_no_answer():
     assert parse_label("Diagnosis: Healthy. The spots suggest southern rust.", LABELS) is None
     assert parse_label("Diagnosis: Southern Rust (rather than Common Rust)", LABELS) == "Southern Rust"
     assert parse_label("It is not healthy; it is common rust.", LABELS) == "Common Rust"
+    assert parse_label("Answer: yes, the leaf is diseased.\nIt looks like Common Rust.", LABELS) == "Common Rust"
 
 
 def test_rules_for_personas():

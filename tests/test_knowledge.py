@@ -245,3 +245,8 @@ def test_a_person_without_cards_gets_no_other_persons_story():
         assert turn.personality in turn.closing
     surname = build_turn(P["krishna"], [], "Tell me a story about Lincoln")
     assert surname.cards and surname.cards[0].person == "Abraham Lincoln" and surname.closing is None
+    other = build_turn(P["krishna"], [], "Tell me a story about Indira Gandhi")  # not Mahatma Gandhi
+    assert other.cards == [] and other.personality == "Indira Gandhi"
+    for everyday in ("My boss Mr Singh shouts at me", "Jobs are scarce in my town", "Tell me the story of Diwali"):
+        turn = build_turn(P["krishna"], [], everyday)  # no person asked for: a story that fits, no closing
+        assert turn.closing is None and turn.personality not in ("Milkha Singh", "Steve Jobs", "Diwali")

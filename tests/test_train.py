@@ -107,6 +107,13 @@ def test_merge_matches_peft_and_is_atomic(dataset, tmp_path):
     assert cli(["merge", "--base", "light", "--adapter", str(run / "adapter"), "--out", str(out)]) == 2
 
 
+def test_recipes_that_read_as_defaults_still_load(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    cfg = TrainConfig.from_dict({"data": str(data), "lora": None, "limit": 0, "save_total_limit": None})
+    assert cfg.lora.r == 16 and cfg.limit == 0 and cfg.save_total_limit is None
+
+
 def test_recipe_validation_lists_every_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: light\ndata: nowhere.jsonl\nlearnig_rate: 1\nlora: {r: 0, targets: [q, wq]}\n"

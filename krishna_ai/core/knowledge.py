@@ -294,16 +294,17 @@ class Grounding:
 
 
 _ASKED_FOR = re.compile(
-    r"\b(?:stor(?:y|ies)|tale|example|lesson|life|tell me)\s+(?:\w+\s+){0,2}(?:of|about|from|on)\s+"
-    r"((?:[A-Z][\w'’.-]*)(?:\s+(?:[A-Z][\w'’.-]*|van|von|de|da|bin|ibn)){0,3})")
-"""A person the user asks a story about by name ("a story about Serena Williams"), known or not."""
+    r"\b(?:stor(?:y|ies)|tale|example|lesson|life|tell me)\s+(?:\w+\s+){0,2}(?:of|about|from)\s+"
+    r"((?:[A-Z][\w’'.-]*)(?:\s+(?:[A-Z][\w’'.-]*|van|von|de|da|bin|ibn)){0,3})")
+"""A person the user asks a story about by name ("a story about Serena Williams", "the life of Lincoln")."""
 
 
 def named_person(persona: Any, bank: Bank, message: str, requested: str | None) -> str | None:
-    """The person the user asked about: typed in the personality box, or named in the message (in full, or
-    by a surname written with its capital: "Lincoln"). A name the bank has no card of is returned as it
-    was asked, so that no other person's story is told as theirs. Only for personas that tell stories
-    about people (a `personalities` list); a tutor's cards are never narrowed."""
+    """The person the user asked about: typed in the personality box, or named in the message. A name asked
+    for ("a story about ...") that is a known person's surname ("Lincoln") is that person; one of two or more
+    words that the bank has no card of is returned as asked, so that no other person's story is told as
+    theirs; a single unknown word ("the story of Diwali") is not taken for a person. Only for personas that
+    tell stories about people (a `personalities` list); a tutor's cards are never narrowed."""
     if not persona.personalities:
         return None
     if requested and requested.strip():
@@ -313,12 +314,14 @@ def named_person(persona: Any, bank: Bank, message: str, requested: str | None) 
     for person in known:
         if person.casefold() in lowered:
             return person
-    for person in known:
-        surname = person.split()[-1]
-        if len(surname) >= 4 and re.search(rf"\b{re.escape(surname)}\b", message):
-            return person
     asked = _ASKED_FOR.search(message)
-    return asked.group(1).strip(" .'’") if asked else None
+    if not asked:
+        return None
+    name = asked.group(1).strip(" .'’")
+    by_surname = [p for p in known if p.split()[-1].casefold() == name.casefold()]
+    if len(by_surname) == 1:
+        return by_surname[0]
+    return name if len(name.split()) >= 2 else None
 
 
 def ground(persona: Any, message: str, personality: str | None = None) -> Grounding | None:

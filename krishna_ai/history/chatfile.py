@@ -208,6 +208,8 @@ def _complete(reply: StoredMessage) -> bool:
     """A reply that ended by itself: one stopped or cut at the token limit is never a chosen answer."""
     stats = reply.meta.get("stats")
     finish = stats.get("finish_reason") if isinstance(stats, dict) else None
+    if reply.meta.get("safety"):  # the fixed crisis reply: no model wrote it, no model should learn it
+        return False
     return bool(reply.content.strip()) and finish not in ("stopped", "max_tokens", "run_on", "error")
 
 

@@ -177,6 +177,7 @@ class LlamaCppEngine:
         self.source = source
         self._info = info
         self._lock = threading.Lock()
+        self._closed = False
 
         def lookup(token: str) -> int | None:
             ids = llm.tokenize(token.encode(), add_bos=False, special=True)
@@ -191,8 +192,10 @@ class LlamaCppEngine:
         return self._info
 
     def close(self) -> None:
-        """Free the model and its KV cache once the reply in flight (which holds the lock) has ended."""
+        """Free the model and its KV cache once the reply in flight (which holds the lock) has ended; a reply
+        that was waiting for the lock then fails with a clear error instead of touching freed memory."""
         with self._lock:
+            self._closed = True
             close = getattr(self.llm, "close", None)
             if close is not None:
                 close()
@@ -285,6 +288,8 @@ class LlamaCppEngine:
                     return
             if stop_event.is_set():
                 return
+            if self._closed:
+                raise GenerationError(f"{self.name!r} was unloaded to make room for another model: ask again")
             llm.set_seed(params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
             if params.seed is not None:
                 llm.reset()  # a seeded reply starts from an empty cache (module docstring)
@@ -312,7 +317,8 @@ class LlamaCppEngine:
             raise
         except Exception as exc:  # noqa: BLE001 - one domain error for the edges
             failed = True
-            llm.reset()  # the cache may hold a half-decoded batch: the next reply starts from nothing
+            if not self._closed:
+                llm.reset()  # the cache may hold a half-decoded batch: the next reply starts from nothing
             raise generation_failed(exc) from exc
         finally:
             stopped = stop_event.is_set()

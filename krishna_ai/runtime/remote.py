@@ -172,8 +172,9 @@ class RemoteEngine:
         self._in_flight = 0
         self._idle = threading.Condition()
 
-    def close(self, timeout: float | None = None) -> None:
-        """Close the HTTP client once no reply is streaming (or after `timeout` seconds)."""
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Close the HTTP client once no reply is streaming (or after `timeout` seconds: a reply started and
+        never read would otherwise hold it open for good)."""
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0, timeout)
         self.http.close()
@@ -205,6 +206,8 @@ class RemoteEngine:
         messages, params = prepare(self, messages, params, slice)
         stop_event = stop_event or threading.Event()
         stats = ReplyStats(prompt_tokens=self.count_tokens(messages), started=started)
+        with self._idle:  # counted from here, so an engine evicted before the first chunk waits for it
+            self._in_flight += 1
         return Reply(self._run(to_openai(messages), params, stop_event, stats), stop_event, stats)
 
     def generate_batch(self, conversations: list[list[Message]],
@@ -222,8 +225,6 @@ class RemoteEngine:
         body = {"model": self.model, "messages": messages, "stream": True,
                 "stream_options": {"include_usage": True}, **standard, **extra}
         ended = failed = False
-        with self._idle:
-            self._in_flight += 1
         conn, done = _Connection(), threading.Event()
         watcher = threading.Thread(target=_shut_on_stop, args=(conn, stop_event, done), daemon=True)
         try:

@@ -83,7 +83,8 @@ def _eval_table(payload: dict[str, Any]) -> str:
     lines = ["| model | questions | style compliance | accuracy |", "|---|---|---|---|"]
     for m in payload["models"]:
         acc = "–" if m.get("accuracy") is None else f"{m['accuracy']:.0%}"
-        lines.append(f"| {m.get('name', '?')} | {m.get('n', '?')} | {m['compliance']:.0%} | {acc} |")
+        compliance = "–" if m.get("compliance") is None else f"{m['compliance']:.0%}"
+        lines.append(f"| {m.get('name', '?')} | {m.get('n', '?')} | {compliance} | {acc} |")
     return "\n".join(lines)
 
 

@@ -77,7 +77,7 @@ def load_credentials(auth: str | None, auth_file: str | None) -> list[tuple[str,
     if env.strip():
         # Entries are separated by newlines, or by a comma that starts another `user:` (so "u:pa,ss" is one
         # password with a comma; "u:p,v:q" is two users, as the variable has always been read).
-        pairs += parse_credentials(re.sub(r",(?=[^,:\s]+:)", "\n", env), f"${AUTH_ENV}")
+        pairs += parse_credentials(re.sub(r",\s*(?=[^,:\s]+:)", "\n", env), f"${AUTH_ENV}")
     return pairs
 
 

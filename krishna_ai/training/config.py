@@ -101,12 +101,18 @@ class TrainConfig(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     gradient_checkpointing: bool = True
     save_steps: Positive = 50
-    save_total_limit: Positive = 3
+    save_total_limit: Annotated[int, Field(ge=1)] | None = 3
+    """Checkpoints kept (None: all)."""
     seed: int = 3407
-    limit: Annotated[int, Field(gt=0)] | None = None
-    """Use only the first N conversations (smoke runs)."""
+    limit: Annotated[int, Field(ge=0)] | None = None
+    """Use only the first N conversations (smoke runs); 0 or None: all."""
     searchable: dict[str, Any] = Field(default_factory=dict)
     """For `sweep`: parameter -> search space (see configs/)."""
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_defaults(cls, value: Any) -> Any:
+        return {} if value is None else value  # `lora:` with every setting commented out: the defaults
 
     @model_validator(mode="after")
     def _across_fields(self) -> TrainConfig:

@@ -87,7 +87,11 @@ def parse_label(reply: str, labels: list[str]) -> str | None:
         named = list(dict.fromkeys(lab for _, _, lab in found))
         named = [lab for lab in named if not any(lab != other and lab.lower() in other.lower() for other in named)]
         if line is not None and text == line.group(1):
-            return named[0] if len(named) == 1 else None
+            if len(named) > 1:
+                return None  # a hedge between labels is no answer
+            if named:
+                return named[0]
+            continue  # a label line that names none: the reply may name it elsewhere
         if named:
             return found[0][2] if found[0][2] in named else named[0]
     return None
@@ -139,18 +143,18 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
             replies.append(row)
         bar.update(len(chunk))
     bar.close()
-    n = len(replies) or 1
-    per_rule = {r: sum(r not in row["_rules"] for row in replies) / n for r in rules}
+    n = len(replies)
+    per_rule = {r: sum(r not in row["_rules"] for row in replies) / n for r in rules} if n else {}
     for row in replies:
         del row["_rules"]
     labelled = [row for row in replies if "label" in row]
     return {
         "name": name or engine.name,
         "n": n,
-        "compliance": sum(row["ok"] for row in replies) / n,
-        "ended": sum(row["ended"] for row in replies) / n,
-        "leaked": sum(row["leaked"] for row in replies) / n,
-        "looped": sum(row["looped"] for row in replies) / n,
+        "compliance": _share(replies, "ok"),  # None when every question was a crisis: nothing was generated
+        "ended": _share(replies, "ended"),
+        "leaked": _share(replies, "leaked"),
+        "looped": _share(replies, "looped"),
         "rules": per_rule,
         "accuracy": (sum(row["correct"] for row in labelled) / len(labelled)) if labelled else None,
         "faithful": _share(replies, "faithful"),
@@ -243,8 +247,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
         def pct(key: str, res: dict[str, Any] = res) -> str:
             return "–" if res.get(key) is None else f"{res[key]:.0%}"
 
-        cells = [res["name"], str(res["n"]), f"{res['compliance']:.0%}", f"{res['ended']:.0%}",
-                 f"{res['leaked']:.0%}", f"{res['looped']:.0%}", pct("faithful"), pct("retrieval_top3"),
+        cells = [res["name"], str(res["n"]), pct("compliance"), pct("ended"),
+                 pct("leaked"), pct("looped"), pct("faithful"), pct("retrieval_top3"),
                  pct("accuracy"), pct("answer_facts"),
                  *(f"{res['rules'][r]:.0%}" if r in res["rules"] else "–" for r in rules)]
         lines.append("| " + " | ".join(cells) + " |")
