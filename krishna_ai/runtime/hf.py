@@ -20,6 +20,7 @@ from krishna_ai.core.sampling import REPETITION_WINDOW, SamplingParams, breaker_
 from krishna_ai.runtime.engine import (
     Completion,
     EngineInfo,
+    FinishReason,
     Reply,
     ReplyStats,
     end_token_ids,
@@ -221,7 +222,8 @@ class HFEngine:
         for row in new.tolist():
             ended = next((i for i, t in enumerate(row) if t in self.stop_token_ids), None)
             kept = row[:ended] if ended is not None else [t for t in row if t != pad]
-            reason = "max_tokens" if ended is None else "end_of_turn" if row[ended] in self.end_token_ids else "run_on"
+            reason: FinishReason = ("max_tokens" if ended is None
+                                    else "end_of_turn" if row[ended] in self.end_token_ids else "run_on")
             results.append(Completion(text=tok.decode(kept, skip_special_tokens=True).strip(),
                                       finish_reason=reason,
                                       tokens=len(kept) + (ended is not None)))
