@@ -292,3 +292,18 @@ def test_eval_batch_goes_to_the_server_in_parallel(server):
     singles = [engine.stream(c, SamplingParams(max_new_tokens=16, temperature=0.0)).read().strip()
                for c in conversations]
     assert [r.text for r in results] == singles  # batched on the server, each reply its own
+
+
+def test_serving_to_the_network_needs_a_key_or_says_so_on_purpose(tmp_path, monkeypatch, capsys):
+    """`serve --host 0.0.0.0` without a key would hand the model and /slots (other users' prompts) to anyone."""
+    from krishna_ai.cli.main import main as cli
+    from krishna_ai.ship.serve import ServerConfig
+
+    model = tmp_path / "m.gguf"
+    with pytest.raises(ConfigError, match="--api-key-env VAR, or pass --no-key"):
+        ServerConfig(model=model, alias="m", host="0.0.0.0")
+    assert ServerConfig(model=model, alias="m", host="0.0.0.0", api_key_env="KEY").host == "0.0.0.0"
+    assert ServerConfig(model=model, alias="m", host="0.0.0.0", open_without_key=True).open_without_key
+    assert ServerConfig(model=model, alias="m").host == "127.0.0.1"  # loopback needs no key
+    assert cli(["serve", "--host", "0.0.0.0", "--model", "light-gguf", "--persona", "krishna"]) == 2
+    assert "--no-key" in capsys.readouterr().err

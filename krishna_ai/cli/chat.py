@@ -44,8 +44,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from krishna_ai.core.personas import load_personas, persona_dirs
-    from krishna_ai.ship.serve import ServerConfig, model_file, serve
+    from krishna_ai.ship.serve import ServerConfig, check_exposure, model_file, serve
 
+    check_exposure(args.host, args.api_key_env, args.no_key)  # before a model is built for nothing
     adapter = args.adapter
     if adapter is None and args.persona:
         persona = load_personas(persona_dirs(args.prompts)).get(args.persona)
@@ -57,7 +58,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     alias, path = model_file(args.model, adapter)
     return serve(ServerConfig(model=path, alias=args.alias or alias, parallel=args.parallel,
                               ctx_per_slot=args.ctx_per_slot, host=args.host, port=args.port, threads=args.threads,
-                              api_key_env=args.api_key_env))
+                              api_key_env=args.api_key_env, open_without_key=args.no_key))
 
 
 def _cmd_personas(args: argparse.Namespace) -> int:
@@ -107,6 +108,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ctx-per-slot", dest="ctx_per_slot", type=int, default=2048, help="context per slot (tokens)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--no-key", dest="no_key", action="store_true",
+                   help="serve beyond this machine (--host other than loopback) without --api-key-env, on purpose")
     p.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
     p.add_argument("--api-key-env", dest="api_key_env", metavar="VAR",
                    help="require the key held in this environment variable (never on the command line)")

@@ -81,6 +81,17 @@ def model_file(model: str, adapter: str | os.PathLike[str] | None) -> tuple[str,
     return Path(name).stem if name.endswith(".gguf") else name, path
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(host: str, api_key_env: str | None, open_without_key: bool) -> None:
+    """ConfigError for a server reachable beyond this machine with no key, unless that is said on purpose."""
+    if host not in LOOPBACK and not api_key_env and not open_without_key:
+        raise ConfigError(f"--host {host} serves the model to the network with no key: anyone who reaches it "
+                          "could use it and read /slots (other users' prompts). Set --api-key-env VAR, or pass "
+                          "--no-key to do this on purpose.")
+
+
 @dataclass
 class ServerConfig:
     model: Path
@@ -94,8 +105,11 @@ class ServerConfig:
     """Keep the sliding-window layers' full cache, so a slot reuses its cached prompt (module docstring)."""
     api_key_env: str | None = None
     """Name of an environment variable holding the key clients must send (never passed on the command line)."""
+    open_without_key: bool = False
+    """Serve beyond this machine without a key, on purpose (`--no-key`): anyone who reaches it may use it."""
 
     def __post_init__(self) -> None:
+        check_exposure(self.host, self.api_key_env, self.open_without_key)
         if not 1 <= self.parallel <= 64:
             raise ConfigError(f"--parallel {self.parallel}: give 1 to 64 slots")
         if not 256 <= self.ctx_per_slot <= 32768:
