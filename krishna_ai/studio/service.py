@@ -18,7 +18,7 @@ from krishna_ai.core.errors import ImageError, InputError
 from krishna_ai.core.images import load_image
 from krishna_ai.core.knowledge import Card
 from krishna_ai.core.personas import Persona, get_persona, load_personas
-from krishna_ai.core.prompting import Message, build_turn, sanitize
+from krishna_ai.core.prompting import Message, Turn, build_turn, sanitize
 from krishna_ai.core.safety import Crisis, crisis, crisis_reply
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.core.style import Violation, check_reply
@@ -55,13 +55,8 @@ class Started:
 
     reply: Reply
     persona: Persona
-    personality: str | None
-    cards: list[Card] | None
-    """Retrieved cards (None: the persona has no knowledge bank)."""
-    teachings: list[Card] = field(default_factory=list)
-    """The teachings the counsel applies (a persona with a counsel bank)."""
-    closing: str | None = None
-    """A fixed sentence added after the reply (see `prompting.Turn.closing`)."""
+    turn: Turn
+    """The prompt it answers: personality, cards, teachings, and the closing sentence added after it."""
 
 
 class Studio:
@@ -198,8 +193,7 @@ class Studio:
                                  f"try one that does: {', '.join(self.image_personas()) or 'none'}.")
             image = load_image(image)
         turn = build_turn(persona, history, message, personality=personality, image=image, rng=rng)
-        return Started(engine.stream(turn.messages, params, stop_event, slice=slice or None), persona,
-                       turn.personality, turn.cards, turn.teachings or [], turn.closing)
+        return Started(engine.stream(turn.messages, params, stop_event, slice=slice or None), persona, turn)
 
     def image_personas(self) -> list[str]:
         return [p.id for p in self.personas.values() if p.accepts_images]
@@ -222,15 +216,14 @@ class Studio:
         stop_event = self.new_stop(session, stop_event)
         try:
             started = self.start_reply(persona_id, history, message, stop_event=stop_event, **kwargs)
-            reply, persona, who, cards = started.reply, started.persona, started.personality, started.cards or []
-            sources = [*started.teachings, *cards]
+            reply, persona, turn = started.reply, started.persona, started.turn
+            who, cards, sources = turn.personality, turn.cards or [], turn.sources
             with reply:
                 for _ in reply:
                     yield Update(reply.text, personality=who, sources=sources)
             violations = check_reply(reply.text, persona, reply.stats.finish_reason,
                                      story=bool(cards) if persona.knowledge and persona.style.story else None)
-            text = f"{reply.text.rstrip()}\n\n{started.closing}" if started.closing else reply.text
-            yield Update(text, done=True, stats=reply.stats, violations=violations, personality=who,
+            yield Update(turn.finish(reply.text), done=True, stats=reply.stats, violations=violations, personality=who,
                          sources=sources)
         finally:
             stop_event.set()

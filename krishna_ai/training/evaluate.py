@@ -106,8 +106,9 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
     changes what a model states."""
     rules = rules_for(persona)
     replies: list[dict[str, Any]] = []
-    safety = [_crisis_row(q, kind) for q in questions if (kind := crisis(q["question"])) or q.get("crisis")]
-    asked = [q for q in questions if not crisis(q["question"])]  # the rest: replies the model writes
+    kinds = [crisis(q["question"]) for q in questions]
+    safety = [_crisis_row(q, kind) for q, kind in zip(questions, kinds, strict=True) if kind or q.get("crisis")]
+    asked = [q for q, kind in zip(questions, kinds, strict=True) if not kind]  # the rest: the model writes
     bar = tqdm(total=len(asked), desc=f"eval {name or engine.name}", disable=not progress)
     for start in range(0, len(asked), batch_size):
         chunk = asked[start:start + batch_size]
