@@ -121,3 +121,28 @@ def test_a_reply_that_runs_into_a_new_turn_is_not_ended(monkeypatch):
     again.read()
     assert again.stats.finish_reason == "run_on"
     assert engine.generate_batch([ask], params)[0].finish_reason == "run_on"
+
+
+def test_a_slow_load_never_holds_up_replies_from_a_loaded_model(scripted):
+    release = threading.Event()
+
+    def loader(spec, adapter):
+        if spec == "slow":
+            release.wait(10)
+        return scripted(["fine"], name=spec)
+
+    studio = Studio(loader=loader, max_loaded=3)
+    studio.engine("fast")
+    loading = threading.Thread(target=studio.engine, args=("slow",))
+    loading.start()
+    time.sleep(0.1)  # the slow load has begun
+    t0 = time.monotonic()
+    assert studio.engine("fast").stream(ASK).read() == "fine"
+    waited = time.monotonic() - t0
+    second = threading.Thread(target=studio.engine, args=("slow",))  # a second ask for the same model waits
+    second.start()
+    release.set()
+    loading.join(5)
+    second.join(5)
+    assert waited < 1.0, f"a reply from a loaded model waited {waited:.1f} s for another model's load"
+    assert studio.loaded() == ["fast", "slow"]  # loaded once, not twice

@@ -83,6 +83,8 @@ class Studio:
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._max_loaded = max_loaded
         self._load_lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        """A lock per model being loaded: a slow load never holds up replies from models already loaded."""
         self._stops: dict[str, threading.Event] = {}
         self._stops_lock = threading.Lock()
         self.concurrency = concurrency
@@ -100,22 +102,34 @@ class Studio:
 
         The adapter merged at load is the one given at startup for this spec, else the persona's
         own adapter for it (e.g. Krishna's fine-tune of the light tier), else none.
-        A failed load raises ModelUnavailable and leaves the engines already loaded untouched.
+        A failed load raises ModelUnavailable and leaves the engines already loaded untouched. While one model
+        loads, the models already loaded keep answering.
         """
         spec = (spec or self.default_model).strip()
         adapter = self.adapter(spec, persona)
         key = f"{spec}@{adapter}" if adapter else spec
-        with self._load_lock:
+        with self._load_lock:  # held for dictionary work only, never while a model loads
             if key in self._engines:
                 self._engines.move_to_end(key)
                 return self._engines[key]
-            engine = self._loader(spec, adapter)
-            self._engines[key] = engine
-            while len(self._engines) > self._max_loaded:
-                _, evicted = self._engines.popitem(last=False)
-                # Closed in the background: close() waits for a reply still streaming from it.
-                threading.Thread(target=evicted.close, name=f"close {evicted.name}", daemon=True).start()
-            return engine
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # one load per key: a second request for the same model waits for the first
+            with self._load_lock:
+                if key in self._engines:
+                    return self._engines[key]
+            try:
+                engine = self._loader(spec, adapter)
+            finally:
+                with self._load_lock:
+                    self._loading.pop(key, None)
+            with self._load_lock:
+                self._engines[key] = engine
+                evicted = []
+                while len(self._engines) > self._max_loaded:
+                    evicted.append(self._engines.popitem(last=False)[1])
+        for old in evicted:  # closed in the background: close() waits for a reply still streaming from it
+            threading.Thread(target=old.close, name=f"close {old.name}", daemon=True).start()
+        return engine
 
     def adapter(self, spec: str | None, persona: Persona | None = None) -> str | None:
         """The adapter merged into `spec` for `persona`: the startup one for this spec, else the persona's own."""
