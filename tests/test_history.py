@@ -104,6 +104,79 @@ def test_images_are_copied_into_the_data_folder_and_capped(store, tmp_path):
     assert len(store.chat("asha", chat.id).messages) == 1
 
 
+def test_images_are_decoded_re_encoded_and_named_by_the_server(store, tmp_path):
+    import io
+
+    chat = store.new_chat("asha", "maize")
+    polyglot = tmp_path / "leaf.svg"  # a real PNG with a script after its end, sent under an .svg name
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (30, 140, 40)).save(buf, format="PNG")
+    polyglot.write_bytes(buf.getvalue() + b"<svg onload='alert(1)'><script>alert(1)</script></svg>")
+    saved = store.add_message("asha", chat.id, "user", "and this?", image=polyglot).image
+    assert saved is not None and saved.suffix == ".png" and saved.stem != "leaf"
+    data = saved.read_bytes()
+    assert b"<script" not in data and data.startswith(b"\x89PNG")
+    with Image.open(saved) as img:
+        assert img.getpixel((3, 3)) == (30, 140, 40)  # the pixels are kept
+    photo = tmp_path / "photo.bin"
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCam"  # a camera maker tag (GPS would be in the same block)
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(photo, format="JPEG", exif=exif)
+    kept = store.add_message("asha", chat.id, "user", "a photo", image=photo).image
+    assert kept is not None and kept.suffix == ".jpg" and b"SecretCam" not in kept.read_bytes()
+    before = sorted((store.data_dir / "images").iterdir())
+    svg = tmp_path / "leaf.png"
+    svg.write_text("<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>")
+    with pytest.raises(ImageError, match="not an image"):
+        store.add_message("asha", chat.id, "user", "x", image=svg)
+    assert sorted((store.data_dir / "images").iterdir()) == before
+
+
+def test_an_image_for_another_users_chat_is_never_written(store, tmp_path):
+    chat, _, _ = conversation(store, "asha")
+    store.new_chat("bob", "pet")
+    leaf = tmp_path / "leaf.png"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(leaf)
+    with pytest.raises(ChatNotFound):
+        store.add_message("bob", chat.id, "user", "mine", image=leaf)
+    assert not (store.data_dir / "images").exists() or not list((store.data_dir / "images").iterdir())
+
+
+def test_reads_never_wait_for_a_writer(store, tmp_path):
+    chat, _, _ = conversation(store)
+    writer = sqlite3.connect(tmp_path / "history.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock, mid-transaction
+    writer.execute("UPDATE chats SET title = 'being written'")
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append((store.chats("asha"), store.chat("asha", chat.id))))
+    reader.start()
+    reader.join(5)
+    writer.execute("ROLLBACK")
+    writer.close()
+    assert not reader.is_alive() and got, "a read waited for the write lock"
+    assert got[0][0][0].title == "How do I stay calm before an exam?"  # the last committed state
+
+
+def test_a_search_too_long_is_refused_clearly(store):
+    conversation(store)
+    with pytest.raises(InputError, match=r"the search is 50,000 characters; at most 200") as err:
+        store.chats("asha", "x" * 50_000)
+    assert "history.db" not in str(err.value)
+
+
+def test_undo_and_retry_by_id_act_only_on_the_last_turn(store):
+    chat, q, a = conversation(store)
+    q2 = store.add_message("asha", chat.id, "user", "And after it?")
+    store.add_message("asha", chat.id, "assistant", "Partha, rest.")
+    for act in (store.undo, store.retry):  # a tab that still shows the first turn as the last one
+        with pytest.raises(InputError, match="not this chat's last question"):
+            act("asha", chat.id, q.id)
+    assert len(store.chat("asha", chat.id).visible) == 4  # nothing changed
+    assert store.retry("asha", chat.id, f"m{q2.id}") == 1
+    assert store.undo("asha", chat.id, q2.id) == "And after it?"
+    assert [m.id for m in store.chat("asha", chat.id).messages] == [q.id, a.id]
+
+
 # -- isolation: every way at another user's chat is refused, and changes nothing ---------------------------
 ATTEMPTS = {
     "read": lambda s, cid, mid: s.chat("bob", cid),
@@ -377,7 +450,7 @@ def test_deleting_a_chat_removes_its_images_unless_another_message_uses_them(sto
     assert not a.image.exists()  # nothing refers to it any more
 
 
-@pytest.mark.parametrize("forged", ["m²", "m" + "9" * 30, "-1", "m-1", "", "m"])
+@pytest.mark.parametrize("forged", ["m²", "m" + "9" * 30, "-1", "m-1", "", "m", "m2147483648", "m999999999999999"])
 def test_odd_message_ids_are_unknown_ids_not_crashes(store, forged):
     conversation(store)
     with pytest.raises(ChatNotFound):

@@ -18,13 +18,24 @@ from krishna_ai.history.store import HistoryStore
 from tests.conftest import free_port
 from tests.test_history import (  # noqa: F401 - collected again here, with this module's `store` fixture
     test_a_chat_keeps_its_messages_in_order_with_what_made_them,
+    test_a_malformed_import_is_refused_with_a_clear_message_and_writes_nothing,
+    test_a_search_too_long_is_refused_clearly,
+    test_an_image_for_another_users_chat_is_never_written,
     test_an_unknown_and_a_foreign_chat_read_the_same,
     test_another_users_chat_is_refused,
+    test_deleting_a_chat_removes_its_images_unless_another_message_uses_them,
     test_export_import_round_trip,
+    test_feedback_export_into_an_existing_folder_keeps_what_else_is_there,
     test_feedback_export_writes_sft_and_dpo_files_the_pipeline_reads,
+    test_images_are_copied_into_the_data_folder_and_capped,
+    test_images_are_decoded_re_encoded_and_named_by_the_server,
     test_listing_search_rename_delete,
     test_migrations_build_exactly_the_schema_the_code_uses,
+    test_odd_message_ids_are_unknown_ids_not_crashes,
+    test_replies_without_a_preference_make_no_pairs,
     test_retry_hides_the_old_reply_and_undo_removes_the_turn,
+    test_stopped_cut_and_imported_replies_are_not_training_targets,
+    test_undo_and_retry_by_id_act_only_on_the_last_turn,
     test_writers_racing_for_one_chat_each_get_their_own_place,
 )
 

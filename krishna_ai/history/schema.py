@@ -22,12 +22,21 @@ DATA_ENV = "KRISHNA_AI_DATA"
 LOCAL_USER = "local"
 """The one user of an app started without --auth."""
 MAX_TITLE = 120
+MAX_QUERY = 200
+"""The longest chat search (a longer one is refused before the database sees it)."""
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 Role = Literal["user", "assistant"]
 
 
 class HistoryError(KrishnaError):
     """The history database cannot be opened, read or written (the message names it and says why)."""
+
+
+class DatabaseError(HistoryError):
+    """The database or the data folder failed. The message names them (for the operator and the log);
+    `public` is what a client of the app is told instead: never the database's location, nor the driver's words."""
+
+    public = "the chat history database failed (the server's log says why)"
 
 
 class ChatNotFound(InputError):

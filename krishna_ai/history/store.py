@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from krishna_ai.core.errors import ImageError, InputError, KrishnaError
 from krishna_ai.history.schema import (
     MAX_IMAGE_BYTES,
+    MAX_QUERY,
     MAX_TITLE,
     ChatInfo,
     ChatNotFound,
     ChatRow,
-    HistoryError,
+    DatabaseError,
     MessageRow,
     Role,
     StoredMessage,
@@ -47,6 +48,10 @@ from krishna_ai.history.schema import (
     default_url,
     now,
 )
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("krishna_read") else "BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -74,34 +79,37 @@ class HistoryStore:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.engine: DbEngine = create_engine(self.url, pool_pre_ping=True)
         except (SQLAlchemyError, OSError, ValueError) as exc:  # bad URL, missing driver, unwritable folder
-            raise HistoryError(f"history database {self.where}: {_reason(exc)}") from None
+            raise DatabaseError(f"history database {self.where}: {_reason(exc)}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-            # BEGIN IMMEDIATE: a transaction takes the write lock when it starts, so two writers never both
-            # read a chat's last position (they queue for busy_timeout instead of failing mid-transaction).
-            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            # BEGIN IMMEDIATE: a writing transaction takes the write lock when it starts, so two writers never
+            # both read a chat's last position (they queue for busy_timeout instead of failing midway). A read
+            # begins a plain deferred transaction: in WAL mode it never waits for, or holds up, a writer.
+            event.listen(self.engine, "begin", _sqlite_begin)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_session = sessionmaker(self.engine.execution_options(krishna_read=True), expire_on_commit=False)
         if migrate:
             from krishna_ai.history.migrations import upgrade
 
             try:
                 upgrade(self.engine)
             except SQLAlchemyError as exc:
-                raise HistoryError(f"history database {self.where}: {_reason(exc)}") from None
+                raise DatabaseError(f"history database {self.where}: {_reason(exc)}") from None
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- plumbing ----------------------------------------------------------------------------------
-    def _run(self, fn: Any, *args: Any) -> Any:
-        """Run fn(session, *args) in one transaction; database failures become HistoryError."""
+    def _run(self, fn: Any, *args: Any, read: bool = False) -> Any:
+        """Run fn(session, *args) in one transaction (`read`: one that writes nothing, so it takes no write
+        lock); database failures become DatabaseError."""
         try:
-            with self._session.begin() as session:
+            with (self._read_session if read else self._session).begin() as session:
                 return fn(session, *args)
         except KrishnaError:
             raise
         except SQLAlchemyError as exc:
-            raise HistoryError(f"history database {self.where}: {_reason(exc)}") from None
+            raise DatabaseError(f"history database {self.where}: {_reason(exc)}") from None
 
     @staticmethod
     def _user(session: Session, name: str, create: bool = True) -> UserRow | None:
@@ -125,7 +133,7 @@ class HistoryStore:
 
     # -- users -------------------------------------------------------------------------------------
     def users(self) -> list[str]:
-        return self._run(lambda s: list(s.scalars(select(UserRow.name).order_by(UserRow.name))))
+        return self._run(lambda s: list(s.scalars(select(UserRow.name).order_by(UserRow.name))), read=True)
 
     # -- chats -------------------------------------------------------------------------------------
     def new_chat(self, user: str, persona: str, title: str | None = None,
@@ -154,6 +162,8 @@ class HistoryStore:
                 return []
             stmt = select(ChatRow).where(ChatRow.user_id == owner.id)
             q = (query or "").strip()
+            if len(q) > MAX_QUERY:
+                raise InputError(f"the search is {len(q):,} characters; at most {MAX_QUERY} are searched")
             if q:
                 like = f"%{_escape_like(q.lower())}%"
                 in_messages = select(MessageRow.chat_id).where(
@@ -162,7 +172,7 @@ class HistoryStore:
                                       ChatRow.id.in_(in_messages)))
             rows = session.scalars(stmt.order_by(ChatRow.updated_at.desc(), ChatRow.id).limit(limit))
             return [_info(r) for r in rows]
-        return self._run(fn)
+        return self._run(fn, read=True)
 
     def chat(self, user: str, chat_id: str) -> ChatInfo:
         """The chat with every message in order (superseded replies included, flagged)."""
@@ -171,7 +181,7 @@ class HistoryStore:
             info = _info(row)
             info.messages = [self._message(m) for m in row.messages]
             return info
-        return self._run(fn)
+        return self._run(fn, read=True)
 
     def rename(self, user: str, chat_id: str, title: str) -> ChatInfo:
         title = clean_title(title)
@@ -196,15 +206,18 @@ class HistoryStore:
         self._unlink(self._run(fn))
 
     # -- messages ----------------------------------------------------------------------------------
-    def add_message(self, user: str, chat_id: str, role: Role, content: str, *, image: str | Path | None = None,
+    def add_message(self, user: str, chat_id: str, role: Role, content: str, *,
+                    image: str | Path | SavedImage | None = None,
                     meta: dict[str, Any] | None = None) -> StoredMessage:
-        """Append one message (an image is copied into the data folder first). Its position is the chat's next."""
+        """Append one message at the chat's next position. An image is decoded and re-encoded first (`SavedImage`),
+        and written into the data folder only once the chat is known to be the user's."""
         if role not in ("user", "assistant"):
             raise InputError(f"a saved message's role must be user or assistant, not {role!r}")
-        stored_image = self._keep_image(image) if image is not None else None
+        kept = image if isinstance(image, SavedImage) or image is None else SavedImage.of(image)
 
         def fn(session: Session) -> StoredMessage:
             row = self._owned(session, user, chat_id, lock=True)
+            stored_image = self._write_image(kept) if kept is not None else None
             seq = (session.scalar(select(func.max(MessageRow.seq)).where(MessageRow.chat_id == row.id)) or 0) + 1
             msg = MessageRow(chat_id=row.id, seq=seq, role=role, content=content, image=stored_image,
                              meta=meta or {})
@@ -218,7 +231,10 @@ class HistoryStore:
 
     def _message_owned(self, session: Session, user: str, message_id: int | str) -> MessageRow:
         mid = str(message_id).removeprefix("m")
-        msg = session.get(MessageRow, int(mid)) if re.fullmatch(r"[0-9]{1,15}", mid) else None
+        # Only ids an Integer column can hold reach the database (PostgreSQL's is 32-bit: a larger one would
+        # be a driver error, not "no such message").
+        ok = re.fullmatch(r"[0-9]{1,10}", mid) is not None and int(mid) < 2**31
+        msg = session.get(MessageRow, int(mid)) if ok else None
         if msg is None:
             raise ChatNotFound(f"no message {message_id!r} in your history")
         self._owned(session, user, msg.chat_id)  # raises ChatNotFound for another user's message too
@@ -236,37 +252,35 @@ class HistoryStore:
             msg.feedback = value
         self._run(fn)
 
-    def retry(self, user: str, chat_id: str) -> int:
+    def retry(self, user: str, chat_id: str, question: int | str | None = None) -> int:
         """Hide the replies to the chat's last question (Retry): they stay in the database as rejected answers
-        for training. Returns how many were hidden."""
+        for training. `question` (a message id): the retry is for that question, refused if the chat has moved
+        on since (another tab). Returns how many were hidden."""
         def fn(session: Session) -> int:
+            msgs = self._owned(session, user, chat_id, lock=True).messages
             hidden = 0
-            for msg in reversed(self._owned(session, user, chat_id, lock=True).messages):
-                if msg.role == "user":
-                    break
-                if not msg.superseded:
+            for msg in msgs[_last_turn(msgs, question):]:
+                if msg.role == "assistant" and not msg.superseded:
                     msg.superseded, hidden = True, hidden + 1
             return hidden
         return self._run(fn)
 
-    def undo(self, user: str, chat_id: str) -> str:
-        """Delete the last question and every reply to it (Undo); returns the question's text."""
+    def undo(self, user: str, chat_id: str, question: int | str | None = None) -> str:
+        """Delete the last question and every reply to it (Undo); returns the question's text. `question` (a
+        message id): the turn to undo, refused unless it is still the chat's last, so Undo never deletes a turn
+        the user has not seen."""
         def fn(session: Session) -> tuple[str, list[str]]:
             msgs = self._owned(session, user, chat_id, lock=True).messages
-            i = len(msgs)
-            while i and msgs[i - 1].role == "assistant":
-                i -= 1
-            while i and msgs[i - 1].role == "user":
-                i -= 1
-            question = "\n".join(m.content for m in msgs[i:] if m.role == "user" and m.content)
+            i = _last_turn(msgs, question)
+            text = "\n".join(m.content for m in msgs[i:] if m.role == "user" and m.content)
             images = {m.image for m in msgs[i:] if m.image}
             for msg in msgs[i:]:
                 session.delete(msg)
             session.flush()
-            return question, self._orphans(session, images)
-        question, orphans = self._run(fn)
+            return text, self._orphans(session, images)
+        text, orphans = self._run(fn)
         self._unlink(orphans)
-        return question
+        return text
 
     @staticmethod
     def _orphans(session: Session, images: set[str]) -> list[str]:
@@ -292,23 +306,21 @@ class HistoryStore:
                 info.messages = [self._message(m) for m in row.messages]
                 out.append((name, info))
             return out
-        return self._run(fn)
+        return self._run(fn, read=True)
 
     # -- images and checks -------------------------------------------------------------------------
-    def _keep_image(self, image: str | Path) -> str:
-        src = Path(image)
-        check_image_size(src)
+    def _write_image(self, image: SavedImage) -> str:
+        """Write a checked image into the data folder under the name it was given (its content's hash)."""
+        rel = Path("images") / image.name
+        dest = self.data_dir / rel
         try:
-            digest = hashlib.sha256(src.read_bytes()).hexdigest()[:32]
-            rel = Path("images") / f"{digest}{src.suffix.lower()[:8]}"
-            dest = self.data_dir / rel
             if not dest.exists():
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(f"{dest.name}.partial-{uuid.uuid4().hex}")
-                shutil.copyfile(src, tmp)
+                tmp.write_bytes(image.data)
                 os.replace(tmp, dest)
         except OSError as exc:
-            raise HistoryError(f"the image could not be saved into {self.data_dir}: {exc.strerror or exc}") from None
+            raise DatabaseError(f"the image could not be saved into {self.data_dir}: {exc.strerror or exc}") from None
         return rel.as_posix()
 
     def _message(self, m: MessageRow) -> StoredMessage:
@@ -339,6 +351,54 @@ def check_image_size(path: str | Path) -> None:
         raise ImageError(f"the image {src.name!r} cannot be read: {exc.strerror}") from None
     if size > MAX_IMAGE_BYTES:
         raise ImageError(f"the image is {size / 1e6:.1f} MB; at most {MAX_IMAGE_BYTES // 2**20} MB is saved")
+
+
+@dataclass(frozen=True)
+class SavedImage:
+    """An uploaded image as the data folder keeps it: decoded (every check of `core.images.load_image`),
+    re-encoded by this server — JPEG stays JPEG, anything else becomes PNG — and named after the new bytes'
+    hash. Nothing a client sent is kept byte for byte: not its file name, not its extension, not its metadata
+    (EXIF, GPS), not whatever a polyglot file hid after the pixels."""
+
+    data: bytes
+    name: str
+
+    @classmethod
+    def of(cls, path: str | Path) -> SavedImage:
+        import io
+
+        from krishna_ai.core.images import load_image
+
+        check_image_size(path)
+        img = load_image(path, max_bytes=MAX_IMAGE_BYTES)
+        jpeg = _is_jpeg(path)
+        out = io.BytesIO()
+        if jpeg:
+            img.save(out, format="JPEG", quality=92)
+        else:
+            img.save(out, format="PNG", optimize=False)
+        data = out.getvalue()
+        return cls(data, f"{hashlib.sha256(data).hexdigest()[:32]}.{'jpg' if jpeg else 'png'}")
+
+
+def _is_jpeg(path: str | Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(3) == b"\xff\xd8\xff"
+
+
+def _last_turn(msgs: list[MessageRow], question: int | str | None) -> int:
+    """Where the chat's last turn (its last questions, then the replies to them) begins. With `question`, that
+    message must be one of those questions: InputError otherwise (the chat changed since the client saw it)."""
+    i = len(msgs)
+    while i and msgs[i - 1].role == "assistant":
+        i -= 1
+    while i and msgs[i - 1].role == "user":
+        i -= 1
+    if question is not None and str(question).removeprefix("m") not in {str(m.id) for m in msgs[i:]
+                                                                           if m.role == "user"}:
+        raise InputError(f"message {question!r} is not this chat's last question: the chat changed since "
+                         "(in another tab?); reopen it from the list")
+    return i
 
 
 def clean_title(title: str | None) -> str:

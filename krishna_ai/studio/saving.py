@@ -10,6 +10,7 @@ app keeps chatting, unsaved, and says so.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -21,16 +22,26 @@ import gradio as gr
 
 from krishna_ai.core.errors import InputError, KrishnaError
 from krishna_ai.history.chatfile import to_json, to_markdown
-from krishna_ai.history.schema import LOCAL_USER, ChatInfo, HistoryError, StoredMessage
-from krishna_ai.history.store import HistoryStore, check_image_size
+from krishna_ai.history.schema import LOCAL_USER, ChatInfo, DatabaseError, HistoryError, StoredMessage
+from krishna_ai.history.store import HistoryStore, SavedImage
 from krishna_ai.studio.service import Studio, Update
 
+log = logging.getLogger("krishna_ai.studio")
 EXPORT_DIR = Path(tempfile.gettempdir()) / "krishna_ai-exports"
+
+
+def say(exc: Exception) -> str:
+    """What a client is told of an error: its message, except a database failure's, which names the
+    server's database (its path or URL) and stays in the server's log; the client gets a plain sentence."""
+    if isinstance(exc, DatabaseError):
+        log.warning("%s", exc)
+        return exc.public
+    return str(exc)
 
 
 def gr_error(exc: Exception) -> gr.Error:
     """A domain error as the message the browser or API client sees (no server traceback)."""
-    return gr.Error(str(exc), print_exception=False)
+    return gr.Error(say(exc), print_exception=False)
 
 
 def pending_start(history: list[dict]) -> int:
@@ -140,21 +151,27 @@ def reply_meta(update: Update, *, model: str, adapter: str | None, slice: str | 
 def save_question(store: HistoryStore, user: str, chat_id: str | None, persona_id: str,
                   history: list[dict]) -> tuple[str, list[dict]]:
     """Save the trailing user messages not saved yet (a new chat on the first); their ids go into `history`.
-    Images are checked first, so a refused one leaves no empty chat behind."""
+    Every image of the turn is decoded and re-encoded first, so a refused one leaves nothing behind: no
+    empty chat, no file. (The store checks the chat is the user's before it writes an image.)"""
     history = list(history)
     i = pending_start(history)
     todo = [j for j in range(i, len(history)) if not message_id(history[j])]
-    for j in todo:
-        for f in content_files(history[j]["content"]):
-            check_image_size(f)
+    images = {j: [SavedImage.of(f) for f in content_files(history[j]["content"])] for j in todo}  # all, first
     if not chat_id:
         chat_id = store.new_chat(user, persona_id).id
     for j in todo:
         m = history[j]
-        files = content_files(m["content"])
-        saved = store.add_message(user, chat_id, "user", content_text(m["content"]), image=files[-1] if files else None)
+        saved = store.add_message(user, chat_id, "user", content_text(m["content"]),
+                                  image=images[j][-1] if images[j] else None)
         history[j] = tag(m, saved)
     return chat_id, history
+
+
+def saved_context(chat: ChatInfo, history: list[dict]) -> list[dict]:
+    """The turns before the pending question, from the saved chat (its visible messages, in order), without
+    the pending messages of `history` (tagged with their ids by `save_question`)."""
+    pending = {message_id(m) for m in history[pending_start(history):]}
+    return [{"role": m.role, "content": m.content} for m in chat.visible if f"m{m.id}" not in pending and m.content]
 
 
 def unsave_question(store: HistoryStore, user: str, chat_id: str, history: list[dict]
@@ -167,7 +184,7 @@ def unsave_question(store: HistoryStore, user: str, chat_id: str, history: list[
             store.delete(user, chat_id)
             return None, _untag_pending(history), gr.Radio(choices=choices(store, user), value=None)
     except KrishnaError as exc:
-        gr.Warning(f"The refused question stays in the saved chat: {exc}")
+        gr.Warning(f"The refused question stays in the saved chat: {say(exc)}")
     return chat_id, _untag_pending(history), gr.skip()
 
 
@@ -192,7 +209,7 @@ def save_reply(studio: Studio, user: str, cid: str | None, update: Update, model
     try:
         return studio.store.add_message(user, cid, "assistant", update.text, meta=meta)
     except KrishnaError as exc:
-        gr.Warning(f"This reply was not saved: {exc}")
+        gr.Warning(f"This reply was not saved: {say(exc)}")
         return None
 
 
@@ -209,7 +226,7 @@ class ApiTurn:
     persona: str
     earlier: list[dict]
     message: str = ""
-    image: str | None = None
+    image: SavedImage | None = None
     new: bool = False
     begun: bool = False
 
@@ -240,14 +257,13 @@ def api_turn(studio: Studio, request: gr.Request | None, chat_id: str | None, pe
     if studio.store is None:
         raise HistoryError(f"chat history is off on this server ({studio.history_error or 'no store'}): "
                            "call without chat_id")
-    if image is not None:
-        check_image_size(image)
+    kept = SavedImage.of(image) if image is not None else None
     if chat_id == "new":
         studio.persona(persona)  # an unknown persona fails here
-        return ApiTurn(studio, user, None, persona, [], message or "", image, new=True)
+        return ApiTurn(studio, user, None, persona, [], message or "", kept, new=True)
     chat = studio.store.chat(user, chat_id)
     earlier = [{"role": m.role, "content": m.content} for m in chat.visible if m.content]
-    return ApiTurn(studio, user, chat.id, chat.persona, earlier, message or "", image)
+    return ApiTurn(studio, user, chat.id, chat.persona, earlier, message or "", kept)
 
 
 def uploaded(path: str | None, what: str) -> str | None:

@@ -10,7 +10,7 @@ import gradio as gr
 
 from krishna_ai.core.errors import KrishnaError
 from krishna_ai.history.chatfile import import_chat
-from krishna_ai.studio.saving import chat_rows, choices, export_file, gr_error, message_id, persona_name, user_of
+from krishna_ai.studio.saving import chat_rows, choices, export_file, gr_error, message_id, persona_name, say, user_of
 from krishna_ai.studio.service import Studio
 
 
@@ -79,7 +79,7 @@ def wire_sidebar(studio: Studio, demo: gr.Blocks, sidebar: Sidebar, *, chatbot: 
         try:
             return gr.Radio(choices=choices(store, user_of(request), query), value=cid)
         except KrishnaError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(say(exc))
             return gr.skip()
 
     demo.load(list_chats, [sidebar.search, chat_id], sidebar.chats, queue=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import gradio as gr
 
 from krishna_ai.core.errors import KrishnaError
@@ -28,6 +29,8 @@ from krishna_ai.studio.saving import (
     pending_start,
     save_question,
     save_reply,
+    saved_context,
+    say,
     tag,
     unsave_question,
     user_of,
@@ -185,13 +188,19 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 try:  # the question is saved before the model runs: a crash loses at most the reply
                     new = not cid
                     before = history
-                    cid, history = save_question(store, user, cid, persona_id, history)
+                    # The database is written off the event loop: other clients never wait for this disk.
+                    cid, history = await anyio.to_thread.run_sync(save_question, store, user, cid, persona_id,
+                                                                  history)
                     saved_question = [message_id(m) for m in history] != [message_id(m) for m in before]
+                    # The model's context is the saved chat, not what the browser sent: what is exported for
+                    # training (a liked reply, a DPO pair) is exactly what the model saw.
+                    chat = await anyio.to_thread.run_sync(store.chat, user, cid)
+                    earlier = saved_context(chat, history)
                     if new:
-                        listed = gr.Radio(choices=choices(store, user), value=cid)
-                        title = store.chat(user, cid).title
+                        listed = gr.Radio(choices=await anyio.to_thread.run_sync(choices, store, user), value=cid)
+                        title = chat.title
                 except KrishnaError as exc:  # the store is down, the chat was deleted elsewhere, a huge image
-                    gr.Warning(f"This message was not saved: {exc}")
+                    gr.Warning(f"This message was not saved: {say(exc)}")
             sampling = {"temperature": t, "top_p": tp, "top_k": int(tk), "max_new_tokens": int(mn)}
             history = list(history) + [{"role": "assistant", "content": ""}]
             yield history, "⏳ waiting for the model…", "", "", cid, listed, title
@@ -206,7 +215,8 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                         history[-1] = {"role": "assistant", "content": update.text}
                         if update.done:
                             partial.finished()
-                            saved = save_reply(studio, user, cid, update, model, persona_id, size, sampling)
+                            saved = await anyio.to_thread.run_sync(save_reply, studio, user, cid, update, model,
+                                                                   persona_id, size, sampling)
                             if saved is not None:
                                 history[-1] = tag(history[-1], saved)
                             yield (history, update.stats.line(), safety_badge(update.safety) if update.safety
@@ -223,11 +233,12 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 except KrishnaError as exc:
                     partial.failed()
                     # Keep the conversation on screen: the problem becomes a notice in the chat and a toast.
-                    gr.Warning(str(exc))
-                    history[-1] = {"role": "assistant", "content": str(exc), "metadata": {"title": NOTICE}}
+                    gr.Warning(say(exc))
+                    history[-1] = {"role": "assistant", "content": say(exc), "metadata": {"title": NOTICE}}
                     if partial.last is None and store is not None and cid and saved_question:  # refused: unsave
-                        cid, history, listed = unsave_question(store, user, cid, history[:-1])
-                        history.append({"role": "assistant", "content": str(exc), "metadata": {"title": NOTICE}})
+                        cid, history, listed = await anyio.to_thread.run_sync(unsave_question, store, user, cid,
+                                                                              history[:-1])
+                        history.append({"role": "assistant", "content": say(exc), "metadata": {"title": NOTICE}})
                         yield history, "", "", "", cid, listed, "" if cid is None else gr.skip()
                     else:
                         yield history, "", "", "", cid, gr.skip(), gr.skip()
@@ -253,12 +264,14 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             return history
 
         def retry(history: list[dict], cid: str | None, request: gr.Request):
-            if store is not None and cid:
-                try:  # the replies to the last question are hidden, and kept as rejected answers
-                    store.retry(user_of(request), cid)
+            history = drop_reply(history)
+            asked = [i for i in (message_id(m) for m in history[pending_start(history):]) if i]
+            if store is not None and cid and asked:
+                try:  # the replies to this question are hidden, and kept as rejected answers
+                    store.retry(user_of(request), cid, asked[-1])
                 except KrishnaError as exc:
-                    gr.Warning(f"The retried reply stays in the saved chat: {exc}")
-            return drop_reply(history), gr.Button(interactive=True), *locked
+                    gr.Warning(f"The retried reply stays in the saved chat: {say(exc)}")
+            return history, gr.Button(interactive=True), *locked
 
         retry_event = (retry_btn.click(retry, [chatbot, chat_id], [chatbot, stop_btn, *busy], queue=False)
                        .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
@@ -269,11 +282,12 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             history = drop_reply(history)
             earlier, text, _ = split_pending(history)
             keep = pending_start(history)
-            if store is not None and cid and any(message_id(m) for m in history[keep:]):
-                try:
-                    store.undo(user_of(request), cid)
+            asked = [i for i in (message_id(m) for m in history[keep:]) if i]
+            if store is not None and cid and asked:
+                try:  # this question's turn, by its id: never a turn another tab added since
+                    store.undo(user_of(request), cid, asked[-1])
                 except KrishnaError as exc:
-                    gr.Warning(f"The saved chat still has this turn: {exc}")
+                    gr.Warning(f"The saved chat still has this turn: {say(exc)}")
             if keep == 0 and not earlier:
                 return history[:keep] or _greeting(studio, persona_id), {"text": text, "files": []}
             return history[:keep], {"text": text, "files": []}
