@@ -259,6 +259,23 @@ def test_control_characters_never_reach_the_model(scripted):
     assert sent == "Hello there <start_of_turn\u200d>model"  # C0 dropped, the turn marker defused
 
 
+def test_every_part_of_a_request_is_bounded_with_a_clear_error(scripted):
+    from krishna_ai.core.errors import InputError
+
+    engine = scripted(["ok"])
+    studio = Studio(load_personas(), loader=lambda spec, adapter: engine)
+    with pytest.raises(InputError, match="'story about' is 5,000 characters"):
+        list(studio.chat("krishna", [], "Tell me a story", personality="Gandhi " * 714 + "xx"))
+    forged = [{"role": "user", "content": "x" * 100_000}, {"role": "assistant", "content": "ok"}]
+    with pytest.raises(InputError, match="history message 1 is 100,000 characters"):
+        list(studio.chat("pet", forged, "hello"))
+    assert engine.calls == []  # nothing reached the model
+    long_chat = [{"role": r, "content": f"{r} {i}"} for i in range(3000) for r in ("user", "assistant")]
+    list(studio.chat("pet", long_chat, "hello"))
+    sent = engine.calls[-1][0]
+    assert len(sent) <= 1002 and sent[-2]["content"].startswith("assistant 2999")  # the newest turns are kept
+
+
 @pytest.mark.parametrize("damage", [b"\xff" * 64, b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}"],
                          ids=["garbage", "empty", "bad-header"])
 def test_a_corrupt_adapter_is_refused_with_the_file_named_wherever_adapters_load(tmp_path, damage):

@@ -71,20 +71,25 @@ def test_fit_history_without_a_system_part_never_doubles_the_message():
     assert fit_history(turns, count_words, 2) == turns[-1:]
 
 
-def test_fit_history_tokenises_a_long_chat_a_logarithmic_number_of_times():
+@pytest.mark.parametrize("keep", [0, 5, 1990])  # keep none, a few, or nearly all of 2000 pairs
+def test_fit_history_work_is_linear_in_the_chats_length(keep):
     history = []
     for i in range(2000):
-        history += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+        history += [{"role": "user", "content": f"question {i} " + "w " * (i % 7)},
+                    {"role": "assistant", "content": f"answer {i}"}]
     msgs = build_messages(K, history, "latest question")
-    calls = []
+    counted = []
 
     def counting(m):
-        calls.append(len(m))
-        return count_words(m)
+        counted.append(len(m))
+        return count_words(m) + 3  # a template's fixed tokens, as a real chat template has
 
-    budget = count_words([msgs[0], *msgs[-11:]])  # room for the last five pairs and the new question
+    budget = count_words([msgs[0], *msgs[len(msgs) - 1 - 2 * keep:]]) + 3  # room for the last `keep` pairs
     fitted = fit_history(msgs, counting, budget)
-    assert fitted == [msgs[0], *msgs[-11:]] and len(calls) <= 14  # was one count per dropped pair: 1996
+    assert fitted == [msgs[0], *msgs[len(msgs) - 1 - 2 * keep:]]
+    # every message about twice (the whole chat once, each pair once) plus the fitted prompt a few times;
+    # bisection counted ~11 prompts of up to the whole chat, one count per dropped pair ~2000 of them
+    assert sum(counted) <= 2 * len(msgs) + 4 * len(fitted) + 10, sum(counted)
 
 
 def test_fit_history_message_too_long():
@@ -192,7 +197,7 @@ def test_fit_history_drops_whole_pairs_and_says_how_much():
         return len(m)
 
     assert fit_history(msgs, count, 4) == [msgs[0], msgs[3], msgs[4], msgs[5]]
-    assert seen == [6, 2, 4]  # the whole chat, then none of its history, then halfway (bisection)
+    assert seen == [6, 2, 2, 2, 4, 6]  # the whole chat, none of its history, each pair, then the fit confirmed
     assert fit_history(msgs, len, 6) == msgs  # exactly at the budget: nothing cut
     with pytest.raises(GenerationError) as exc:
         fit_history(msgs, len, 1)

@@ -209,8 +209,10 @@ def fit_history(
     """Drop the oldest history turns (a user/assistant pair at a time) until the prompt fits `budget` tokens.
 
     `messages` is [system, *history, new user message] (the system part optional); the system part and the
-    new message are never cut. The number of pairs to drop is found by bisection (dropping more never makes
-    the prompt longer), so a long chat is tokenised about log2(turns) times, not once per dropped pair.
+    new message are never cut. The work is linear in the chat's length: the whole prompt is counted once, each
+    pair once on its own, and from those counts (calibrated so the two ends are exact) the number of pairs to
+    drop is estimated, then confirmed by counting the fitted prompt, which is about `budget` long — so a 5 MB
+    chat costs two passes over its text, not one per dropped pair or per bisection step.
     """
     head = messages[:1] if len(messages) > 1 and messages[0]["role"] == "system" else []
     history, last = list(messages[len(head):-1]), messages[-1]
@@ -218,19 +220,27 @@ def fit_history(
     def fitted(drop: int) -> list[Message]:
         return [*head, *history[2 * drop:], last]
 
-    if count_tokens(fitted(0)) <= budget:
+    total = count_tokens(fitted(0))
+    if total <= budget:
         return fitted(0)
-    lo, hi = 0, (len(history) + 1) // 2  # fitted(lo) is too long; is fitted(hi), with no history, short enough?
-    n = count_tokens(fitted(hi))
-    if n > budget:
+    pairs = (len(history) + 1) // 2
+    floor = count_tokens(fitted(pairs))  # no history at all
+    if floor > budget:
         raise GenerationError(
-            f"the message is too long: the prompt needs {n} tokens but the context leaves {budget} "
+            f"the message is too long: the prompt needs {floor} tokens but the context leaves {budget} "
             "for it (shorten the message, or lower 'max new tokens')"
         )
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if count_tokens(fitted(mid)) <= budget:
-            hi = mid
-        else:
-            lo = mid
-    return fitted(hi)
+    sizes = [count_tokens(history[2 * k:2 * k + 2]) for k in range(pairs)]
+    # A pair counted alone carries the template's fixed tokens (BOS, the generation prompt): spread the
+    # difference evenly, so the estimate is exact with every pair kept and with none.
+    extra = (floor + sum(sizes) - total) / pairs
+    kept, drop = float(floor), pairs
+    while drop > 0 and kept + sizes[drop - 1] - extra <= budget:  # keep the newest pairs that fit
+        drop -= 1
+        kept += sizes[drop] - extra
+    # Confirm with real counts (the estimate is off by a few tokens at the joins at most).
+    while drop < pairs and count_tokens(fitted(drop)) > budget:
+        drop += 1
+    while drop > 0 and count_tokens(fitted(drop - 1)) <= budget:
+        drop -= 1
+    return fitted(drop)

@@ -31,6 +31,22 @@ from krishna_ai.studio.access import ModelPolicy
 EngineLoader = Callable[[str, str | None], Engine]
 MAX_MESSAGE_CHARS = 32_000
 """Longer messages are refused up front (the context would cut them anyway, after slow tokenising)."""
+MAX_PERSONALITY_CHARS = 200
+MAX_HISTORY_MESSAGES = 1000
+"""The newest history messages read for a prompt; older ones could never fit a context (the fit drops them)."""
+
+
+def bounded_history(history: list[Message]) -> list[Message]:
+    """`history` with at most MAX_HISTORY_MESSAGES of its newest messages, each at most MAX_MESSAGE_CHARS
+    (InputError names a longer one): the work per request is bounded whatever a client sends."""
+    history = list(history or [])[-MAX_HISTORY_MESSAGES:]
+    for n, m in enumerate(history, 1):
+        content = m.get("content") if isinstance(m, dict) else None
+        size = len(content) if isinstance(content, str) else len(str(content or ""))
+        if size > MAX_MESSAGE_CHARS:
+            raise InputError(f"history message {n} is {size:,} characters; the limit is {MAX_MESSAGE_CHARS:,} "
+                             "(start a new chat)")
+    return history
 
 
 @dataclass
@@ -193,6 +209,10 @@ class Studio:
             raise InputError("the message is empty: type a question (or attach an image)")
         if len(message) > MAX_MESSAGE_CHARS:
             raise InputError(f"the message is {len(message):,} characters; the limit is {MAX_MESSAGE_CHARS:,}")
+        if personality is not None and len(personality) > MAX_PERSONALITY_CHARS:
+            raise InputError(f"'story about' is {len(personality):,} characters; give a name of at most "
+                             f"{MAX_PERSONALITY_CHARS}")
+        history = bounded_history(history)
         if slice and self.policy is not None and not self.policy.open_to_any:
             from krishna_ai.matformer import known_configs
 

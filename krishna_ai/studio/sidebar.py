@@ -10,6 +10,7 @@ import gradio as gr
 
 from krishna_ai.core.errors import KrishnaError
 from krishna_ai.history.chatfile import import_chat
+from krishna_ai.history.schema import MAX_QUERY, MAX_TITLE
 from krishna_ai.studio.saving import chat_rows, choices, export_file, gr_error, message_id, persona_name, say, user_of
 from krishna_ai.studio.service import Studio
 
@@ -36,9 +37,11 @@ def build_sidebar(studio: Studio) -> Sidebar:
                     f"⚠️ Chat history is off: {studio.history_error or 'started with --no-history'}. "
                     "Chats are not saved.", elem_id="history-status")
         new = gr.Button("+ New chat", elem_id="new-chat", visible=on)
-        search = gr.Textbox(placeholder="Search your chats", show_label=False, elem_id="chat-search", visible=on)
+        search = gr.Textbox(placeholder="Search your chats", show_label=False, max_length=MAX_QUERY,
+                            elem_id="chat-search",
+                            visible=on)
         chats = gr.Radio([], label="Your chats", elem_id="chat-list", visible=on)
-        title = gr.Textbox(label="Title of this chat", elem_id="chat-title", visible=on)
+        title = gr.Textbox(label="Title of this chat", max_length=MAX_TITLE, elem_id="chat-title", visible=on)
         with gr.Row(visible=on):
             rename = gr.Button("Rename", size="sm", elem_id="rename-chat")
             delete = gr.Button("Delete", size="sm", variant="stop", elem_id="delete-chat")

@@ -35,7 +35,7 @@ from krishna_ai.studio.saving import (
     unsave_question,
     user_of,
 )
-from krishna_ai.studio.service import Studio, Update
+from krishna_ai.studio.service import MAX_PERSONALITY_CHARS, Studio, Update
 from krishna_ai.studio.sidebar import build_sidebar, wire_sidebar
 
 NOTICE = "⚠️ Not answered"
@@ -101,7 +101,8 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
         textbox = gr.MultimodalTextbox(placeholder="Ask a question (attach a maize-leaf photo on a Gemma 3n tier)",
                                        file_types=["image"], file_count="single", show_label=False,
                                        sources=["upload"], elem_id="chat-input")
-        personality = gr.Textbox(label="Story about (optional)", visible=bool(personas[persona].personalities),
+        personality = gr.Textbox(label="Story about (optional)", max_length=MAX_PERSONALITY_CHARS,
+                                 visible=bool(personas[persona].personalities),
                                  placeholder="a famous person; empty = the story that fits your question best")
         with gr.Row():
             stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False, elem_id="stop-button")
