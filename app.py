@@ -144,8 +144,15 @@ def launch(demo, args: argparse.Namespace, concurrency: int = 1, store=None, **e
     """Queue and launch with the app's limits: `concurrency` generations at once, capped uploads; the saved
     chats' images folder (of `store`) is the one folder of ours Gradio may serve, so reopened chats show them."""
     allowed = [str(store.data_dir / "images")] if store is not None else []
+    auth = login_guard(args)
+    if auth is not None:  # failed logins are also capped per client address
+        from starlette.middleware import Middleware
+
+        from krishna_ai.studio.access import LoginLimit
+
+        extra.setdefault("app_kwargs", {}).setdefault("middleware", []).append(Middleware(LoginLimit))
     return demo.queue(default_concurrency_limit=concurrency).launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=login_guard(args),
+        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
         max_file_size=MAX_UPLOAD, show_error=True, allowed_paths=allowed, **extra)
 
 

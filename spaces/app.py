@@ -45,16 +45,21 @@ def zero_gpu(studio: Any, duration: int) -> Any:
 
 
 def make_studio(personas: dict[str, Any], model: str, gpu_duration: int, persona: str) -> Any:
+    """The studio, offering clients only the model this Space was built with (and the built-in tiers): a client
+    can never point it at a server of its own (`openai:http://…`, where the Space's API key would go), a hub id
+    or a path, nor name a MatFormer slice by file."""
     from krishna_ai.runtime.load import load_engine
+    from krishna_ai.studio.access import ModelPolicy
     from krishna_ai.studio.service import Studio
 
+    policy = ModelPolicy([model])
     if not on_zero_gpu():
-        return zero_gpu(Studio(personas, default_model=model), gpu_duration)
+        return zero_gpu(Studio(personas, default_model=model, policy=policy), gpu_duration)
 
     def loader(spec: str, adapter: str | None) -> Any:
         return load_engine(spec, adapter, quantize="none", device="cuda")
 
-    studio = Studio(personas, default_model=model, loader=loader)
+    studio = Studio(personas, default_model=model, loader=loader, policy=policy)
     # In this process, before any forked GPU call: the engine the first persona uses (its adapter merged).
     studio.engine(model, studio.persona(persona))
     return zero_gpu(studio, gpu_duration)
@@ -75,12 +80,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    auth = None
-    if args.auth:
+    from krishna_ai.core.errors import KrishnaError
+    from krishna_ai.studio.access import LoginGuard, LoginLimit, load_credentials
+
+    if args.auth is not None:
         user, sep, password = args.auth.partition(":")
         if not (sep and user and password):
             raise SystemExit("--auth must be USER:PASSWORD, both non-empty")
-        auth = (user, password)
+    try:  # --auth, and $KRISHNA_AI_AUTH (a Space secret) for logins kept out of the command line
+        logins = load_credentials(args.auth, None)
+    except KrishnaError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    auth = LoginGuard(logins).login if logins else None
     if args.share and auth is None:
         print("WARNING: --share without --auth exposes the app to anyone with the link; add --auth USER:PASSWORD",
               file=sys.stderr)
@@ -93,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown persona {args.persona!r}; available: {', '.join(sorted(personas))}")
     studio = make_studio(personas, args.model, args.gpu_duration, args.persona)
     demo = build_demo(studio, persona=args.persona)
+    extra: dict[str, Any] = {}
+    if auth is not None:  # failed logins capped per client address too
+        from starlette.middleware import Middleware
+
+        extra["app_kwargs"] = {"middleware": [Middleware(LoginLimit)]}
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                    auth=auth, max_file_size="20mb", show_error=True)
+                                                    auth=auth, max_file_size="20mb", show_error=True, **extra)
     return 0
 
 

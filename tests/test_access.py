@@ -139,9 +139,10 @@ def test_wrong_logins_never_stall_another_clients_page(tmp_path):
             for i in range(6):  # the user is now locked for seconds at a time
                 client.post(f"{url}/login", data={"username": "u", "password": f"x{i}"})
 
-        def guess(i: int) -> int:
+        def guess(i: int) -> int:  # from 20 addresses (as a local proxy reports them), so each waits out the lock
             with httpx.Client(timeout=30) as c:
-                return c.post(f"{url}/login", data={"username": "u", "password": f"g{i}"}).status_code
+                return c.post(f"{url}/login", data={"username": "u", "password": f"g{i}"},
+                              headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
 
         with concurrent.futures.ThreadPoolExecutor(20) as pool:
             guesses = [pool.submit(guess, i) for i in range(20)]
@@ -154,6 +155,46 @@ def test_wrong_logins_never_stall_another_clients_page(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_failed_logins_are_capped_per_address_without_waiting():
+    """One address spreading guesses over many user names is refused (429, Retry-After) after 10 failures, even
+    with a right password; another address is not; a remote peer cannot pick its address by header."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from krishna_ai.studio.access import LoginLimit, client_address
+
+    async def login(request):  # Gradio's /login: 400 for a wrong password
+        form = await request.form()
+        return JSONResponse({"ok": True}) if form["password"] == "right" else JSONResponse({}, status_code=400)
+
+    app = LoginLimit(Starlette(routes=[Route("/login", login, methods=["POST"])]))
+
+    async def run():
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
+            async def post(user, password, ip):
+                return await c.post("/login", data={"username": user, "password": password},
+                                    headers={"X-Forwarded-For": ip})
+            assert (await post("u", "right", "10.0.0.1")).status_code == 200  # a success never counts
+            codes = [(await post(f"user{i}", "wrong", "10.0.0.1")).status_code for i in range(12)]
+            locked = await post("u", "right", "10.0.0.1")
+            other = await post("u", "right", "10.0.0.2")
+            return codes, locked, other
+
+    codes, locked, other = asyncio.run(run())
+    assert codes == [400] * 10 + [429] * 2
+    assert locked.status_code == 429 and 1 <= int(locked.headers["retry-after"]) <= 60
+    assert "Too many failed logins" in locked.json()["detail"]
+    assert other.status_code == 200
+    forwarded = [(b"x-forwarded-for", b"1.2.3.4, 10.9.9.9")]
+    assert client_address({"client": ("127.0.0.1", 1), "headers": forwarded}) == "10.9.9.9"  # the proxy's entry
+    assert client_address({"client": ("203.0.113.5", 1), "headers": forwarded}) == "203.0.113.5"  # not believed
 
 
 def test_logins_from_file_and_environment(tmp_path, monkeypatch):

@@ -120,6 +120,12 @@ def test_space_app_serves_chat(space, tmp_path):
                                     api_name="/chat"))
         assert chunks and chunks[-1].strip()
         assert all(chunks[i + 1].startswith(chunks[i]) for i in range(len(chunks) - 1))
+        # a client cannot send the Space's requests (and its API key) to a server of its own, nor read a path
+        for model in ("openai:http://127.0.0.1:9/v1", "google/gemma-3n-E4B-it", "/etc", "e4b-gguf"):
+            with pytest.raises(Exception, match="not offered by this server"):
+                client.predict("hi", "krishna", api_name="/reply", model=model)
+        with pytest.raises(Exception, match="unknown MatFormer size"):
+            client.predict("hi", "krishna", api_name="/reply", slice="/etc/passwd")
     finally:
         proc.terminate()
         try:

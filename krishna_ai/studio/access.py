@@ -7,7 +7,9 @@ named at start; anything else — a folder on the server's disk, a hub id, a .gg
 
 Logins come from `--auth USER:PASSWORD`, `--auth-file FILE` (one `user:password` per line) or
 $KRISHNA_AI_AUTH. Gradio does not limit login attempts: `LoginGuard` locks a user out after failures
-(doubling lock per user, capped; no password is compared while locked) and logs them without the password.
+(doubling lock per user, capped; no password is compared while locked) and logs them without the password,
+and `LoginLimit` caps the failed logins per client address (the `limits` library's moving window), so one
+machine cannot spread its guesses over many user names either.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from krishna_ai.core.errors import ConfigError, InputError
 from krishna_ai.runtime.tiers import TIERS
@@ -134,3 +137,63 @@ class LoginGuard:
         if not ok and wait > 0:
             await asyncio.sleep(wait)
         return ok
+
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    """Who sent a request: the peer's address, or — only when the peer is this machine, i.e. a local proxy such
+    as Gradio's share tunnel or nginx — the address that proxy appended last to X-Forwarded-For. A remote peer's
+    X-Forwarded-For is never believed (anyone can send one)."""
+    peer = (scope.get("client") or ("unknown", 0))[0]
+    if peer in LOOPBACK:
+        for name, value in scope.get("headers") or []:
+            if name == b"x-forwarded-for":
+                forwarded = value.decode("latin-1").split(",")[-1].strip()
+                if forwarded:
+                    return forwarded
+    return peer
+
+
+class LoginLimit:
+    """ASGI middleware: at most `rate` failed logins per client address (default 10 per minute, a moving window
+    from the `limits` library, in memory: entries expire with their window). Past it, POST /login answers 429
+    with Retry-After at once — the password is not even checked, and nothing waits. A successful login does not
+    count, so a user behind a shared address who types their password right is not held up by a typo."""
+
+    def __init__(self, app: Any, rate: str = "10/minute"):
+        from limits import parse
+        from limits.storage import MemoryStorage
+        from limits.strategies import MovingWindowRateLimiter
+
+        self.app = app
+        self.rate = parse(rate)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") not in ("/login",
+                                                                                                   "/login/"):
+            await self.app(scope, receive, send)
+            return
+        who = client_address(scope)
+        if not self.limiter.test(self.rate, who):
+            reset = self.limiter.get_window_stats(self.rate, who).reset_time
+            wait = max(1, int(reset - time.time() + 0.999))
+            log.warning("login attempts from %s refused for %d s (too many failures)", who, wait)
+            body = (f'{{"detail": "Too many failed logins from your address; try again in {wait} s."}}').encode()
+            await send({"type": "http.response.start", "status": 429,
+                        "headers": [(b"content-type", b"application/json"), (b"retry-after", str(wait).encode()),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        status: list[int] = []
+
+        async def watch(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if status and status[0] >= 400:  # Gradio answers a wrong password with 400
+            self.limiter.hit(self.rate, who)
