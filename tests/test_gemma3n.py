@@ -237,6 +237,28 @@ def test_maize_persona_takes_a_leaf_photo_on_the_gemma3n_tier(fp32_engine, leaf)
         studio.start_reply("krishna", [], "what is this?", image=leaf)
 
 
+def test_the_pixels_change_the_reply(fp32_engine, tmp_path):
+    """The image really reaches the model: greedy replies to three different pictures are not all the same,
+    and one picture twice gives one reply. (A pipeline that dropped the image would answer all three alike.)"""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pictures = {"black": Image.new("RGB", (64, 64), (0, 0, 0)), "white": Image.new("RGB", (64, 64), (255, 255, 255)),
+                "noise": Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))}
+    studio = Studio(load_personas(), loader=lambda spec, adapter: fp32_engine)
+
+    def reply(name: str) -> str:
+        path = tmp_path / f"{name}.png"
+        pictures[name].save(path)
+        return list(studio.chat("maize", [], "Which disease is this?", image=str(path), temperature=0.0,
+                                max_new_tokens=8))[-1].text
+
+    replies = {name: reply(name) for name in pictures}
+    assert len(set(replies.values())) > 1, replies
+    assert reply("noise") == replies["noise"]
+
+
 def _bad_images(folder) -> list[tuple]:
     """A small corpus of uploads the app must refuse, with the message each must give."""
     folder.mkdir()

@@ -307,3 +307,53 @@ def test_serving_to_the_network_needs_a_key_or_says_so_on_purpose(tmp_path, monk
     assert ServerConfig(model=model, alias="m").host == "127.0.0.1"  # loopback needs no key
     assert cli(["serve", "--host", "0.0.0.0", "--model", "light-gguf", "--persona", "krishna"]) == 2
     assert "--no-key" in capsys.readouterr().err
+
+
+@needs_server
+def test_serve_command_end_to_end(tmp_path):
+    """`python -m krishna_ai serve` as a user runs it: it says where it serves, the studio chats through it (a
+    persona's prompt, streamed, with stats), and SIGTERM leaves no llama-server behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "krishna_ai", "serve", "--adapter", "none", "--port", str(port),
+                             "--parallel", "2", "--ctx-per-slot", "1024", "--threads", "1"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    try:
+        deadline = time.monotonic() + 180
+        while "Serving" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = log.read_text()
+        assert "Serving" in text, text
+        spec = next(line.split("--model ", 1)[1].strip() for line in text.splitlines() if "app.py --model" in line)
+        assert spec.startswith(f"openai:http://127.0.0.1:{port}/v1")
+        children = [int(p) for p in (subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+                                     .stdout.split())]
+        assert children, "serve started no llama-server"
+        studio = Studio(load_personas(), default_model=spec)
+        updates = list(studio.chat("krishna", [], "Who are you?", temperature=0, max_new_tokens=12))
+        assert len(updates) >= 2 and updates[-1].done and updates[-1].text.strip()
+        assert updates[-1].stats.tokens > 0 and updates[-1].stats.ttft_s is not None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0, log.read_text()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{c}") and "zombie" not in _state(c) for c in children) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if os.path.exists(f"/proc/{c}") and "zombie" not in _state(c)]
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((line for line in f if line.startswith("State:")), "")
+    except OSError:
+        return "zombie"
