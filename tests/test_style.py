@@ -50,6 +50,26 @@ def test_verse_quote_markers():
     assert "verse_quote" in rules(quoted)
 
 
+@pytest.mark.parametrize("quote", [
+    "You have a right to perform your prescribed duty, but you are not entitled to the fruits of action.",
+    "As it is said, the soul can never be cut to pieces by any weapon, nor burned by fire.",
+    "Whenever there is a decline of righteousness and a rise of unrighteousness, I come.",
+    "now I AM become death — the destroyer of worlds!",
+])
+def test_a_verse_repeated_without_quotation_marks_is_a_quote(quote):
+    got = [str(v) for v in check_reply(GOOD.replace("Rise,", f"{quote} Rise,"), KRISHNA) if v.rule == "verse_quote"]
+    assert got and "repeats a well-known translation word for word" in got[0]
+
+
+@pytest.mark.parametrize("paraphrase", [
+    "The work is yours to do; what it brings is not yours to hold.",
+    "No weapon can touch what you truly are, Partha.",
+    "You have a right to rest, and you are entitled to kindness from yourself.",  # shares a few words only
+])
+def test_a_paraphrase_is_not_a_quote(paraphrase):
+    assert "verse_quote" not in rules(GOOD.replace("Rise,", f"{paraphrase} Rise,"))
+
+
 def test_empty_and_too_long():
     assert rules("   ") == ["empty_reply"]
     assert "too_long" in rules(GOOD + (" More words here." * 60))

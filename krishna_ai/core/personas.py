@@ -66,6 +66,11 @@ class Style(_Strict):
     story_min_words: Annotated[int, Field(ge=1)] = 20
     no_verse_quotes: bool = False
     """Flag verbatim quoting: chapter/verse references and long passages in quotation marks."""
+    verses: str | None = None
+    """With `no_verse_quotes`: a text file of well-known renderings of the scripture (one passage per paragraph,
+    # comments), relative to the persona file. A reply that repeats `verse_run` words in a row of one of them
+    is a verse quote even without quotation marks."""
+    verse_run: Annotated[int, Field(ge=4)] = 8
     max_words: Annotated[int, Field(ge=1)] | None = None
     require: list[RequiredPattern] = []
 
@@ -237,6 +242,12 @@ def load_persona(path: str | Path) -> Persona:
         persona = persona.model_copy(update={"adapters": resolved})
     from krishna_ai.core.knowledge import load_bank
 
+    if persona.style.verses:
+        verses = (path.parent / persona.style.verses).resolve()
+        if not verses.is_file():
+            raise PersonaError(f"{path.name}: style.verses: {persona.style.verses} does not exist")
+        style = persona.style.model_copy(update={"verses": str(verses)})
+        persona = persona.model_copy(update={"style": style})
     for field in ("knowledge", "counsel"):  # each bank checked now, so a bad card fails the persona at load
         table = getattr(persona, field)
         if table is None:

@@ -6,9 +6,11 @@ as a badge and `eval` aggregates into per-rule compliance rates.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from krishna_ai.core.personas import Persona, Style
 
@@ -206,6 +208,31 @@ def _verse_quote(r: _Reply) -> Iterator[Violation]:
         yield Violation("verse_quote", f"cites a verse ({ref.group(0).strip()!r}) instead of paraphrasing")
     elif quoted:
         yield Violation("verse_quote", f"quotes a passage verbatim ({quoted[0][:40]!r}...)")
+    elif r.style.verses:
+        n = r.style.verse_run
+        known = verse_runs(r.style.verses, n)
+        words = _norm_words(r.text)
+        hit = next((i for i, run in enumerate(_runs(words, n)) if run in known), None)
+        if hit is not None:
+            yield Violation("verse_quote", f"repeats a well-known translation word for word "
+                                           f"({' '.join(words[hit:hit + n])!r}...)")
+
+
+def verse_runs(path: str, n: int) -> frozenset[tuple[str, ...]]:
+    """Every run of `n` words (lower-cased) in the passages of a verses file (read once per file and change)."""
+    file = Path(path)
+    return _verse_runs(str(file), file.stat().st_mtime_ns, n)
+
+
+@functools.lru_cache(maxsize=8)
+def _verse_runs(path: str, _mtime: int, n: int) -> frozenset[tuple[str, ...]]:
+    text = "\n".join(line for line in Path(path).read_text(encoding="utf-8").splitlines()
+                     if not line.lstrip().startswith("#"))
+    runs: set[tuple[str, ...]] = set()
+    for passage in re.split(r"\n\s*\n", text):
+        passage = re.sub(r"\([^)]*\)\s*$", "", passage.strip())  # the "(2.47, Besant)" label is not text
+        runs.update(_runs(_norm_words(passage), n))
+    return frozenset(runs)
 
 
 def _too_long(r: _Reply) -> Iterator[Violation]:
