@@ -223,6 +223,7 @@ def test_a_counsel_bank_puts_the_teaching_in_the_prompt_and_among_the_sources(tm
     text = (PROMPTS_DIR / "krishna.toml").read_text().replace(
         'adapters = { light = "../adapters/krishna-light" }\n', "")
     text = text.replace('bank = "knowledge/krishna"', f'bank = "{BANKS / "krishna"}"')
+    text = text.replace('verses = "knowledge/gita-verses.txt"', f'verses = "{BANKS / "gita-verses.txt"}"')
     text += f'\n[counsel]\nbank = "{GITA}"\ninstruction = """Apply this teaching:\n$cards"""\n'
     (tmp_path / "krishna.toml").write_text(text)
     persona = load_persona(tmp_path / "krishna.toml")
