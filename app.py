@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=None, metavar="N",
                     help=f"replies generated at once (default: 1 in-process; {REMOTE_CONCURRENCY} for a model "
                          "server (--model openai:URL), which batches them)")
+    ap.add_argument("--user-replies", dest="user_replies", type=int, default=2, metavar="N",
+                    help="replies one user (a login, else a client address) may have in progress at once (default 2)")
+    ap.add_argument("--user-rate", dest="user_rate", default="30/minute", metavar="RATE",
+                    help="requests one user may make (N/second, N/minute, N/hour; default 30/minute; 'off': none)")
     ap.add_argument("--db", default=None, metavar="URL",
                     help="where chats are saved: any SQLAlchemy URL (default: $KRISHNA_AI_DB, else SQLite at "
                          "$KRISHNA_AI_DATA/history.db, ~/.local/share/krishna_ai by default)")
@@ -125,9 +129,13 @@ def build(args: argparse.Namespace):
         REMOTE_CONCURRENCY if is_remote_spec(args.model) else 1)
     if concurrency < 1:
         raise SystemExit(f"--concurrency {concurrency}: give 1 or more")
+    from krishna_ai.studio.access import UserLimits
+
+    rate = getattr(args, "user_rate", "30/minute")
+    limits = UserLimits(getattr(args, "user_replies", 2), None if rate in (None, "", "off", "none") else rate)
     store, history_error = open_history(args)
     studio = Studio(personas, default_model=args.model, adapters=adapters, policy=policy, concurrency=concurrency,
-                    store=store, history_error=history_error)
+                    store=store, history_error=history_error, limits=limits)
     if args.preload:  # the engine the first persona's first reply uses (its adapter merged), not the bare base
         print(f"Loading {args.model} for {args.persona}…", file=sys.stderr)
         try:

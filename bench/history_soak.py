@@ -59,7 +59,10 @@ class App:
         import socket
 
         env = {**os.environ, "KRISHNA_AI_DATA": str(self.data)}
-        cmd = [sys.executable, "app.py", "--port", str(self.port), "--db", self.db]
+        # every simulated client comes from 127.0.0.1 without a login: one "user" to the app's per-user limits,
+        # which a soak of the engine and the store must not measure
+        cmd = [sys.executable, "app.py", "--port", str(self.port), "--db", self.db, "--user-rate", "off",
+               "--user-replies", "1000"]
         if self.model:
             cmd += ["--model", self.model]
         with self.log.open("a") as log:

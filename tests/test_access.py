@@ -235,3 +235,40 @@ def test_auth_from_the_environment_keeps_a_comma_inside_a_password(monkeypatch):
     assert load_credentials(None, None) == [("asha", "pw1"), ("ravi", "pw2")]
     monkeypatch.setenv("KRISHNA_AI_AUTH", "asha:a,b,c")
     assert load_credentials(None, None) == [("asha", "a,b,c")]  # no second user made from a password
+
+
+def test_each_user_gets_a_share_of_replies_and_requests(scripted):
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.studio.access import BusyError, UserLimits
+    from krishna_ai.studio.service import Studio
+
+    limits = UserLimits(replies=1, rate="2/minute")  # a refused request does not count against the rate
+    studio = Studio(load_personas(), loader=lambda spec, adapter: scripted(["Partha, ", "rest."]), limits=limits)
+    first = studio.chat("pet", [], "hello", user="user:asha")
+    next(first)  # asha's reply is under way
+    with pytest.raises(BusyError, match=r"already have 1 replies in progress \(at most 1 per user\)"):
+        list(studio.chat("pet", [], "hello again", user="user:asha"))
+    assert list(studio.chat("pet", [], "hello", user="user:bob"))[-1].done  # others are not held up
+    list(first)  # asha's first reply ends: her place is free again
+    list(studio.chat("pet", [], "third", user="user:asha"))
+    with pytest.raises(BusyError, match=r"too many requests: at most 2 per minute for each user; try again in \d+ s"):
+        list(studio.chat("pet", [], "fourth", user="user:asha"))
+    crisis = list(studio.chat("pet", [], "I want to kill myself", user="user:asha"))  # never refused
+    assert crisis[-1].safety is not None
+    with pytest.raises(ConfigError, match="give N/second"):
+        UserLimits(rate="lots")
+    with pytest.raises(ConfigError, match="1 or more"):
+        UserLimits(replies=0)
+
+
+def test_a_failed_reply_frees_its_place(scripted):
+    from krishna_ai.core.errors import InputError
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.studio.access import UserLimits
+    from krishna_ai.studio.service import Studio
+
+    studio = Studio(load_personas(), loader=lambda spec, adapter: scripted(["ok"]), limits=UserLimits(1, None))
+    for _ in range(3):
+        with pytest.raises(InputError, match="the message is empty"):
+            list(studio.chat("pet", [], "   ", user="user:asha"))
+    assert list(studio.chat("pet", [], "hello", user="user:asha"))[-1].text == "ok"

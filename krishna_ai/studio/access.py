@@ -22,7 +22,8 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,54 @@ class LoginLimit:
         await self.app(scope, receive, watch)
         if status and status[0] >= 400:  # Gradio answers a wrong password with 400
             self.limiter.hit(self.rate, who)
+
+
+class BusyError(InputError):
+    """A user over their share of the app: too many replies at once, or too many requests a minute."""
+
+
+class UserLimits:
+    """Each user's share of the model: at most `replies` replies in progress at once, and at most `rate` requests
+    (e.g. "30/minute"; a moving window from the `limits` library). Over either, `admit` refuses at once with
+    BusyError saying which limit and when to try again, so one user's burst never queues ahead of everyone else
+    for long. Kept in memory; a user's count ends with their last reply, the window's entries expire."""
+
+    def __init__(self, replies: int = 2, rate: str | None = "30/minute"):
+        from limits import parse
+        from limits.storage import MemoryStorage
+        from limits.strategies import MovingWindowRateLimiter
+
+        if replies < 1:
+            raise ConfigError(f"replies per user must be 1 or more, not {replies}")
+        try:
+            self.rate = parse(rate) if rate else None
+        except ValueError:
+            raise ConfigError(f"rate {rate!r}: give N/second, N/minute, N/hour or N/day (e.g. 30/minute)") from None
+        self.replies = replies
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._active: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def admit(self, user: str) -> Iterator[None]:
+        """Hold one of `user`'s reply places for the block, or raise BusyError."""
+        with self._lock:
+            active = self._active.get(user, 0)
+            if active >= self.replies:
+                raise BusyError(f"you already have {active} replies in progress (at most {self.replies} per user); "
+                                "wait for one to finish, or stop it")
+            if self.rate is not None and not self._limiter.hit(self.rate, user):
+                reset = self._limiter.get_window_stats(self.rate, user).reset_time
+                wait = max(1, int(reset - time.time() + 0.999))
+                raise BusyError(f"too many requests: at most {self.rate.amount} per {self.rate.GRANULARITY.name} "
+                                f"for each user; try again in {wait} s")
+            self._active[user] = active + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._active.get(user, 1) - 1
+                if left > 0:
+                    self._active[user] = left
+                else:
+                    self._active.pop(user, None)

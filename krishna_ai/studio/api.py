@@ -21,6 +21,7 @@ from krishna_ai.studio.saving import (
     api_turn,
     gr_error,
     persona_name,
+    quota_key,
     uploaded,
     user_of,
 )
@@ -95,6 +96,7 @@ def register_api(studio: Studio) -> None:
                                 "the image") if image is not None else None
                 turn = api_turn(studio, request, chat_id, persona, message, path)
                 async for update in updates(studio, turn.persona, turn.earlier, message, image=path,
+                                             user=quota_key(request),
                                              model=model, personality=personality, slice=slice or None,
                                              **sampling):
                     partial.seen(update)
@@ -135,6 +137,7 @@ def register_api(studio: Studio) -> None:
             try:
                 turn = api_turn(studio, request, chat_id, persona, message, None)
                 async for update in updates(studio, turn.persona, turn.earlier, message, model=model,
+                                             user=quota_key(request),
                                              personality=personality, slice=slice or None, **sampling):
                     partial.seen(update)
                     turn.begin()  # the reply has started: now the question is saved

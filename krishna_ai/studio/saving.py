@@ -24,6 +24,7 @@ from krishna_ai.core.errors import InputError, KrishnaError
 from krishna_ai.history.chatfile import to_json, to_markdown
 from krishna_ai.history.schema import LOCAL_USER, ChatInfo, DatabaseError, HistoryError, StoredMessage
 from krishna_ai.history.store import HistoryStore, SavedImage
+from krishna_ai.studio.access import client_address
 from krishna_ai.studio.service import Studio, Update
 
 log = logging.getLogger("krishna_ai.studio")
@@ -80,6 +81,20 @@ class PartialReply:
 
 def user_of(request: gr.Request | None) -> str:
     return (getattr(request, "username", None) or LOCAL_USER) if request is not None else LOCAL_USER
+
+
+def quota_key(request: gr.Request | None) -> str:
+    """Whose share of the model a request uses: the login, else the client's address (without logins anyone can
+    open new sessions, not new addresses)."""
+    name = getattr(request, "username", None) if request is not None else None
+    if name:
+        return f"user:{name}"
+    inner = getattr(request, "request", None)
+    scope = getattr(inner, "scope", None)
+    if isinstance(scope, dict):
+        return f"address:{client_address(scope)}"
+    host = getattr(getattr(request, "client", None), "host", None)
+    return f"address:{host or 'unknown'}"
 
 
 def content_files(content: Any) -> list[str]:

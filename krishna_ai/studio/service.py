@@ -26,7 +26,7 @@ from krishna_ai.history.store import HistoryStore
 from krishna_ai.runtime.engine import Engine, Reply, ReplyStats
 from krishna_ai.runtime.load import load_engine
 from krishna_ai.runtime.tiers import image_tiers_hint
-from krishna_ai.studio.access import ModelPolicy
+from krishna_ai.studio.access import ModelPolicy, UserLimits
 
 EngineLoader = Callable[[str, str | None], Engine]
 MAX_MESSAGE_CHARS = 32_000
@@ -90,6 +90,7 @@ class Studio:
         concurrency: int = 1,
         store: HistoryStore | None = None,
         history_error: str | None = None,
+        limits: UserLimits | None = None,
     ):
         self.personas = personas if personas is not None else load_personas()
         self.default_model = default_model
@@ -111,6 +112,8 @@ class Studio:
         self.history_error = history_error
         self.policy = policy
         """Which models a client may name (None: any, for library and CLI use; the app always sets one)."""
+        self.limits = limits
+        """Each user's share of replies (None: no limits, for library and CLI use)."""
 
     # -- models -----------------------------------------------------------------------------
     def engine(self, spec: str | None = None, persona: Persona | None = None) -> Engine:
@@ -233,13 +236,15 @@ class Studio:
         return [p.id for p in self.personas.values() if p.accepts_images]
 
     def chat(self, persona_id: str, history: list[Message], message: str, *, session: str = "",
-             stop_event: threading.Event | None = None, **kwargs: Any) -> Iterator[Update]:
+             user: str | None = None, stop_event: threading.Event | None = None, **kwargs: Any) -> Iterator[Update]:
         """Stream a reply as `Update`s; the last one has done=True, stats and the style check.
 
         A message that speaks of a crisis (self-harm, abuse, a medical emergency) gets one Update: the fixed
         reply that points to real help (`core.safety`), before any model is loaded or run.
 
         Closing the iterator, setting `stop_event` (the client went away) or `stop(session)` stops generation.
+        With `limits` set, `user` (a login, or a session) must be within its share (BusyError otherwise); a
+        crisis reply is never refused.
         """
         kind = crisis(message or "")
         if kind is not None:
@@ -247,6 +252,14 @@ class Studio:
             stats = ReplyStats(ttft_s=0.0, finish_reason="end_of_turn")
             yield Update(crisis_reply(kind), done=True, stats=stats, violations=[], safety=kind)
             return
+        if self.limits is not None and user is not None:
+            with self.limits.admit(user):
+                yield from self._chat(persona_id, history, message, session, stop_event, **kwargs)
+        else:
+            yield from self._chat(persona_id, history, message, session, stop_event, **kwargs)
+
+    def _chat(self, persona_id: str, history: list[Message], message: str, session: str,
+              stop_event: threading.Event | None, **kwargs: Any) -> Iterator[Update]:
         stop_event = self.new_stop(session, stop_event)
         try:
             started = self.start_reply(persona_id, history, message, stop_event=stop_event, **kwargs)

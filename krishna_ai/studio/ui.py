@@ -27,6 +27,7 @@ from krishna_ai.studio.saving import (
     gr_error,
     message_id,
     pending_start,
+    quota_key,
     save_question,
     save_reply,
     saved_context,
@@ -209,7 +210,8 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             with PartialReply(lambda u, finish: save_reply(studio, user, cid, u, model, persona_id, size, sampling,
                                                            finish=finish)) as partial:
                 try:
-                    async for update in updates(studio, persona_id, earlier, text, session=session, image=image,
+                    async for update in updates(studio, persona_id, earlier, text, session=session,
+                                                 user=quota_key(request), image=image,
                                                  model=model, personality=who or None,
                                                  slice=None if size == "full" else size, **sampling):
                         partial.seen(update)
