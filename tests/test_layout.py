@@ -76,3 +76,13 @@ def test_every_subpackage_is_in_a_layer_of_the_contract():
     named = set(re.findall(r"krishna_ai\.(\w+)", layers))
     subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert named == subpackages
+
+
+def test_every_test_the_readme_names_exists():
+    """The README's security table (and any other place) names tests as `tests/FILE.py::NAME`: each must exist."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", readme)
+    assert len(named) >= 15
+    missing = [f"{f}::{t}" for f, t in named
+               if not (REPO / f).is_file() or f"def {t}(" not in (REPO / f).read_text(encoding="utf-8")]
+    assert missing == []
