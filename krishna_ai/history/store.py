@@ -18,11 +18,9 @@ for its last position; they take turns in milliseconds. Any SQLAlchemy URL works
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,9 @@ from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from krishna_ai.core.errors import ImageError, InputError, KrishnaError
+from krishna_ai.core.errors import InputError, KrishnaError
+from krishna_ai.history.images import SavedImage
 from krishna_ai.history.schema import (
-    MAX_IMAGE_BYTES,
     MAX_QUERY,
     MAX_TITLE,
     ChatInfo,
@@ -338,52 +336,6 @@ class HistoryStore:
             dupes = conn.execute(text("SELECT chat_id, seq FROM messages GROUP BY chat_id, seq HAVING COUNT(*) > 1"))
             problems += [f"chat {c}: two messages at position {s}" for c, s in dupes]
         return problems
-
-
-def check_image_size(path: str | Path) -> None:
-    """ImageError unless `path` is a readable file of at most MAX_IMAGE_BYTES (checked before anything is saved)."""
-    src = Path(path)
-    try:
-        if not src.is_file():
-            raise ImageError(f"the image {src.name!r} is not a file")
-        size = src.stat().st_size
-    except OSError as exc:
-        raise ImageError(f"the image {src.name!r} cannot be read: {exc.strerror}") from None
-    if size > MAX_IMAGE_BYTES:
-        raise ImageError(f"the image is {size / 1e6:.1f} MB; at most {MAX_IMAGE_BYTES // 2**20} MB is saved")
-
-
-@dataclass(frozen=True)
-class SavedImage:
-    """An uploaded image as the data folder keeps it: decoded (every check of `core.images.load_image`),
-    re-encoded by this server — JPEG stays JPEG, anything else becomes PNG — and named after the new bytes'
-    hash. Nothing a client sent is kept byte for byte: not its file name, not its extension, not its metadata
-    (EXIF, GPS), not whatever a polyglot file hid after the pixels."""
-
-    data: bytes
-    name: str
-
-    @classmethod
-    def of(cls, path: str | Path) -> SavedImage:
-        import io
-
-        from krishna_ai.core.images import load_image
-
-        check_image_size(path)
-        img = load_image(path, max_bytes=MAX_IMAGE_BYTES)
-        jpeg = _is_jpeg(path)
-        out = io.BytesIO()
-        if jpeg:
-            img.save(out, format="JPEG", quality=92)
-        else:
-            img.save(out, format="PNG", optimize=False)
-        data = out.getvalue()
-        return cls(data, f"{hashlib.sha256(data).hexdigest()[:32]}.{'jpg' if jpeg else 'png'}")
-
-
-def _is_jpeg(path: str | Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(3) == b"\xff\xd8\xff"
 
 
 def _last_turn(msgs: list[MessageRow], question: int | str | None) -> int:
