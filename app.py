@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=None, metavar="N",
                     help=f"replies generated at once (default: 1 in-process; {REMOTE_CONCURRENCY} for a model "
                          "server (--model openai:URL), which batches them)")
+    ap.add_argument("--api-key-file", dest="api_key_file", default=None, metavar="FILE",
+                    help="keys for the OpenAI-compatible API (/v1) and /metrics: one user:key per line (also "
+                         "$KRISHNA_AI_API_KEYS); each key acts as its user")
     ap.add_argument("--user-replies", dest="user_replies", type=int, default=2, metavar="N",
                     help="replies one user (a login, else a client address) may have in progress at once (default 2)")
     ap.add_argument("--user-rate", dest="user_rate", default="30/minute", metavar="RATE",
@@ -134,8 +137,10 @@ def build(args: argparse.Namespace):
     rate = getattr(args, "user_rate", "30/minute")
     limits = UserLimits(getattr(args, "user_replies", 2), None if rate in (None, "", "off", "none") else rate)
     store, history_error = open_history(args)
+    from krishna_ai.studio.metrics import Metrics
+
     studio = Studio(personas, default_model=args.model, adapters=adapters, policy=policy, concurrency=concurrency,
-                    store=store, history_error=history_error, limits=limits)
+                    store=store, history_error=history_error, limits=limits, metrics=Metrics())
     if args.preload:  # the engine the first persona's first reply uses (its adapter merged), not the bare base
         print(f"Loading {args.model} for {args.persona}…", file=sys.stderr)
         try:
@@ -148,17 +153,25 @@ def build(args: argparse.Namespace):
 MAX_UPLOAD = "20mb"
 
 
-def launch(demo, args: argparse.Namespace, concurrency: int = 1, store=None, **extra):
+def launch(demo, args: argparse.Namespace, concurrency: int = 1, store=None, studio=None, **extra):
     """Queue and launch with the app's limits: `concurrency` generations at once, capped uploads; the saved
-    chats' images folder (of `store`) is the one folder of ours Gradio may serve, so reopened chats show them."""
+    chats' images folder (of `store`) is the one folder of ours Gradio may serve, so reopened chats show them.
+    With `studio`, the personas are also an OpenAI-compatible API (/v1) with /metrics, on the same port."""
     allowed = [str(store.data_dir / "images")] if store is not None else []
     auth = login_guard(args)
+    app_kwargs = extra.setdefault("app_kwargs", {})
     if auth is not None:  # failed logins are also capped per client address
         from starlette.middleware import Middleware
 
         from krishna_ai.studio.access import LoginLimit
 
-        extra.setdefault("app_kwargs", {}).setdefault("middleware", []).append(Middleware(LoginLimit))
+        app_kwargs.setdefault("middleware", []).append(Middleware(LoginLimit))
+    if studio is not None:
+        from krishna_ai.studio.access import ApiKeys
+        from krishna_ai.studio.openai_api import routes
+
+        keys = ApiKeys.load(getattr(args, "api_key_file", None))
+        app_kwargs.setdefault("routes", []).extend(routes(studio, keys, logins=auth is not None))
     return demo.queue(default_concurrency_limit=concurrency).launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth,
         max_file_size=MAX_UPLOAD, show_error=True, allowed_paths=allowed, **extra)
@@ -168,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         auth = login_guard(args)
+        from krishna_ai.studio.access import ApiKeys
+
+        ApiKeys.load(args.api_key_file)  # a bad key file is refused before anything loads
     except KrishnaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -191,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     except KrishnaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    launch(demo, args, concurrency=studio.concurrency, store=studio.store)
+    try:
+        launch(demo, args, concurrency=studio.concurrency, store=studio.store, studio=studio)
+    except KrishnaError as exc:  # a bad --api-key-file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

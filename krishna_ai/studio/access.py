@@ -249,3 +249,50 @@ class UserLimits:
                     self._active[user] = left
                 else:
                     self._active.pop(user, None)
+
+
+API_KEYS_ENV = "KRISHNA_AI_API_KEYS"
+MIN_KEY_CHARS = 16
+
+
+class ApiKeys:
+    """API keys for the OpenAI-compatible API and /metrics, each belonging to a user of the app (the same names
+    as the logins, so a key acts as that user). From `--api-key-file FILE` (one `user:key` per line) and
+    $KRISHNA_AI_API_KEYS (the same, newline- or comma-separated). A key shorter than 16 characters is refused
+    at start; a key is compared in constant time against every key, so timing tells nothing about which."""
+
+    def __init__(self, pairs: list[tuple[str, str]]):
+        short = [user for user, key in pairs if len(key) < MIN_KEY_CHARS]
+        if short:
+            raise ConfigError(f"API keys must be at least {MIN_KEY_CHARS} characters: the key of "
+                              f"{', '.join(map(repr, short))} is shorter (python -c 'import secrets; "
+                              "print(secrets.token_urlsafe(24))' makes one)")
+        self._keys = [(key.encode(), user) for user, key in pairs]
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    @classmethod
+    def load(cls, key_file: str | None) -> ApiKeys:
+        pairs: list[tuple[str, str]] = []
+        if key_file:
+            path = Path(key_file)
+            if not path.is_file():
+                raise ConfigError(f"--api-key-file {key_file}: no such file")
+            pairs += parse_credentials(path.read_text(encoding="utf-8"), str(path))
+        env = os.environ.get(API_KEYS_ENV, "")
+        if env.strip():
+            pairs += parse_credentials(re.sub(r",\s*(?=[^,:\s]+:)", "\n", env), f"${API_KEYS_ENV}")
+        return cls(pairs)
+
+    def user_for(self, authorization: str | None) -> str | None:
+        """The user whose key an `Authorization: Bearer KEY` header carries, or None."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        sent = token.strip().encode()
+        found = None
+        for key, user in self._keys:  # every key compared, whichever matches
+            if hmac.compare_digest(key, sent):
+                found = user
+        return found

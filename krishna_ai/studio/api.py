@@ -5,12 +5,10 @@ and the saved-chat endpoints /chats, /chat_history, /chat_rename, /chat_delete, 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import gradio as gr
 
 from krishna_ai.core.errors import KrishnaError
@@ -25,25 +23,9 @@ from krishna_ai.studio.saving import (
     uploaded,
     user_of,
 )
-from krishna_ai.studio.service import Studio, Update
+from krishna_ai.studio.service import Studio, Update, updates
 
 GENERATE = "generate"  # one concurrency group for the UI and the API: Studio.concurrency replies at a time
-
-
-async def updates(studio: Studio, *args: Any, **kwargs: Any) -> AsyncIterator[Update]:
-    """`studio.chat` as an async iterator. Gradio cancels an event (Stop, or a client that went away)
-    by cancelling its task; the `finally` here then flips the stop flag, so generate really ends.
-    A plain sync generator would only be closed when garbage-collected, generating on meanwhile."""
-    stop = threading.Event()
-    updates = studio.chat(*args, stop_event=stop, **kwargs)
-    try:
-        while True:
-            update = await anyio.to_thread.run_sync(next, updates, None)
-            if update is None:
-                return
-            yield update
-    finally:
-        stop.set()
 
 
 def reply_payload(update: Update) -> dict[str, Any]:
@@ -96,7 +78,7 @@ def register_api(studio: Studio) -> None:
                                 "the image") if image is not None else None
                 turn = api_turn(studio, request, chat_id, persona, message, path)
                 async for update in updates(studio, turn.persona, turn.earlier, message, image=path,
-                                             user=quota_key(request),
+                                             user=quota_key(request), endpoint="api",
                                              model=model, personality=personality, slice=slice or None,
                                              **sampling):
                     partial.seen(update)
@@ -137,7 +119,7 @@ def register_api(studio: Studio) -> None:
             try:
                 turn = api_turn(studio, request, chat_id, persona, message, None)
                 async for update in updates(studio, turn.persona, turn.earlier, message, model=model,
-                                             user=quota_key(request),
+                                             user=quota_key(request), endpoint="api",
                                              personality=personality, slice=slice or None, **sampling):
                     partial.seen(update)
                     turn.begin()  # the reply has started: now the question is saved

@@ -9,6 +9,7 @@ app keeps chatting, unsaved, and says so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -43,6 +44,11 @@ def say(exc: Exception) -> str:
 def gr_error(exc: Exception) -> gr.Error:
     """A domain error as the message the browser or API client sees (no server traceback)."""
     return gr.Error(say(exc), print_exception=False)
+
+
+def timed(studio: Studio, what: str) -> Any:
+    """Time a saved-chat write into the app's metrics (a no-op without them)."""
+    return studio.metrics.writing(what) if studio.metrics is not None else contextlib.nullcontext()
 
 
 def pending_start(history: list[dict]) -> int:
@@ -222,7 +228,8 @@ def save_reply(studio: Studio, user: str, cid: str | None, update: Update, model
     if finish:
         meta["stats"] = {**(meta["stats"] or {}), "finish_reason": finish}
     try:
-        return studio.store.add_message(user, cid, "assistant", update.text, meta=meta)
+        with timed(studio, "reply"):
+            return studio.store.add_message(user, cid, "assistant", update.text, meta=meta)
     except KrishnaError as exc:
         gr.Warning(f"This reply was not saved: {say(exc)}")
         return None

@@ -9,10 +9,12 @@ from __future__ import annotations
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from krishna_ai.core.errors import ImageError, InputError
 from krishna_ai.core.images import load_image
@@ -26,7 +28,8 @@ from krishna_ai.history.store import HistoryStore
 from krishna_ai.runtime.engine import Engine, Reply, ReplyStats
 from krishna_ai.runtime.load import load_engine
 from krishna_ai.runtime.tiers import image_tiers_hint
-from krishna_ai.studio.access import ModelPolicy, UserLimits
+from krishna_ai.studio.access import BusyError, ModelPolicy, UserLimits
+from krishna_ai.studio.metrics import Metrics
 
 EngineLoader = Callable[[str, str | None], Engine]
 MAX_MESSAGE_CHARS = 32_000
@@ -91,6 +94,7 @@ class Studio:
         store: HistoryStore | None = None,
         history_error: str | None = None,
         limits: UserLimits | None = None,
+        metrics: Metrics | None = None,
     ):
         self.personas = personas if personas is not None else load_personas()
         self.default_model = default_model
@@ -114,6 +118,8 @@ class Studio:
         """Which models a client may name (None: any, for library and CLI use; the app always sets one)."""
         self.limits = limits
         """Each user's share of replies (None: no limits, for library and CLI use)."""
+        self.metrics = metrics
+        """Counts of what the app does, served at /metrics (None: not counted)."""
 
     # -- models -----------------------------------------------------------------------------
     def engine(self, spec: str | None = None, persona: Persona | None = None) -> Engine:
@@ -236,7 +242,8 @@ class Studio:
         return [p.id for p in self.personas.values() if p.accepts_images]
 
     def chat(self, persona_id: str, history: list[Message], message: str, *, session: str = "",
-             user: str | None = None, stop_event: threading.Event | None = None, **kwargs: Any) -> Iterator[Update]:
+             user: str | None = None, stop_event: threading.Event | None = None, endpoint: str = "library",
+             **kwargs: Any) -> Iterator[Update]:
         """Stream a reply as `Update`s; the last one has done=True, stats and the style check.
 
         A message that speaks of a crisis (self-harm, abuse, a medical emergency) gets one Update: the fixed
@@ -244,8 +251,35 @@ class Studio:
 
         Closing the iterator, setting `stop_event` (the client went away) or `stop(session)` stops generation.
         With `limits` set, `user` (a login, or a session) must be within its share (BusyError otherwise); a
-        crisis reply is never refused.
+        crisis reply is never refused. With `metrics` set, each reply is counted under `endpoint` (ui, api,
+        openai, library) with how it ended.
         """
+        if self.metrics is None:
+            yield from self._admitted(persona_id, history, message, session, user, stop_event, **kwargs)
+            return
+        label = persona_id if persona_id in self.personas else "unknown"  # never a client's free text as a label
+        outcome, stats = "stopped", None
+        self.metrics.in_progress.inc()
+        try:
+            for update in self._admitted(persona_id, history, message, session, user, stop_event, **kwargs):
+                if update.done:
+                    outcome, stats = ("crisis" if update.safety else "ok"), update.stats
+                yield update
+        except BusyError:
+            outcome = "busy"
+            raise
+        except InputError:
+            outcome = "refused"
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            self.metrics.in_progress.dec()
+            self.metrics.finished(endpoint, label, outcome, None if outcome == "crisis" else stats)
+
+    def _admitted(self, persona_id: str, history: list[Message], message: str, session: str, user: str | None,
+                  stop_event: threading.Event | None, **kwargs: Any) -> Iterator[Update]:
         kind = crisis(message or "")
         if kind is not None:
             self.persona(persona_id)  # an unknown persona is still an error
@@ -275,3 +309,20 @@ class Studio:
         finally:
             stop_event.set()
             self._release(session, stop_event)
+
+
+async def updates(studio: Studio, *args: Any, **kwargs: Any) -> AsyncIterator[Update]:
+    """`studio.chat` as an async iterator. Gradio cancels an event (Stop, or a client that went away)
+    by cancelling its task; the `finally` here then flips the stop flag, so generate really ends.
+    A plain sync generator would only be closed when garbage-collected, generating on meanwhile.
+    (Gradio handlers and the OpenAI-compatible API both stream through this.)"""
+    stop = threading.Event()
+    updates = studio.chat(*args, stop_event=stop, **kwargs)
+    try:
+        while True:
+            update = await anyio.to_thread.run_sync(next, updates, None)
+            if update is None:
+                return
+            yield update
+    finally:
+        stop.set()

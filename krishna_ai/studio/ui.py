@@ -33,6 +33,7 @@ from krishna_ai.studio.saving import (
     saved_context,
     say,
     tag,
+    timed,
     unsave_question,
     user_of,
 )
@@ -191,8 +192,9 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                     new = not cid
                     before = history
                     # The database is written off the event loop: other clients never wait for this disk.
-                    cid, history = await anyio.to_thread.run_sync(save_question, store, user, cid, persona_id,
-                                                                  history)
+                    with timed(studio, "question"):
+                        cid, history = await anyio.to_thread.run_sync(save_question, store, user, cid, persona_id,
+                                                                      history)
                     saved_question = [message_id(m) for m in history] != [message_id(m) for m in before]
                     # The model's context is the saved chat, not what the browser sent: what is exported for
                     # training (a liked reply, a DPO pair) is exactly what the model saw.
@@ -211,7 +213,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                                                            finish=finish)) as partial:
                 try:
                     async for update in updates(studio, persona_id, earlier, text, session=session,
-                                                 user=quota_key(request), image=image,
+                                                 user=quota_key(request), endpoint="ui", image=image,
                                                  model=model, personality=who or None,
                                                  slice=None if size == "full" else size, **sampling):
                         partial.seen(update)
