@@ -157,6 +157,43 @@ def test_reads_never_wait_for_a_writer(store, tmp_path):
     assert got[0][0][0].title == "How do I stay calm before an exam?"  # the last committed state
 
 
+def test_search_finds_words_in_any_case_and_part_and_forgets_what_is_gone(store):
+    chat, q, a = conversation(store)  # "How do I stay calm before an exam?" / "Partha, breathe."
+    other = store.new_chat("asha", "maize")
+    store.add_message("asha", other.id, "user", 'Rust on my "Dent" corn — the "quote" test')
+    assert [c.id for c in store.chats("asha", "BREATH")] == [chat.id]  # any case, part of a word
+    assert [c.id for c in store.chats("asha", '"dent"')] == [other.id]  # quotes are text, not syntax
+    assert [c.id for c in store.chats("asha", "ex")] == [chat.id]  # 2 letters: searched too
+    assert store.chats("asha", "zebra") == [] and store.chats("bob", "breathe") == []
+    store.retry("asha", chat.id)  # the reply is superseded: hidden from search
+    assert store.chats("asha", "breathe") == []
+    store.delete("asha", other.id)
+    assert store.chats("asha", "corn") == []
+    if store.engine.dialect.name == "sqlite":  # the index forgot the deleted chat's messages too
+        with store.engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT count(*) FROM message_search WHERE message_search MATCH '\"corn\"'")
+            assert rows.scalar() == 0
+
+
+def test_an_older_database_is_upgraded_and_its_messages_become_searchable(tmp_path):
+    from sqlalchemy import create_engine
+
+    from krishna_ai.history.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    upgrade(engine, "0001")  # a database written before the search index existed
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO users (id, name, created_at) VALUES (1, 'asha', '2026-01-01')")
+        conn.exec_driver_sql("INSERT INTO chats VALUES ('c1', 1, 'Old chat', 'krishna', '2026-01-01', '2026-01-01')")
+        conn.exec_driver_sql("INSERT INTO messages (chat_id, seq, role, content, meta, superseded, created_at) "
+                             "VALUES ('c1', 1, 'user', 'An old question about patience', '{}', 0, '2026-01-01')")
+    engine.dispose()
+    store = HistoryStore(url, data_dir=tmp_path / "data")
+    assert [c.id for c in store.chats("asha", "patience")] == ["c1"]
+    store.close()
+
+
 def test_a_search_too_long_is_refused_clearly(store):
     conversation(store)
     with pytest.raises(InputError, match=r"the search is 50,000 characters; at most 200") as err:
@@ -220,11 +257,18 @@ def test_migrations_build_exactly_the_schema_the_code_uses(store):
     from alembic.runtime.migration import MigrationContext
 
     from krishna_ai.history.migrations import current, head
-    from krishna_ai.history.schema import Base
+    from krishna_ai.history.schema import SEARCH_TABLE, Base
+
+    def ours(name, type_, parent):  # SQLite's full-text index and its FTS5 shadow tables live outside the models
+        return not (type_ == "table" and name and name.startswith(SEARCH_TABLE))
 
     assert current(store.engine) == head()
     with store.engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        assert compare_metadata(MigrationContext.configure(conn, opts={"include_name": ours}), Base.metadata) == []
+    if store.engine.dialect.name == "sqlite":
+        with store.engine.connect() as conn:
+            tables = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert SEARCH_TABLE in tables
 
 
 def test_reopening_keeps_chats_and_a_newer_schema_is_refused_untouched(tmp_path):

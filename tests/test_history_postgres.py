@@ -34,6 +34,7 @@ from tests.test_history import (  # noqa: F401 - collected again here, with this
     test_odd_message_ids_are_unknown_ids_not_crashes,
     test_replies_without_a_preference_make_no_pairs,
     test_retry_hides_the_old_reply_and_undo_removes_the_turn,
+    test_search_finds_words_in_any_case_and_part_and_forgets_what_is_gone,
     test_stopped_cut_and_imported_replies_are_not_training_targets,
     test_undo_and_retry_by_id_act_only_on_the_last_turn,
     test_writers_racing_for_one_chat_each_get_their_own_place,

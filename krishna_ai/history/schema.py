@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from krishna_ai.core.errors import InputError, KrishnaError
@@ -23,6 +23,8 @@ LOCAL_USER = "local"
 """The one user of an app started without --auth."""
 MAX_TITLE = 120
 MAX_QUERY = 200
+SEARCH_TABLE = "message_search"
+"""SQLite's full-text index of messages (migration 0002; FTS5 keeps shadow tables named after it)."""
 """The longest chat search (a longer one is refused before the database sees it)."""
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 Role = Literal["user", "assistant"]
@@ -70,6 +72,7 @@ class UserRow(Base):
 
 class ChatRow(Base):
     __tablename__ = "chats"
+    __table_args__ = (Index("ix_chats_user_updated", "user_id", "updated_at"),)  # one user's newest chats
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     title: Mapped[str] = mapped_column(String(MAX_TITLE))

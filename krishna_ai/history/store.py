@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, or_, select, text
+from sqlalchemy import Integer, column, create_engine, event, func, or_, select, text
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,6 +34,7 @@ from krishna_ai.history.images import SavedImage
 from krishna_ai.history.schema import (
     MAX_QUERY,
     MAX_TITLE,
+    SEARCH_TABLE,
     ChatInfo,
     ChatNotFound,
     ChatRow,
@@ -164,8 +165,13 @@ class HistoryStore:
                 raise InputError(f"the search is {len(q):,} characters; at most {MAX_QUERY} are searched")
             if q:
                 like = f"%{_escape_like(q.lower())}%"
-                in_messages = select(MessageRow.chat_id).where(
-                    func.lower(MessageRow.content).like(like, escape="\\"), MessageRow.superseded.is_(False))
+                if session.get_bind().dialect.name == "sqlite" and len(q) >= 3:  # the trigram index (0002)
+                    phrase = '"' + q.replace('"', '""') + '"'
+                    found = text(f"SELECT rowid FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH :phrase")
+                    matches = MessageRow.id.in_(found.bindparams(phrase=phrase).columns(column("rowid", Integer)))
+                else:
+                    matches = func.lower(MessageRow.content).like(like, escape="\\")
+                in_messages = select(MessageRow.chat_id).where(matches, MessageRow.superseded.is_(False))
                 stmt = stmt.where(or_(func.lower(ChatRow.title).like(like, escape="\\"),
                                       ChatRow.id.in_(in_messages)))
             rows = session.scalars(stmt.order_by(ChatRow.updated_at.desc(), ChatRow.id).limit(limit))
