@@ -84,6 +84,13 @@ def send(pg, text: str) -> None:
     box.press("Enter")
 
 
+def upload(pg, button: str, path: Path) -> None:
+    """Choose `path` in the file dialog an upload button opens, as a user would."""
+    with pg.expect_file_chooser() as chooser:
+        pg.locator(button).click()
+    chooser.value.set_files(str(path))
+
+
 def wait_until(predicate, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -166,8 +173,7 @@ def test_saved_chat_survives_a_reload_takes_a_like_and_exports(page, data_dir, t
     wait_until(lambda: any("losing confidence" in t for t in pg.locator('[data-testid="user"]').all_inner_texts()),
                20, "the saved chat to open")
     assert "Krishna" in pg.get_by_label("Persona").input_value()
-    reply = last_bot(pg)
-    assert reply.strip()
+    reply = wait_until(lambda: last_bot(pg).strip(), 20, "the saved reply to show")
 
     pg.get_by_role("button", name="Like", exact=True).last.click()
     db = sqlite3.connect(data_dir / "history.db")
@@ -187,3 +193,22 @@ def test_saved_chat_survives_a_reload_takes_a_like_and_exports(page, data_dir, t
     assert exported["messages"][0]["content"] == "I failed my exam again. What should I do?"
     assert any(m.get("feedback") == 1 for m in exported["messages"])
     pg.screenshot(path=str(ARTIFACTS / "browser-saved-chat.png"), full_page=False)
+
+    # import through the page: a copy under a new title joins the list and opens; a bad file is a clear error
+    exported["title"] = "Imported copy of my exam chat"
+    copy = tmp_path / "copy.json"
+    copy.write_text(json.dumps(exported))
+    upload(pg, "#chat-import", copy)
+    pg.locator("#chat-list label", has_text="Imported copy of my exam chat").first.wait_for(timeout=20_000)
+    wait_until(lambda: pg.locator("#chat-title textarea, #chat-title input").first.input_value()
+               == "Imported copy of my exam chat", 20, "the imported chat to open")
+    wait_until(lambda: any("I failed my exam again" in t for t in pg.locator('[data-testid="user"]').all_inner_texts()),
+               20, "the imported chat's messages to show")
+    assert db.execute("SELECT count(*) FROM chats WHERE title = 'Imported copy of my exam chat'").fetchone()[0] == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "krishna_ai.chat", "messages": "not a list"}')
+    upload(pg, "#chat-import", bad)
+    toast = pg.locator('[data-testid="toast-body"]', has_text="Not imported: bad.json is not a valid chat file")
+    toast.first.wait_for(timeout=20_000)
+    assert "messages: Input should be a valid list" in toast.first.inner_text()
+    assert pg.locator("#chat-list label", has_text="Imported copy of my exam chat").count() == 1  # the list stays

@@ -58,7 +58,9 @@ def wire_sidebar(studio: Studio, demo: gr.Blocks, sidebar: Sidebar, *, chatbot: 
                  persona_dd: gr.Dropdown, persona_outputs: list, on_persona: Any, new_chat: Any,
                  new_chat_outputs: list) -> None:
     """Events of the sidebar and of the thumbs under each reply. `on_persona(id)` gives `persona_outputs` for a
-    persona (its chat id and title last); `new_chat(persona)` gives `new_chat_outputs` (the chat list last)."""
+    persona (its chat id and title last); `new_chat(persona)` gives `new_chat_outputs` (the chat list last).
+    Every event that can fail or warn is queued: in Gradio 6 a `queue=False` event shows no toast at all, so
+    its errors would vanish (tests/test_browser.py checks an import error's toast)."""
     store = studio.store
 
     def on_like(history: list[dict], cid: str | None, data: gr.LikeData, request: gr.Request):
@@ -76,7 +78,7 @@ def wire_sidebar(studio: Studio, demo: gr.Blocks, sidebar: Sidebar, *, chatbot: 
         except KrishnaError as exc:
             raise gr_error(exc) from None
 
-    chatbot.like(on_like, [chatbot, chat_id], None, queue=False)
+    chatbot.like(on_like, [chatbot, chat_id], None)
 
     def list_chats(query: str, cid: str | None, request: gr.Request):
         try:
@@ -85,8 +87,8 @@ def wire_sidebar(studio: Studio, demo: gr.Blocks, sidebar: Sidebar, *, chatbot: 
             gr.Warning(say(exc))
             return gr.skip()
 
-    demo.load(list_chats, [sidebar.search, chat_id], sidebar.chats, queue=False)
-    sidebar.search.change(list_chats, [sidebar.search, chat_id], sidebar.chats, queue=False)
+    demo.load(list_chats, [sidebar.search, chat_id], sidebar.chats)
+    sidebar.search.change(list_chats, [sidebar.search, chat_id], sidebar.chats)
 
     def open_chat(cid: str | None, request: gr.Request):
         if not cid or store is None:
@@ -106,7 +108,7 @@ def wire_sidebar(studio: Studio, demo: gr.Blocks, sidebar: Sidebar, *, chatbot: 
         updates[-2:] = [chat.id, chat.title]
         return [*updates, chat.persona]
 
-    sidebar.chats.input(open_chat, sidebar.chats, [*persona_outputs, persona_dd], queue=False)
+    sidebar.chats.input(open_chat, sidebar.chats, [*persona_outputs, persona_dd])
 
     def rename(cid: str | None, title: str, query: str, request: gr.Request):
         if store is None or not cid:
@@ -117,8 +119,8 @@ def wire_sidebar(studio: Studio, demo: gr.Blocks, sidebar: Sidebar, *, chatbot: 
             raise gr_error(exc) from None
         return gr.Radio(choices=choices(store, user_of(request), query), value=cid)
 
-    sidebar.rename.click(rename, [chat_id, sidebar.title, sidebar.search], sidebar.chats, queue=False)
-    sidebar.title.submit(rename, [chat_id, sidebar.title, sidebar.search], sidebar.chats, queue=False)
+    sidebar.rename.click(rename, [chat_id, sidebar.title, sidebar.search], sidebar.chats)
+    sidebar.title.submit(rename, [chat_id, sidebar.title, sidebar.search], sidebar.chats)
 
     def delete(cid: str | None, persona_id: str, query: str, request: gr.Request):
         if store is None or not cid:
@@ -130,7 +132,7 @@ def wire_sidebar(studio: Studio, demo: gr.Blocks, sidebar: Sidebar, *, chatbot: 
         *fresh, _ = new_chat(persona_id)
         return (*fresh, gr.Radio(choices=choices(store, user_of(request), query), value=None))
 
-    sidebar.delete.click(delete, [chat_id, persona_dd, sidebar.search], new_chat_outputs, queue=False)
+    sidebar.delete.click(delete, [chat_id, persona_dd, sidebar.search], new_chat_outputs)
 
     def export(fmt: str):
         def fn(cid: str | None, request: gr.Request):
@@ -144,8 +146,8 @@ def wire_sidebar(studio: Studio, demo: gr.Blocks, sidebar: Sidebar, *, chatbot: 
             return gr.File(value=str(path), visible=True)
         return fn
 
-    sidebar.export_md.click(export("md"), chat_id, sidebar.export_out, queue=False)
-    sidebar.export_json.click(export("json"), chat_id, sidebar.export_out, queue=False)
+    sidebar.export_md.click(export("md"), chat_id, sidebar.export_out)
+    sidebar.export_json.click(export("json"), chat_id, sidebar.export_out)
 
     def import_file(file: str | None, request: gr.Request):
         if store is None or not file:
@@ -153,10 +155,11 @@ def wire_sidebar(studio: Studio, demo: gr.Blocks, sidebar: Sidebar, *, chatbot: 
         path = Path(file)
         try:
             chat = import_chat(store, user_of(request), path.read_bytes(), path.name, set(studio.personas))
-        except KrishnaError as exc:
-            raise gr_error(exc) from None
+        except KrishnaError as exc:  # a toast; the list stays as it was (and the chat on screen with it)
+            gr.Warning(f"Not imported: {say(exc)}", duration=None)
+            return gr.skip()
         gr.Info(f"Imported “{chat.title}”.")
         return gr.Radio(choices=choices(store, user_of(request)), value=chat.id)
 
-    sidebar.import_btn.upload(import_file, sidebar.import_btn, sidebar.chats, queue=False).then(
-        open_chat, sidebar.chats, [*persona_outputs, persona_dd], queue=False)
+    sidebar.import_btn.upload(import_file, sidebar.import_btn, sidebar.chats).then(
+        open_chat, sidebar.chats, [*persona_outputs, persona_dd])

@@ -256,8 +256,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                                   *[gr.update(interactive=True)] * len(busy)),
                       outputs=[textbox, stop_btn, *busy], queue=False)
 
-        submit_event = (textbox.submit(add_user, [chatbot, textbox], [chatbot, textbox, stop_btn, *busy],
-                                       queue=False)
+        submit_event = (textbox.submit(add_user, [chatbot, textbox], [chatbot, textbox, stop_btn, *busy])
                         .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
                               concurrency_limit=studio.concurrency, api_visibility="private"))
         submit_event.then(**unlock)
@@ -278,7 +277,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                     gr.Warning(f"The retried reply stays in the saved chat: {say(exc)}")
             return history, gr.Button(interactive=True), *locked
 
-        retry_event = (retry_btn.click(retry, [chatbot, chat_id], [chatbot, stop_btn, *busy], queue=False)
+        retry_event = (retry_btn.click(retry, [chatbot, chat_id], [chatbot, stop_btn, *busy])
                        .then(respond, respond_inputs, respond_outputs, concurrency_id=GENERATE,
                              api_visibility="private"))
         retry_event.then(**unlock)
@@ -297,7 +296,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 return history[:keep] or _greeting(studio, persona_id), {"text": text, "files": []}
             return history[:keep], {"text": text, "files": []}
 
-        undo_btn.click(undo, [chatbot, persona_dd, chat_id], [chatbot, textbox], queue=False)
+        undo_btn.click(undo, [chatbot, persona_dd, chat_id], [chatbot, textbox])
 
         def new_chat(persona_id: str):
             """Clear and New chat: an empty chat on screen; the one before stays saved in the list."""
