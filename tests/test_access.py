@@ -7,6 +7,7 @@ its default policy; the loader records what it was asked to load, so "refused" m
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -272,3 +273,102 @@ def test_a_failed_reply_frees_its_place(scripted):
         with pytest.raises(InputError, match="the message is empty"):
             list(studio.chat("pet", [], "   ", user="user:asha"))
     assert list(studio.chat("pet", [], "hello", user="user:asha"))[-1].text == "ok"
+
+
+def test_logins_come_from_every_source_together_and_errors_name_each_line(tmp_path, monkeypatch):
+    f = tmp_path / "logins.txt"
+    f.write_text("file:pw-ü\n", encoding="utf-8")
+    monkeypatch.setenv("KRISHNA_AI_AUTH", "env:pw2, env2:p,w")
+    assert load_credentials("cli:pw0", str(f)) == [("cli", "pw0"), ("file", "pw-ü"), ("env", "pw2"), ("env2", "p,w")]
+    with pytest.raises(ConfigError) as exc:
+        load_credentials(None, str(tmp_path / "missing.txt"))
+    assert str(exc.value) == f"--auth-file {tmp_path / 'missing.txt'}: no such file"
+    monkeypatch.setenv("KRISHNA_AI_AUTH", "nocolon")
+    with pytest.raises(ConfigError) as exc:
+        load_credentials("ok:pw", None)
+    assert str(exc.value) == "invalid login list:\n  - $KRISHNA_AI_AUTH:1: expected user:password"
+    monkeypatch.delenv("KRISHNA_AI_AUTH")
+    with pytest.raises(ConfigError) as exc:
+        load_credentials("bad", None)
+    assert str(exc.value) == "invalid login list:\n  - --auth:1: expected user:password"
+    from krishna_ai.studio.access import parse_credentials
+
+    with pytest.raises(ConfigError) as exc:  # every bad line at once, the good ones between them kept going
+        parse_credentials("a:1\n:nouser\nb:2\nnopassword:\nc:3", "f")
+    assert str(exc.value) == "invalid login list:\n  - f:2: expected user:password\n  - f:4: expected user:password"
+    assert parse_credentials("  a :1\n# x\nb:2", "f") == [("a", "1"), ("b", "2")]
+
+
+def test_login_guard_delays_and_its_coroutine():
+    import asyncio
+
+    now = [100.0]
+    guard = LoginGuard([("u", "right")], clock=lambda: now[0])
+    assert [guard.delay_for(n) for n in (0, 1, 2, 3, 7, 20)] == [0.0, 0.25, 0.5, 1.0, 8.0, 8.0]  # capped at 8 s
+    assert guard.check("u", "wrong") == (False, 0.25)
+    now[0] += 1
+    assert guard.check("u", "right") == (True, 0.0)
+    assert "u" not in guard._failures  # a success forgets the failures
+    assert guard.check("u", "") == (False, 0.25) and guard.check("nobody", "right")[0] is False
+    quick = LoginGuard([("u", "right")], base_s=0.05)
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(quick.login("u", "right")) is True
+        started = time.monotonic()
+        assert loop.run_until_complete(quick.login("u", "bad")) is False
+        assert time.monotonic() - started >= 0.05  # a refusal answers after its lock, never sooner
+        assert loop.run_until_complete(quick.login("u", "right")) is True  # the lock has been waited out
+    finally:
+        loop.close()
+
+
+def test_login_limit_counts_only_failed_posts_to_the_login_route():
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    from krishna_ai.studio.access import LoginLimit
+
+    async def login(request):
+        return JSONResponse({}, status_code=400)
+
+    async def other(request):
+        return PlainTextResponse("other")
+
+    inner = Starlette(routes=[Route("/login", login, methods=["GET", "POST"]),
+                              Route("/login/", login, methods=["POST"]), Route("/other", other, methods=["POST"])])
+    app_ = LoginLimit(inner, rate="2/minute")
+
+    async def run():
+        transport = httpx.ASGITransport(app=app_, client=("203.0.113.9", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
+            assert [(await c.post("/other")).text for _ in range(4)] == ["other"] * 4  # not the login route
+            assert [(await c.get("/login")).status_code for _ in range(4)] == [400] * 4  # a GET is not a login
+            first = [(await c.post("/login/", data={"username": "u", "password": "x"})).status_code for _ in range(3)]
+            after = await c.post("/login", data={"username": "u", "password": "x"})
+            return first, after
+
+    first, after = asyncio.run(run())
+    assert first == [400, 400, 429] and after.status_code == 429
+    assert 1 <= int(after.headers["retry-after"]) <= 60 and after.headers["content-type"] == "application/json"
+
+
+def test_api_keys_belong_to_users_and_weak_ones_are_refused(tmp_path, monkeypatch):
+    from krishna_ai.studio.access import ApiKeys
+
+    f = tmp_path / "keys.txt"
+    f.write_text("asha:" + "a" * 16 + "\n")
+    monkeypatch.setenv("KRISHNA_AI_API_KEYS", "bob:" + "b" * 20)
+    keys = ApiKeys.load(str(f))
+    assert keys and keys.user_for("Bearer " + "a" * 16) == "asha" and keys.user_for("bearer " + "b" * 20) == "bob"
+    assert keys.user_for("Bearer " + "a" * 15) is None and keys.user_for("Basic " + "a" * 16) is None
+    assert keys.user_for(None) is None and keys.user_for("Bearer ") is None
+    with pytest.raises(ConfigError, match="at least 16 characters: the key of 'carl' is shorter"):
+        ApiKeys([("carl", "short")])
+    with pytest.raises(ConfigError, match="no such file"):
+        ApiKeys.load(str(tmp_path / "none.txt"))
+    monkeypatch.delenv("KRISHNA_AI_API_KEYS")
+    assert not ApiKeys.load(None)
