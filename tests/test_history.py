@@ -519,3 +519,76 @@ def test_stopped_cut_and_imported_replies_are_not_training_targets(store, tmp_pa
     bad = json.loads(exported)
     bad["messages"][1]["meta"] = {"sources": "not a list", "model": 3}
     assert "Partha" in to_markdown(store.chat("bob", import_chat(store, "bob", json.dumps(bad), personas=PERSONAS).id))
+
+
+def test_markdown_export_is_exactly_what_a_reader_sees(store, tmp_path):
+    leaf = tmp_path / "leaf.png"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(leaf)
+    chat = store.new_chat("asha", "maize", title="Leaf check")
+    store.add_message("asha", chat.id, "user", "What is this?", image=leaf)
+    old = store.add_message("asha", chat.id, "assistant", "Hidden reply")
+    store.retry("asha", chat.id)
+    r = store.add_message("asha", chat.id, "assistant", "  Diagnosis: Common Rust  ",
+                          meta={"model": "e2b", "sources": [{"title": "Rust", "source": "CIMMYT"}, "junk"]})
+    store.feedback("asha", r.id, -1)
+    store.add_message("asha", chat.id, "user", "   ")
+    got = store.chat("asha", chat.id)
+    image = got.messages[0].image.name
+    when = f"{got.created_at:%Y-%m-%d %H:%M}"
+    assert to_markdown(got) == (
+        f"# Leaf check\n\n*maize · {when} UTC*\n\n**You**:\n\n*[image: {image}]*\n\nWhat is this?\n\n"
+        "**maize**:\n\nDiagnosis: Common Rust\n\n<sub>model e2b · 👎 · sources: Rust — CIMMYT</sub>\n\n"
+        "**You**:\n\n*(empty)*\n")
+    assert to_markdown(got, "Maize expert").startswith(f"# Leaf check\n\n*Maize expert · {when} UTC*")
+    assert "**Maize expert**:" in to_markdown(got, "Maize expert") and old.content not in to_markdown(got)
+    store.feedback("asha", r.id, 1)
+    assert "<sub>model e2b · 👍 · sources" in to_markdown(store.chat("asha", chat.id))
+
+
+def test_an_exported_example_carries_the_prompt_the_app_built():
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.prompting import build_turn
+    from krishna_ai.history.chatfile import system_message
+    from krishna_ai.history.schema import StoredMessage
+
+    personas = load_personas()
+    for pid, question, who in (("krishna", "I failed my exam again. What should I do?", "Thomas Edison"),
+                               ("aurora", "Who built the fort at Raigad?", None), ("pet", "improve: a poem", None)):
+        persona = personas[pid]
+        turn = build_turn(persona, [], question, personality=who)
+        reply = StoredMessage(id=1, seq=2, role="assistant", content="x", meta={
+            "personality": turn.personality, "sources": [{"id": c.id, "title": c.title} for c in turn.sources]})
+        assert system_message(persona, reply, question) == turn.messages[0], pid
+
+
+def test_turns_merge_questions_in_a_row_and_pairs_need_two_different_answers(store):
+    from datetime import datetime
+
+    from krishna_ai.history.schema import ChatInfo, StoredMessage
+
+    def msg(i, role, content, **kw):
+        return StoredMessage(id=i, seq=i, role=role, content=content, **kw)
+
+    done = {"stats": {"finish_reason": "end_of_turn"}}
+    chat = ChatInfo(id="c", title="t", persona="pet", created_at=datetime(2026, 1, 1), updated_at=datetime(2026, 1, 1))
+    chat.messages = [
+        msg(1, "assistant", "a greeting before any question"),  # no question yet: not an answer to anything
+        msg(2, "user", "Q1"), msg(3, "user", "more"),  # two in a row: one turn
+        msg(4, "assistant", "same", meta=done, feedback=1), msg(5, "assistant", "same", superseded=True),
+        msg(6, "assistant", "   ", feedback=-1, superseded=True),  # empty: never a rejected answer
+        msg(7, "user", "Q2"),
+        msg(8, "assistant", "first", meta=done, superseded=True), msg(9, "assistant", "second", meta=done),
+        msg(10, "assistant", "third", meta=done, feedback=-1),
+    ]
+    sft, dpo = feedback_examples([chat])
+    assert sft == {"pet": [{"messages": [{"role": "user", "content": "Q1\nmore"},
+                                         {"role": "assistant", "content": "same"}],
+                            "meta": {"chat": "c", "message": 4}}]}
+    prompt = [{"role": "user", "content": "Q1\nmore"}, {"role": "assistant", "content": "same"},
+              {"role": "user", "content": "Q2"}]
+    assert dpo == {"pet": [  # the identical "same" pair is dropped; "second" (kept, not disliked) beats both others
+        {"prompt": prompt, "chosen": [{"role": "assistant", "content": "second"}],
+         "rejected": [{"role": "assistant", "content": "first"}]},
+        {"prompt": prompt, "chosen": [{"role": "assistant", "content": "second"}],
+         "rejected": [{"role": "assistant", "content": "third"}]}]}
+    assert feedback_examples([chat], {"krishna": None}) == ({}, {})  # a persona not exported: left out
