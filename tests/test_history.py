@@ -592,3 +592,48 @@ def test_turns_merge_questions_in_a_row_and_pairs_need_two_different_answers(sto
         {"prompt": prompt, "chosen": [{"role": "assistant", "content": "second"}],
          "rejected": [{"role": "assistant", "content": "third"}]}]}
     assert feedback_examples([chat], {"krishna": None}) == ({}, {})  # a persona not exported: left out
+
+
+def test_users_titles_listing_order_limits_and_the_operators_view(store):
+    import time as clock
+
+    from krishna_ai.history.store import clean_title
+
+    assert store.users() == []
+    a = store.new_chat("bob", "pet", title="  spaced \n title  ")
+    assert a.title == "spaced title" and store.new_chat("bob", "pet", title="   ").title == "New chat"
+    assert clean_title("x" * 200) == "x" * 119 + "…" and len(clean_title("y" * 120)) == 120
+    clock.sleep(0.01)
+    b = store.new_chat("asha", "krishna", title="100% sure_thing")
+    store.new_chat("asha", "krishna", title="100 percent surething")
+    assert store.users() == ["asha", "bob"]  # sorted
+    assert [c.title for c in store.chats("asha", "100%")] == ["100% sure_thing"]  # % and _ are text, not wildcards
+    assert [c.title for c in store.chats("asha", "_t")] == ["100% sure_thing"]
+    assert len(store.chats("asha", limit=1)) == 1 and store.chats("nobody") == []
+    store.add_message("bob", a.id, "user", "hi")
+    assert [c.id for c in store.chats("bob")][0] == a.id  # the newest activity first
+    everyone = store.all_chats()
+    assert sorted(owner for owner, _ in everyone) == ["asha", "asha", "bob", "bob"]
+    assert [(o, c.id) for o, c in store.all_chats("asha")][0] == ("asha", b.id)  # oldest first
+    assert [m.content for o, c in store.all_chats("bob") for m in c.messages] == ["hi"]
+    with pytest.raises(InputError, match="role must be user or assistant, not 'system'"):
+        store.new_chat("asha", "pet", messages=[{"role": "system", "content": "x", "meta": {}}])
+    with pytest.raises(InputError, match="a user name is needed"):
+        store.new_chat("  ", "pet")
+    with pytest.raises(InputError, match="feedback must be 1 .* not 2"):
+        store.feedback("bob", 1, 2)
+
+
+def test_database_failures_read_as_what_to_do():
+    from krishna_ai.history.store import _reason
+
+    class Wrapped(Exception):
+        def __init__(self, orig):
+            self.orig = orig
+
+    assert _reason(Wrapped(Exception("file is not a database"))).startswith("the file is not a SQLite database")
+    assert _reason(Wrapped(Exception("attempt to write a readonly database"))) == (
+        "attempt to write a readonly database: the file or its folder is not writable")
+    assert _reason(Exception("unable to open database file\nmore")) == (
+        "unable to open database file: the file or its folder is not writable")
+    assert _reason(Exception("first line\nsecond")) == "first line" and _reason(Exception("")) == "Exception"

@@ -251,3 +251,55 @@ def test_a_person_without_cards_gets_no_other_persons_story():
     for everyday in ("My boss Mr Singh shouts at me", "Jobs are scarce in my town", "Tell me the story of Diwali"):
         turn = build_turn(P["krishna"], [], everyday)  # no person asked for: a story that fits, no closing
         assert turn.closing is None and turn.personality not in ("Milkha Singh", "Steve Jobs", "Diwali")
+
+
+def test_each_kind_of_bad_card_file_gets_its_own_message(tmp_path):
+    cases = {
+        "not-cards.toml": ('title = "x"\n', "not-cards.toml: unknown key(s) ['title']"),
+        "empty.toml": ("cards = []\n", "empty.toml: cards: empty (a card file needs at least one [[cards]])"),
+        "table.toml": ("[cards]\nid = 'x'\n", "table.toml: a card file holds [[cards]] tables only"),
+        "unnamed.toml": ("[[cards]]\ntitle = 'x'\n", "unnamed.toml: card #1: id: required field is missing"),
+        "second.toml": (CARD + CARD.replace('"x-one"', "7"), "second.toml: card #2: id: "),
+    }
+    for name, (text, expected) in cases.items():
+        bank = tmp_path / name.removesuffix(".toml")
+        bank.mkdir()
+        (bank / name).write_text(text)
+        with pytest.raises(PersonaError) as exc:
+            load_bank(bank)
+        assert expected in str(exc.value), (name, str(exc.value))
+
+
+def test_a_records_named_cards_come_first_and_a_null_card_shows_none():
+    from krishna_ai.core.knowledge import record_cards
+
+    krishna = P["krishna"]
+    question = "I failed my exam again. What should I do?"
+    retrieved = [c.id for c in ground(krishna, question).cards]
+    bank = load_bank(krishna.knowledge.bank)
+    other = next(c.id for c in bank.cards if c.id not in retrieved)
+    assert [c.id for c in record_cards(krishna, {"question": question})] == retrieved
+    named = [c.id for c in record_cards(krishna, {"question": question, "card": other})]
+    assert named[0] == other and named[1:] == [i for i in retrieved if i != other][:krishna.knowledge.top_k - 1]
+    assert [c.id for c in record_cards(krishna, {"question": question, "cards": [other]})] == named
+    assert record_cards(krishna, {"question": question, "card": None}) == []
+    assert record_cards(krishna, {"question": question, "cards": []}) == []
+    assert record_cards(P["pet"], {"question": question}) is None  # no bank
+
+
+def test_a_damaged_index_cache_is_rebuilt_not_fatal(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    (bank / "a.toml").write_text(CARD)
+    first = load_bank(bank)
+    assert [h.card.id for h in first.search("Analytical Engine")] == ["x-one"]
+    saved = next((tmp_path / "cache" / "bm25").iterdir())
+    for f in saved.iterdir():
+        f.write_text("{damaged")
+    from krishna_ai.core import knowledge
+
+    knowledge._BANKS.clear()
+    again = load_bank(bank)
+    assert [h.card.id for h in again.search("Analytical Engine")] == ["x-one"]
+    assert json.loads((saved / "params.index.json").read_text())  # written afresh
