@@ -3,6 +3,7 @@
     python .ci/mutation.py            # mutmut run, then the score per module; exit 1 below the target
     python .ci/mutation.py --report   # the score of the last run only (mutants/ is kept between runs)
     python .ci/mutation.py --survivors krishna_ai/core/style.py   # the diff of every surviving mutant there
+    python .ci/mutation.py --only krishna_ai/history/store.py --only krishna_ai/studio/access.py   # some modules
 
 mutmut changes one thing at a time in a copy of the source (a `<` into `<=`, a string into another,
 a call argument dropped...) and runs the tests that reach the changed function; a mutant the tests
@@ -43,12 +44,12 @@ def outcomes(module: str) -> Counter[str]:
     return Counter(KILLED.get(code) or OTHER.get(code, "suspicious") for code in codes.values())
 
 
-def report() -> bool:
-    """Print the table; True when every module reaches the target."""
+def report(only: list[str] | None = None) -> bool:
+    """Print the table (of `only`, when given); True when every module reaches the target."""
     print(f"| module | mutants | killed | survived | no tests | score (target {TARGET:.0%}) |")
     print("|---|---|---|---|---|---|")
     ok = True
-    for module in modules():
+    for module in only or modules():
         c = outcomes(module)
         total = sum(c.values())
         killed = c["killed"] + c["timeout"] + c["caught by type check"]
@@ -71,7 +72,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--report", action="store_true", help="only print the score of the last run")
     ap.add_argument("--survivors", metavar="MODULE", help="show the surviving mutants of one module")
+    ap.add_argument("--only", action="append", metavar="MODULE", help="mutate only this module (repeatable)")
     args = ap.parse_args()
+    unknown = sorted(set(args.only or []) - set(modules()))
+    if unknown:
+        raise SystemExit(f"not in pyproject's only_mutate: {', '.join(unknown)}")
     if args.survivors:
         survivors(args.survivors)
         return 0
@@ -81,11 +86,13 @@ def main() -> int:
         # the tests' model cache stays the checkout's (mutmut runs them from a copy in mutants/)
         cache = os.environ.get("KRISHNA_AI_TEST_CACHE", str(ROOT / ".test-cache"))
         env = {**os.environ, "KRISHNA_AI_TEST_CACHE": cache}
-        run = subprocess.run(["mutmut", "run", "--max-children", "2"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        names = [m.removesuffix(".py").replace("/", ".") + ".*" for m in args.only or []]
+        run = subprocess.run(["mutmut", "run", "--max-children", "2", *names], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL)
         if run.returncode not in (0, 1):
             print(f"mutmut run failed (exit {run.returncode})", file=sys.stderr)
             return run.returncode
-    return 0 if report() else 1
+    return 0 if report(args.only) else 1
 
 
 if __name__ == "__main__":
