@@ -146,3 +146,23 @@ def test_a_slow_load_never_holds_up_replies_from_a_loaded_model(scripted):
     second.join(5)
     assert waited < 1.0, f"a reply from a loaded model waited {waited:.1f} s for another model's load"
     assert studio.loaded() == ["fast", "slow"]  # loaded once, not twice
+
+
+def test_a_chat_longer_than_the_context_keeps_its_latest_turns_and_says_how_many_it_left_out(light_engine,
+                                                                                               monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(light_engine, "_info", dataclasses.replace(light_engine.info, context_length=400))
+    history = []
+    for i in range(12):
+        history += [{"role": "user", "content": f"Question {i}: " + "tell me more " * 8},
+                    {"role": "assistant", "content": f"Answer {i}: " + "here is more " * 8}]
+    reply = light_engine.stream([*history, {"role": "user", "content": "And the last one?"}],
+                                SamplingParams(temperature=0, max_new_tokens=4))
+    reply.read()
+    stats = reply.stats
+    assert 0 < stats.dropped_turns < 12 and stats.prompt_tokens <= 396
+    assert f"{stats.dropped_turns} earlier exchange" in stats.line() and "left out to fit the context" in stats.line()
+    short = light_engine.stream(ASK, SamplingParams(temperature=0, max_new_tokens=2))
+    short.read()
+    assert short.stats.dropped_turns == 0 and "left out" not in short.stats.line()

@@ -70,6 +70,8 @@ class ReplyStats:
     """MatFormer slice the reply ran as (None: the full model)."""
     switch_note: str | None = None
     """What a live slice switch before this reply cost (None when no switch was needed)."""
+    dropped_turns: int = 0
+    """Earlier exchanges (question and reply) left out of the prompt so the chat fits the context."""
     started: float = field(default_factory=time.perf_counter, repr=False)
     """`time.perf_counter()` at the request: every engine passes the moment its `stream()` was called, so
     time to first token means the same on every back end (prompt checks, fitting and tokenising included)."""
@@ -84,6 +86,8 @@ class ReplyStats:
         tail = f" · {FINISH_LABELS[self.finish_reason]}" if self.finish_reason else ""
         tail += f" · slice {self.slice}" if self.slice else ""
         tail += f" · {self.switch_note}" if self.switch_note else ""
+        tail += (f" · {self.dropped_turns} earlier exchange{'s' if self.dropped_turns > 1 else ''} left out to fit "
+                 "the context") if self.dropped_turns else ""
         return (f"{self.tokens} tokens · {self.tokens_per_s:.1f} tok/s · first token {ttft} · "
                 f"prompt {self.prompt_tokens} tokens{tail}")
 
@@ -202,6 +206,11 @@ class Engine(Protocol):
         """Free what the engine holds (a model, a server's connections) once the replies in flight have ended;
         called when the Studio evicts it. The engine is not used after."""
         ...
+
+
+def dropped_turns(before: list[Message], after: list[Message]) -> int:
+    """How many exchanges `fit_history` left out between the messages asked for and those prepared."""
+    return max(0, len(before) - len(after)) // 2
 
 
 def prepare(engine: Engine, messages: list[Message], params: SamplingParams | None,

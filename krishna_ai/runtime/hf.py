@@ -23,6 +23,7 @@ from krishna_ai.runtime.engine import (
     FinishReason,
     Reply,
     ReplyStats,
+    dropped_turns,
     end_token_ids,
     generation_failed,
     prepare,
@@ -185,10 +186,11 @@ class HFEngine:
         live on the loaded weights; None runs the full model.
         """
         started = time.perf_counter()
-        messages, params = prepare(self, messages, params, slice)
-        inputs = self.encode(messages)
+        fitted, params = prepare(self, messages, params, slice)
+        inputs = self.encode(fitted)
         stop_event = stop_event or threading.Event()
-        stats = ReplyStats(prompt_tokens=int(inputs["input_ids"].shape[-1]), slice=slice or None, started=started)
+        stats = ReplyStats(prompt_tokens=int(inputs["input_ids"].shape[-1]), slice=slice or None, started=started,
+                           dropped_turns=dropped_turns(messages, fitted))
         return Reply(self._run(inputs, params, stop_event, stats), stop_event, stats)
 
     def generate_batch(self, conversations: list[list[Message]],

@@ -41,6 +41,7 @@ from krishna_ai.runtime.engine import (
     EngineInfo,
     Reply,
     ReplyStats,
+    dropped_turns,
     end_token_ids,
     family_of,
     generation_failed,
@@ -222,8 +223,8 @@ class LlamaCppEngine:
                stop_event: threading.Event | None = None, *, slice: str | None = None) -> Reply:
         """Start a reply to `messages`; prompt errors are raised here, generation errors from the iterator."""
         started = time.perf_counter()
-        messages, params = prepare(self, messages, params, slice)
-        return self._reply(self.tokenize(messages), params, stop_event, started)
+        fitted, params = prepare(self, messages, params, slice)
+        return self._reply(self.tokenize(fitted), params, stop_event, started, dropped_turns(messages, fitted))
 
     def complete(self, prompt: str, params: SamplingParams | None = None,
                  stop_event: threading.Event | None = None) -> Reply:
@@ -242,9 +243,9 @@ class LlamaCppEngine:
         return [self.stream(conv, params).completion() for conv in conversations]
 
     def _reply(self, tokens: list[int], params: SamplingParams, stop_event: threading.Event | None,
-               started: float) -> Reply:
+               started: float, dropped: int = 0) -> Reply:
         stop_event = stop_event or threading.Event()
-        stats = ReplyStats(prompt_tokens=len(tokens), started=started)
+        stats = ReplyStats(prompt_tokens=len(tokens), started=started, dropped_turns=dropped)
         return Reply(self._run(tokens, params, stop_event, stats), stop_event, stats)
 
     def _sampling(self, params: SamplingParams, prompt_length: int) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from krishna_ai.runtime.engine import (
     EngineInfo,
     Reply,
     ReplyStats,
+    dropped_turns,
     family_of,
     generation_failed,
     prepare,
@@ -203,12 +204,13 @@ class RemoteEngine:
     def stream(self, messages: list[Message], params: SamplingParams | None = None,
                stop_event: threading.Event | None = None, *, slice: str | None = None) -> Reply:
         started = time.perf_counter()
-        messages, params = prepare(self, messages, params, slice)
+        fitted, params = prepare(self, messages, params, slice)
         stop_event = stop_event or threading.Event()
-        stats = ReplyStats(prompt_tokens=self.count_tokens(messages), started=started)
+        stats = ReplyStats(prompt_tokens=self.count_tokens(fitted), started=started,
+                           dropped_turns=dropped_turns(messages, fitted))
         with self._idle:  # counted from here, so an engine evicted before the first chunk waits for it
             self._in_flight += 1
-        return Reply(self._run(to_openai(messages), params, stop_event, stats), stop_event, stats)
+        return Reply(self._run(to_openai(fitted), params, stop_event, stats), stop_event, stats)
 
     def generate_batch(self, conversations: list[list[Message]],
                        params: SamplingParams | None = None) -> list[Completion]:

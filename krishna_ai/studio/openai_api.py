@@ -108,7 +108,8 @@ def _extra(update: Update) -> dict[str, Any]:
         "personality": update.personality,
         "finish_reason": s.finish_reason if s else None,
         "stats": None if s is None else {"tokens": s.tokens, "prompt_tokens": s.prompt_tokens, "ttft_s": s.ttft_s,
-                                         "tokens_per_s": round(s.tokens_per_s, 2), "total_s": round(s.total_s, 3)},
+                                         "tokens_per_s": round(s.tokens_per_s, 2), "total_s": round(s.total_s, 3),
+                                         "dropped_turns": s.dropped_turns},
     }
 
 
