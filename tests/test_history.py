@@ -637,3 +637,34 @@ def test_database_failures_read_as_what_to_do():
     assert _reason(Exception("unable to open database file\nmore")) == (
         "unable to open database file: the file or its folder is not writable")
     assert _reason(Exception("first line\nsecond")) == "first line" and _reason(Exception("")) == "Exception"
+
+
+def test_saved_images_are_encoded_one_exact_way_and_named_by_their_hash(tmp_path):
+    import hashlib
+    import io
+    import re
+
+    from krishna_ai.history.images import SavedImage, check_image_size
+    from krishna_ai.history.schema import MAX_IMAGE_BYTES
+
+    photo, drawing = tmp_path / "p.jpg", tmp_path / "d.gif"
+    Image.new("RGB", (24, 24), (200, 30, 10)).save(photo, format="JPEG", quality=50)
+    Image.new("RGB", (24, 24), (10, 30, 200)).save(drawing, format="GIF")
+    for src, fmt, options, ext in ((photo, "JPEG", {"quality": 92}, "jpg"), (drawing, "PNG", {}, "png")):
+        saved = SavedImage.of(src)
+        with Image.open(src) as img:
+            ref = io.BytesIO()
+            img.convert("RGB").save(ref, format=fmt, **options)
+        assert saved.data == ref.getvalue()  # JPEG at quality 92, PNG as Pillow writes it by default
+        assert re.fullmatch(rf"[0-9a-f]{{32}}\.{ext}", saved.name)
+        assert saved.name.startswith(hashlib.sha256(saved.data).hexdigest()[:32])
+    exact = tmp_path / "exact.bin"
+    exact.write_bytes(b"\0" * MAX_IMAGE_BYTES)
+    check_image_size(exact)  # at the limit: allowed (the decoder judges the content)
+    exact.write_bytes(b"\0" * (MAX_IMAGE_BYTES + 1))
+    with pytest.raises(ImageError) as err:
+        check_image_size(exact)
+    assert str(err.value) == "the image is 10.5 MB; at most 10 MB is saved"
+    with pytest.raises(ImageError) as err:
+        check_image_size(tmp_path)
+    assert str(err.value) == f"the image {tmp_path.name!r} is not a file"
