@@ -668,3 +668,38 @@ def test_saved_images_are_encoded_one_exact_way_and_named_by_their_hash(tmp_path
     with pytest.raises(ImageError) as err:
         check_image_size(tmp_path)
     assert str(err.value) == f"the image {tmp_path.name!r} is not a file"
+
+
+@pytest.mark.parametrize("meta", [{"safety": "self_harm"}, {"stats": {"finish_reason": "max_tokens"}},
+                                  {"stats": {"finish_reason": "run_on"}}, {"stats": {"finish_reason": "error"}},
+                                  {"stats": {"finish_reason": "stopped"}}])
+def test_a_reply_that_did_not_end_well_or_came_from_no_model_is_never_learnt(store, meta):
+    chat = store.new_chat("asha", "pet")
+    store.add_message("asha", chat.id, "user", "Q")
+    bad = store.add_message("asha", chat.id, "assistant", "A reply", meta=meta)
+    store.feedback("asha", bad.id, 1)
+    store.add_message("asha", chat.id, "assistant", "Another reply", meta={"stats": {"finish_reason": "end_of_turn"}})
+    sft, dpo = feedback_examples([store.chat("asha", chat.id)])
+    assert sft == {} and all(p["chosen"][0]["content"] != "A reply" for p in dpo.get("pet", []))
+    good = store.new_chat("asha", "pet")
+    store.add_message("asha", good.id, "user", "Q")
+    fine = store.add_message("asha", good.id, "assistant", "Fine", meta={"stats": {"finish_reason": "end_of_turn"}})
+    store.feedback("asha", fine.id, 1)
+    assert feedback_examples([store.chat("asha", good.id)])[0]["pet"][0]["messages"][-1]["content"] == "Fine"
+
+
+def test_an_import_keeps_where_images_were_drops_questions_thumbs_and_names_the_file(store):
+    data = {"format": "krishna_ai.chat", "version": 1, "title": "   ", "persona": "maize", "messages": [
+        {"role": "user", "content": "Look", "image": "leaf.png", "feedback": 1},
+        {"role": "assistant", "content": "Rust", "feedback": -1}]}
+    chat = store.chat("asha", import_chat(store, "asha", json.dumps(data), personas=PERSONAS).id)
+    assert chat.title == "Imported chat"
+    q, a = chat.messages
+    assert q.meta == {"imported": True, "image_not_imported": "leaf.png"} and q.feedback is None
+    assert a.feedback == -1 and a.meta == {"imported": True}
+    with pytest.raises(InputError) as exc:
+        import_chat(store, "asha", "[]", personas=PERSONAS)
+    assert str(exc.value) == "the file: expected a JSON object (a krishna_ai chat export)"
+    with pytest.raises(InputError, match="mine.json") as exc:
+        import_chat(store, "asha", json.dumps({**data, "format": "other"}), "mine.json", PERSONAS)
+    assert "got 'other'" in str(exc.value)
