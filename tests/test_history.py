@@ -703,3 +703,14 @@ def test_an_import_keeps_where_images_were_drops_questions_thumbs_and_names_the_
     with pytest.raises(InputError, match="mine.json") as exc:
         import_chat(store, "asha", json.dumps({**data, "format": "other"}), "mine.json", PERSONAS)
     assert "got 'other'" in str(exc.value)
+
+
+def test_search_folds_accents_case_from_three_letters_and_takes_any_quote(store):
+    chat = store.new_chat("asha", "aurora")
+    store.add_message("asha", chat.id, "user", 'Un été à l\'école, she said "hi there"')
+    assert [c.id for c in store.chats("asha", "ÉTÉ")] == [chat.id]  # 3 letters: the index, which folds case
+    assert [c.id for c in store.chats("asha", 'said "hi')] == [chat.id]  # a stray quote is text
+    assert [c.id for c in store.chats("asha", '"hi there"')] == [chat.id]
+    for i in range(201):
+        store.new_chat("asha", "pet", title=f"chat {i}")
+    assert len(store.chats("asha")) == 200  # the sidebar's page
