@@ -303,3 +303,47 @@ def test_a_damaged_index_cache_is_rebuilt_not_fatal(tmp_path, monkeypatch):
     again = load_bank(bank)
     assert [h.card.id for h in again.search("Analytical Engine")] == ["x-one"]
     assert json.loads((saved / "params.index.json").read_text())  # written afresh
+
+
+def test_a_cards_keywords_and_person_are_searched_and_indexing_is_quiet(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
+    bank = tmp_path / "quiet"
+    bank.mkdir()
+    (bank / "a.toml").write_text(CARD + '''
+[[cards]]
+id = "x-two"
+title = "Two"
+person = "Grace Hopper"
+themes = ["debugging"]
+keywords = ["zebrafish"]
+text = "A computer pioneer found a moth in a relay of the Mark II in 1947."
+source = "Encyclopaedia Britannica, 'Grace Hopper'"
+''')
+    loaded = load_bank(bank)
+    assert loaded.folder == bank and loaded.name == "quiet" and loaded.card("x-two").person == "Grace Hopper"
+    assert [h.card.id for h in loaded.search("zebrafish")] == ["x-two"]  # only in its keywords
+    assert [h.card.id for h in loaded.search("Hopper")] == ["x-two"]  # only in its person
+    from krishna_ai.core import knowledge
+
+    knowledge._BANKS.clear()
+    load_bank(bank).search("zebrafish")  # from the saved index this time
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # no progress bars from the index, built or loaded
+
+
+def test_a_records_person_and_the_retrieved_cards_after_the_named_one():
+    from krishna_ai.core.knowledge import record_cards, teachings_for
+
+    aurora = P["aurora"]
+    question = "Who built the fort at Raigad and how was Shivaji crowned there?"
+    retrieved = [c.id for c in record_cards(aurora, {"question": question})]
+    assert len(retrieved) == aurora.knowledge.top_k == 2
+    bank = load_bank(aurora.knowledge.bank)
+    other = next(c.id for c in bank.cards if c.id not in retrieved)
+    named = [c.id for c in record_cards(aurora, {"question": question, "card": other})]
+    assert named == [other, *[i for i in retrieved if i != other][:aurora.knowledge.top_k - 1]]
+    krishna = P["krishna"]
+    person = "Thomas Edison"
+    cards = record_cards(krishna, {"question": "Tell me a story about never giving up", "personality": person})
+    assert cards and all(c.person == person for c in cards)
+    assert teachings_for(P["pet"], "I keep breaking my promise") == []  # no counsel bank
