@@ -7,6 +7,7 @@ its default policy; the loader records what it was asked to load, so "refused" m
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import pytest
@@ -299,13 +300,15 @@ def test_logins_come_from_every_source_together_and_errors_name_each_line(tmp_pa
     assert parse_credentials("  a :1\n# x\nb:2", "f") == [("a", "1"), ("b", "2")]
 
 
-def test_login_guard_delays_and_its_coroutine():
+def test_login_guard_delays_and_its_coroutine(caplog):
     import asyncio
 
     now = [100.0]
     guard = LoginGuard([("u", "right")], clock=lambda: now[0])
     assert [guard.delay_for(n) for n in (0, 1, 2, 3, 7, 20)] == [0.0, 0.25, 0.5, 1.0, 8.0, 8.0]  # capped at 8 s
-    assert guard.check("u", "wrong") == (False, 0.25)
+    with caplog.at_level(logging.WARNING, logger="krishna_ai.studio.access"):
+        assert guard.check("u", "wrong") == (False, 0.25)
+    assert caplog.records[-1].getMessage() == "failed login for user 'u' (1 in a row)"
     now[0] += 1
     assert guard.check("u", "right") == (True, 0.0)
     assert "u" not in guard._failures  # a success forgets the failures
@@ -322,7 +325,7 @@ def test_login_guard_delays_and_its_coroutine():
         loop.close()
 
 
-def test_login_limit_counts_only_failed_posts_to_the_login_route():
+def test_login_limit_counts_only_failed_posts_to_the_login_route(caplog):
     import asyncio
 
     import httpx
@@ -336,7 +339,7 @@ def test_login_limit_counts_only_failed_posts_to_the_login_route():
         return JSONResponse({}, status_code=400)
 
     async def other(request):
-        return PlainTextResponse("other")
+        return PlainTextResponse("other" + (await request.body()).decode())  # reads what the client sent
 
     inner = Starlette(routes=[Route("/login", login, methods=["GET", "POST"]),
                               Route("/login/", login, methods=["POST"]), Route("/other", other, methods=["POST"])])
@@ -345,14 +348,17 @@ def test_login_limit_counts_only_failed_posts_to_the_login_route():
     async def run():
         transport = httpx.ASGITransport(app=app_, client=("203.0.113.9", 1))
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
-            assert [(await c.post("/other")).text for _ in range(4)] == ["other"] * 4  # not the login route
+            assert [(await c.post("/other", content=b"!")).text for _ in range(4)] == ["other!"] * 4  # not login
             assert [(await c.get("/login")).status_code for _ in range(4)] == [400] * 4  # a GET is not a login
             first = [(await c.post("/login/", data={"username": "u", "password": "x"})).status_code for _ in range(3)]
             after = await c.post("/login", data={"username": "u", "password": "x"})
             return first, after
 
-    first, after = asyncio.run(run())
+    with caplog.at_level(logging.WARNING, logger="krishna_ai.studio.access"):
+        first, after = asyncio.run(run())
     assert first == [400, 400, 429] and after.status_code == 429
+    assert re.search(r"^login attempts from 203\.0\.113\.9 refused for (59|60) s \(too many failures\)$",
+                     caplog.records[-1].getMessage())
     # the window began at the first failure, moments ago: about a minute to wait, rounded up
     assert int(after.headers["retry-after"]) in (59, 60) and after.headers["content-type"] == "application/json"
 
