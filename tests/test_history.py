@@ -714,3 +714,30 @@ def test_search_folds_accents_case_from_three_letters_and_takes_any_quote(store)
     for i in range(201):
         store.new_chat("asha", "pet", title=f"chat {i}")
     assert len(store.chats("asha")) == 200  # the sidebar's page
+
+
+def test_message_ids_with_or_without_their_m_and_unknown_users_stay_unknown(store, tmp_path):
+    chat = store.new_chat("asha", "pet")
+    for i in range(35):
+        store.add_message("asha", chat.id, "user", f"q{i}")
+        last = store.add_message("asha", chat.id, "assistant", f"a{i}")
+    assert last.id > 62
+    store.feedback("asha", f"m{last.id}", 1)  # as the UI sends it
+    store.feedback("asha", str(last.id - 2), -1)  # as an API client may
+    assert [m.feedback for m in store.chat("asha", chat.id).messages[-3:]] == [-1, None, 1]
+    with pytest.raises(ChatNotFound) as exc:
+        store.feedback("asha", "m99999", 1)
+    assert str(exc.value) == "no message 'm99999' in your history"
+    with pytest.raises(ChatNotFound):
+        store.chat("mallory", chat.id)
+    assert store.users() == ["asha"]  # a failed read never creates its user
+
+
+def test_check_reports_a_broken_foreign_key(store, tmp_path):
+    conversation(store)
+    raw = sqlite3.connect(tmp_path / "history.db")  # foreign keys are off in a bare connection
+    raw.execute("INSERT INTO messages (chat_id, seq, role, content, meta, superseded, created_at) "
+                "VALUES ('no-such-chat', 1, 'user', 'orphan', '{}', 0, '2026-01-01')")
+    raw.commit()
+    raw.close()
+    assert store.check() == ["foreign key broken in messages"]
