@@ -741,3 +741,31 @@ def test_check_reports_a_broken_foreign_key(store, tmp_path):
     raw.commit()
     raw.close()
     assert store.check() == ["foreign key broken in messages"]
+
+
+def test_the_stores_refusals_say_exactly_what_and_undo_returns_every_question(store, tmp_path):
+    chat, q, a = conversation(store)
+    assert q.created_at is not None and store.chat("asha", chat.id).messages[0].created_at is not None
+    with pytest.raises(InputError) as exc:
+        store.feedback("asha", q.id, 1)
+    assert str(exc.value) == "only a reply can be liked or disliked"
+    with pytest.raises(InputError) as exc:
+        store.add_message("asha", chat.id, "system", "x")
+    assert str(exc.value) == "a saved message's role must be user or assistant, not 'system'"
+    with pytest.raises(InputError) as exc:
+        store.undo("asha", chat.id, a.id)  # a reply's id is not a question's
+    assert str(exc.value) == (f"message {a.id!r} is not this chat's last question: the chat changed since "
+                              "(in another tab?); reopen it from the list")
+    store.add_message("asha", chat.id, "user", "First part")
+    store.add_message("asha", chat.id, "user", "second part")
+    assert store.undo("asha", chat.id) == "First part\nsecond part"
+    copy = store.new_chat("asha", "pet", messages=[{"role": "user", "content": "x", "meta": {}},
+                                                    {"role": "assistant", "content": "y", "meta": {}}])
+    assert [m.seq for m in store.chat("asha", copy.id).messages] == [1, 2]
+    leaf = tmp_path / "leaf.png"
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(leaf)
+    pic = store.new_chat("asha", "maize")
+    saved = store.add_message("asha", pic.id, "user", "look", image=leaf).image
+    saved.unlink()  # someone cleaned the data folder by hand
+    store.delete("asha", pic.id)  # still deletes, without an error
+    assert pic.id not in [c.id for c in store.chats("asha")]
