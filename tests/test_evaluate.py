@@ -194,3 +194,24 @@ def test_eval_cli_bank_both_puts_the_two_side_by_side(tmp_path):
     assert cli(["eval", "--persona", "pet", "--model", "light-gguf@none", "--questions", str(questions),
                 "--json", str(out), "--max-new-tokens", "4", "--bank", "both"]) == 0
     assert [m["name"] for m in json.loads(out.read_text())["models"]] == ["light-gguf@none"]
+
+
+def test_parse_label_prefers_the_longer_label_and_never_a_part_of_one():
+    from krishna_ai.training.evaluate import parse_label
+
+    labels = ["Blight", "Northern Leaf Blight", "Rust", "Rust Spot"]
+    assert parse_label("Blight, I think. Looking closer: Northern Leaf Blight.", labels) == "Northern Leaf Blight"
+    assert parse_label("Rust Spot on the leaves", labels) == "Rust Spot"
+    assert parse_label("rust spot, clearly", labels) == "Rust Spot"
+
+
+def test_hit_at_3_counts_three_cards_of_the_person_a_question_names():
+    from krishna_ai.core.knowledge import load_bank
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.training.evaluate import top3
+
+    krishna = load_personas()["krishna"]
+    bank = load_bank(krishna.knowledge.bank)
+    ids = top3(krishna, "Tell me a story about Thomas Edison and failure")
+    assert 1 <= len(ids) <= 3 and all(bank.card(i).person == "Thomas Edison" for i in ids)
+    assert len(top3(krishna, "I failed my exam and feel like giving up on my studies")) == 3
