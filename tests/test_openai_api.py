@@ -147,3 +147,12 @@ def test_every_bad_body_is_a_clear_4xx_and_random_bodies_never_a_500(launched):
             resp = http.post("/v1/chat/completions", content=json.dumps(body),
                              headers={"Content-Type": "application/json"})
             assert resp.status_code < 500, (body, resp.text)
+
+
+def test_a_bad_key_file_is_refused_at_start(tmp_path, capsys):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("asha:short\n")
+    assert app.main(["--port", str(free_port()), "--no-preload", "--api-key-file", str(keys)]) == 2
+    assert "API keys must be at least 16 characters: the key of 'asha' is shorter" in capsys.readouterr().err
+    assert app.main(["--port", str(free_port()), "--no-preload", "--api-key-file", str(tmp_path / "none")]) == 2
+    assert "--api-key-file" in capsys.readouterr().err
