@@ -154,6 +154,10 @@ def test_wrong_logins_never_stall_another_clients_page(tmp_path):
             took = clock.perf_counter() - started
             assert all(g.result() == 400 for g in guesses)
         assert page.status_code < 500 and took < 0.3, took
+        with httpx.Client(timeout=30) as client:  # this address has failed 6 times; the app caps it at 10/minute
+            codes = [client.post(f"{url}/login", data={"username": f"v{i}", "password": "x"}).status_code
+                     for i in range(5)]
+        assert codes[:4] == [400] * 4 and codes[4] == 429  # the address limit is installed in the real app
     finally:
         proc.terminate()
         proc.wait(30)
