@@ -61,10 +61,8 @@ def main() -> int:
 
     def via_gradio(q: str) -> tuple[float, str]:
         t0 = time.perf_counter()
-        last = ""
-        for last in gradio.submit(q, "krishna", None, 0.0, None, None, args.max_new, api_name="/chat"):
-            pass
-        return time.perf_counter() - t0, last
+        chunks = list(gradio.submit(q, "krishna", None, 0.0, None, None, args.max_new, api_name="/chat"))
+        return time.perf_counter() - t0, chunks[-1] if chunks else ""
 
     via_openai(questions[0])  # warm-up of both paths
     via_gradio(questions[0])
