@@ -67,22 +67,27 @@ def parse_credentials(text: str, where: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def file_and_env_pairs(file: str | None, flag: str, env_name: str) -> list[tuple[str, str]]:
+    """`user:secret` pairs from a file named by `flag` (one per line) and from the variable `env_name`.
+
+    In the variable, entries are separated by newlines, or by a comma that starts another `user:` (so
+    "u:pa,ss" is one secret with a comma; "u:p,v:q" is two users, as the variable has always been read)."""
+    pairs: list[tuple[str, str]] = []
+    if file:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"{flag} {file}: no such file")
+        pairs += parse_credentials(path.read_text(encoding="utf-8"), str(path))
+    env = os.environ.get(env_name, "")
+    if env.strip():
+        pairs += parse_credentials(re.sub(r",\s*(?=[^,:\s]+:)", "\n", env), f"${env_name}")
+    return pairs
+
+
 def load_credentials(auth: str | None, auth_file: str | None) -> list[tuple[str, str]]:
     """Logins from --auth, --auth-file and $KRISHNA_AI_AUTH together (none: the app needs no login)."""
-    pairs: list[tuple[str, str]] = []
-    if auth:
-        pairs += parse_credentials(auth, "--auth")
-    if auth_file:
-        path = Path(auth_file)
-        if not path.is_file():
-            raise ConfigError(f"--auth-file {auth_file}: no such file")
-        pairs += parse_credentials(path.read_text(encoding="utf-8"), str(path))
-    env = os.environ.get(AUTH_ENV, "")
-    if env.strip():
-        # Entries are separated by newlines, or by a comma that starts another `user:` (so "u:pa,ss" is one
-        # password with a comma; "u:p,v:q" is two users, as the variable has always been read).
-        pairs += parse_credentials(re.sub(r",\s*(?=[^,:\s]+:)", "\n", env), f"${AUTH_ENV}")
-    return pairs
+    pairs = parse_credentials(auth, "--auth") if auth else []
+    return pairs + file_and_env_pairs(auth_file, "--auth-file", AUTH_ENV)
 
 
 class LoginGuard:
@@ -274,16 +279,7 @@ class ApiKeys:
 
     @classmethod
     def load(cls, key_file: str | None) -> ApiKeys:
-        pairs: list[tuple[str, str]] = []
-        if key_file:
-            path = Path(key_file)
-            if not path.is_file():
-                raise ConfigError(f"--api-key-file {key_file}: no such file")
-            pairs += parse_credentials(path.read_text(encoding="utf-8"), str(path))
-        env = os.environ.get(API_KEYS_ENV, "")
-        if env.strip():
-            pairs += parse_credentials(re.sub(r",\s*(?=[^,:\s]+:)", "\n", env), f"${API_KEYS_ENV}")
-        return cls(pairs)
+        return cls(file_and_env_pairs(key_file, "--api-key-file", API_KEYS_ENV))
 
     def user_for(self, authorization: str | None) -> str | None:
         """The user whose key an `Authorization: Bearer KEY` header carries, or None."""
