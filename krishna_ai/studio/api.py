@@ -23,25 +23,14 @@ from krishna_ai.studio.saving import (
     uploaded,
     user_of,
 )
-from krishna_ai.studio.service import Studio, Update, updates
+from krishna_ai.studio.service import Studio, Update, reply_facts, updates
 
 GENERATE = "generate"  # one concurrency group for the UI and the API: Studio.concurrency replies at a time
 
 
 def reply_payload(update: Update) -> dict[str, Any]:
     """A finished reply as the `/reply` API returns it."""
-    stats = update.stats
-    return {
-        "reply": update.text,
-        "finish_reason": stats.finish_reason if stats else None,
-        "stats": {"tokens": stats.tokens, "prompt_tokens": stats.prompt_tokens, "ttft_s": stats.ttft_s,
-                  "tokens_per_s": round(stats.tokens_per_s, 2), "total_s": round(stats.total_s, 3)} if stats else None,
-        "style": [{"rule": v.rule, "message": v.message} for v in update.violations or []],
-        "safety": update.safety,
-        "personality": update.personality,
-        "sources": [{"id": c.id, "title": c.title, "person": c.person, "source": c.source, "text": c.text}
-                    for c in update.sources],
-    }
+    return {"reply": update.text, **reply_facts(update, card_text=True)}
 
 
 def register_api(studio: Studio) -> None:

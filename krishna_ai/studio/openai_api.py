@@ -32,7 +32,7 @@ from starlette.routing import Route
 from krishna_ai.core.errors import GenerationError, ImageError, InputError, KrishnaError, ModelUnavailable
 from krishna_ai.studio.access import ApiKeys, BusyError, client_address
 from krishna_ai.studio.metrics import CONTENT_TYPE
-from krishna_ai.studio.service import Studio, Update, updates
+from krishna_ai.studio.service import Studio, Update, reply_facts, updates
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -100,17 +100,10 @@ def _finish(update: Update) -> str:
 
 
 def _extra(update: Update) -> dict[str, Any]:
-    s = update.stats
-    return {
-        "sources": [{"id": c.id, "title": c.title, "person": c.person, "source": c.source} for c in update.sources],
-        "style": [{"rule": v.rule, "message": v.message} for v in update.violations or []],
-        "safety": update.safety,
-        "personality": update.personality,
-        "finish_reason": s.finish_reason if s else None,
-        "stats": None if s is None else {"tokens": s.tokens, "prompt_tokens": s.prompt_tokens, "ttft_s": s.ttft_s,
-                                         "tokens_per_s": round(s.tokens_per_s, 2), "total_s": round(s.total_s, 3),
-                                         "dropped_turns": s.dropped_turns},
-    }
+    facts = reply_facts(update)
+    if facts["stats"] is not None:
+        facts["stats"]["dropped_turns"] = update.stats.dropped_turns if update.stats else 0
+    return facts
 
 
 def _usage(update: Update) -> dict[str, int]:

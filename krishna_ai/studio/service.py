@@ -68,6 +68,23 @@ class Update:
     """Set when the message spoke of a crisis: the text is then the fixed reply with real help (no model ran)."""
 
 
+def reply_facts(update: Update, *, card_text: bool = False) -> dict[str, Any]:
+    """What a finished reply rests on, as the APIs return it (`/reply`, and the OpenAI API's extra field): how it
+    ended, its stats, the style verdicts, the crisis kind, the story's person and its sources (`card_text`: with
+    each card's text)."""
+    s = update.stats
+    return {
+        "finish_reason": s.finish_reason if s else None,
+        "stats": None if s is None else {"tokens": s.tokens, "prompt_tokens": s.prompt_tokens, "ttft_s": s.ttft_s,
+                                         "tokens_per_s": round(s.tokens_per_s, 2), "total_s": round(s.total_s, 3)},
+        "style": [{"rule": v.rule, "message": v.message} for v in update.violations or []],
+        "safety": update.safety,
+        "personality": update.personality,
+        "sources": [{"id": c.id, "title": c.title, "person": c.person, "source": c.source,
+                     **({"text": c.text} if card_text else {})} for c in update.sources],
+    }
+
+
 @dataclass
 class Started:
     """A reply under way, and what it was grounded in."""
