@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -23,6 +24,17 @@ Kept between runs of one checkout, so the light model is converted once per chec
 
 
 os.environ["KRISHNA_AI_CACHE"] = str(TEST_CACHE)  # before any session fixture loads a model
+
+
+def shipped_persona(persona_id: str, *, adapters: bool = True) -> str:
+    """A shipped persona file's text with every path in it made absolute (banks, verses, the scope gate and its
+    data, adapters), so it can be written into any folder; `adapters=False` drops its adapters line."""
+    prompts = REPO / "prompts"
+    text = (prompts / f"{persona_id}.toml").read_text(encoding="utf-8")
+    if not adapters:
+        text = re.sub(r"(?m)^adapters = .*\n", "", text)
+    text = re.sub(r'"\.\./', f'"{REPO.as_posix()}/', text)
+    return re.sub(r'"(knowledge|scope)/', lambda m: f'"{prompts.as_posix()}/{m.group(1)}/', text)
 
 
 @pytest.fixture(autouse=True)

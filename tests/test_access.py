@@ -67,7 +67,7 @@ def test_a_client_cannot_pass_a_slice_config_path(guarded, tmp_path):
 
 def test_offered_models_still_work(guarded):
     client, loads, _ = guarded
-    assert client.predict("hello", "pet", model="light", api_name="/chat") == "fine"
+    assert client.predict("Write a poem about the sea", "pet", model="light", api_name="/chat") == "fine"
     assert "light" in loads
 
 
@@ -277,7 +277,7 @@ def test_a_failed_reply_frees_its_place(scripted):
     for _ in range(3):
         with pytest.raises(InputError, match="the message is empty"):
             list(studio.chat("pet", [], "   ", user="user:asha"))
-    assert list(studio.chat("pet", [], "hello", user="user:asha"))[-1].text == "ok"
+    assert list(studio.chat("pet", [], "Write a poem about the sea", user="user:asha"))[-1].text == "ok"
 
 
 def test_logins_come_from_every_source_together_and_errors_name_each_line(tmp_path, monkeypatch):

@@ -58,7 +58,7 @@ def test_chat_endpoint_streams_real_model(light_engine, tmp_path):
 def test_studio_stop_and_style_with_scripted_engine(scripted):
     engine = scripted(["Partha, ", "be ", "still. ", "Act ", "now."] * 20, delay=0.01)
     studio = Studio(load_personas(), loader=lambda spec, adapter: engine)
-    updates = studio.chat("krishna", [], "help", session="s1")
+    updates = studio.chat("krishna", [], "I am afraid of failing.", session="s1")
     next(updates)
     threading.Timer(0.05, studio.stop, ["s1"]).start()
     final = list(updates)[-1]
@@ -81,7 +81,7 @@ def test_studio_model_load_failure_keeps_running(scripted):
     with pytest.raises(ModelUnavailable):
         studio.engine("broken")
     assert studio.loaded() == ["light"]
-    assert list(studio.chat("pet", [], "hi"))[-1].text == "ok"
+    assert list(studio.chat("pet", [], "Summarise this article"))[-1].text == "ok"
 
 
 def test_ui_flow_with_scripted_engine(scripted):
@@ -91,7 +91,7 @@ def test_ui_flow_with_scripted_engine(scripted):
     demo = build_demo(studio)
     _, client = serve(demo)
     try:
-        out = client.predict("hello", "pet", api_name="/chat")
+        out = client.predict("Write a poem about the sea", "pet", api_name="/chat")
         assert out == "Partha, rise. Act."
         _, msgs_params = engine.calls[-1]
         assert (msgs_params.temperature, msgs_params.repetition_penalty) == (0.3, 1.15)  # the pet persona's defaults

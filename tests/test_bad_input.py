@@ -24,7 +24,7 @@ from krishna_ai.runtime.hf import HFEngine
 from krishna_ai.runtime.weights import load_model
 from krishna_ai.studio.service import Studio
 from krishna_ai.studio.ui import build_demo
-from tests.conftest import REPO, serve
+from tests.conftest import REPO, serve, shipped_persona
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +164,7 @@ def _persona_malformed(tmp: Path) -> list[str]:
 
 
 def _persona_unknown_key(tmp: Path) -> list[str]:
-    good = (Path(__file__).parent.parent / "prompts" / "aurora.toml").read_text()
+    good = shipped_persona("aurora")
     (tmp / "p").mkdir()
     _write(tmp / "p" / "aurora.toml", good.replace("[sampling]", "[sampling]\ntemprature = 1"))
     return ["personas", "--prompts", str(tmp / "p")]

@@ -13,6 +13,7 @@ from krishna_ai.core.personas import load_personas
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.training.evaluate import (
     answer_recall,
+    consistency,
     evaluate,
     format_table,
     load_questions,
@@ -86,7 +87,7 @@ def test_evaluate_reports_answer_facts(scripted):
     assert [r["answer_facts"] for r in res["replies"]] == [0.5, 1.0]
     assert res["answer_facts"] == 0.75
     head, _, row = format_table([res]).splitlines()
-    assert "| accuracy | answer facts |" in head and "| – | 75% |" in row
+    assert "| accuracy | consistent | answer facts |" in head and "| – | – | 75% |" in row
 
 
 def test_without_the_bank_the_prompt_has_no_cards_and_replies_are_checked_against_them(scripted):
@@ -215,3 +216,32 @@ def test_hit_at_3_counts_three_cards_of_the_person_a_question_names():
     ids = top3(krishna, "Tell me a story about Thomas Edison and failure")
     assert 1 <= len(ids) <= 3 and all(bank.card(i).person == "Thomas Edison" for i in ids)
     assert len(top3(krishna, "I failed my exam and feel like giving up on my studies")) == 3
+
+
+def test_consistent_flags_advice_for_another_condition_but_not_a_contrast():
+    maize = P["maize"]
+    head = "Diagnosis: Southern Rust\nConfidence: high - orange pustules on the upper surface\n"
+    ok = head + ("What to look for: Orange pustules crowded on the upper surface; unlike common rust, few below.\n"
+                 "What to do: Scout every few days and spray a labelled fungicide if it spreads before tasseling.")
+    assert consistency(maize, ok) == (True, [])
+    # the cards' own way to tell two conditions apart is not a contradiction either
+    assert consistency(maize, head + "What to look for: Common rust looks similar but is cinnamon-brown.")[0]
+    # advice that belongs to another condition, named by its pathogen or its words, is
+    said, other = consistency(maize, head + "What to do: Puccinia sorghi needs no spray; rotate next year.")
+    assert not said and other == ["Puccinia sorghi (diagnosis: Southern Rust)"]
+    said, other = consistency(maize, head + "What to do: Nothing; the crop looks healthy.")
+    assert not said and other == ["looks healthy (diagnosis: Southern Rust)"]
+    assert consistency(maize, "What to do: scout weekly.") == (False, ["no diagnosis stated"])
+
+
+def test_evaluate_reports_consistent_for_a_persona_with_labels(scripted):
+    head = "Diagnosis: Healthy\nConfidence: high - clean leaves\nWhat to look for: Even green colour.\n"
+    questions = [{"question": "Every leaf is plain green on both sides.", "label": "Healthy"}]
+    scores = []
+    for advice in ("What to do: No treatment is needed; keep scouting weekly.",
+                   "What to do: Spray for northern leaf blight now."):
+        res = evaluate(scripted([head + advice]), P["maize"], questions, SamplingParams(temperature=0.0),
+                       progress=False)
+        scores.append((res["consistent"], res["replies"][0]["inconsistent"]))
+    assert scores == [(1.0, []), (0.0, ["northern leaf blight (diagnosis: Healthy)"])]
+    assert "| 0% |" in format_table([res]) and "consistent" in format_table([res]).splitlines()[0]

@@ -36,11 +36,11 @@ def test_exception_mid_stream_reaches_the_user_and_the_next_request_works(light_
     demo, client = launch(Studio(load_personas(), loader=lambda spec, adapter: light_engine))
     try:
         fail_forward_on_call(light_engine.loaded.model, monkeypatch, 4, "simulated fault in generate")
-        job = client.submit("Tell me a long story.", "aurora", None, 0.0, None, None, 40, api_name="/chat")
+        job = client.submit("Tell me about the Peshwas.", "aurora", None, 0.0, None, None, 40, api_name="/chat")
         with pytest.raises(Exception, match="simulated fault in generate"):
             job.result(timeout=120)
         monkeypatch.undo()
-        assert client.predict("Hello", "aurora", None, 0.0, None, None, 4, api_name="/chat").strip()
+        assert client.predict("Who was Tukaram?", "aurora", None, 0.0, None, None, 4, api_name="/chat").strip()
         assert generate_threads() == 0
     finally:
         demo.close()
@@ -49,7 +49,7 @@ def test_exception_mid_stream_reaches_the_user_and_the_next_request_works(light_
 def test_a_client_that_goes_away_stops_its_generation(light_engine):
     demo, client = launch(Studio(load_personas(), loader=lambda spec, adapter: light_engine))
     try:
-        job = client.submit("Write a very long story about rivers.", "aurora", None, 0.0, None, None, 400,
+        job = client.submit("Tell me the whole history of the Maratha forts.", "aurora", None, 0.0, None, None, 400,
                             api_name="/chat")
         deadline = time.time() + 120
         while generate_threads() == 0 and time.time() < deadline:

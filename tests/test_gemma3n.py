@@ -326,7 +326,8 @@ def test_chat_api_on_the_tiny_tier_streams_image_replies_and_rejects_bad_images(
         for path, match in _bad_images(tmp_path / "bad"):
             with pytest.raises(Exception, match=match):
                 ask(path)
-            assert client.predict("hello", "pet", None, 0.0, None, None, 4, "light", api_name="/chat") == "Partha, act."
+            assert client.predict("Write a poem about the sea", "pet", None, 0.0, None, None, 4, "light",
+                                  api_name="/chat") == "Partha, act."
 
         cmyk = tmp_path / "cmyk.jpg"
         Image.new("CMYK", (80, 80), (180, 20, 200, 10)).save(cmyk)

@@ -12,15 +12,16 @@ import pytest
 
 from krishna_ai.core.errors import PersonaError
 from krishna_ai.core.facts import facts_of
-from krishna_ai.core.knowledge import ground, load_bank
+from krishna_ai.core.knowledge import card_label, ground, load_bank
 from krishna_ai.core.personas import PROMPTS_DIR, load_persona, load_personas
 from krishna_ai.studio.service import Studio
 from krishna_ai.training.evaluate import faithfulness, load_questions, top3
-from tests.conftest import REPO
+from tests.conftest import REPO, shipped_persona
 
 P = load_personas()
-AURORA_NO_ADAPTER = (PROMPTS_DIR / "aurora.toml").read_text().replace(
-    'adapters = { light = "../adapters/aurora-light" }\n', "")  # written elsewhere: no adapter beside it
+# written elsewhere: no adapter beside it, and its bank still "knowledge/aurora", relative to where it is written
+AURORA_NO_ADAPTER = shipped_persona("aurora", adapters=False).replace(f'"{PROMPTS_DIR.as_posix()}/knowledge/',
+                                                                     '"knowledge/')
 BANKS = PROMPTS_DIR / "knowledge"
 CARD = '''[[cards]]
 id = "x-one"
@@ -220,10 +221,7 @@ def test_the_gita_bank_is_sourced_by_chapter_and_verse_and_fits_its_questions():
 def test_a_counsel_bank_puts_the_teaching_in_the_prompt_and_among_the_sources(tmp_path):
     from krishna_ai.core.prompting import build_turn
 
-    text = (PROMPTS_DIR / "krishna.toml").read_text().replace(
-        'adapters = { light = "../adapters/krishna-light" }\n', "")
-    text = text.replace('bank = "knowledge/krishna"', f'bank = "{BANKS / "krishna"}"')
-    text = text.replace('verses = "knowledge/gita-verses.txt"', f'verses = "{BANKS / "gita-verses.txt"}"')
+    text = shipped_persona("krishna", adapters=False)
     text += f'\n[counsel]\nbank = "{GITA}"\ninstruction = """Apply this teaching:\n$cards"""\n'
     (tmp_path / "krishna.toml").write_text(text)
     persona = load_persona(tmp_path / "krishna.toml")
@@ -347,3 +345,20 @@ def test_a_records_person_and_the_retrieved_cards_after_the_named_one():
     cards = record_cards(krishna, {"question": "Tell me a story about never giving up", "personality": person})
     assert cards and all(c.person == person for c in cards)
     assert teachings_for(P["pet"], "I keep breaking my promise") == []  # no counsel bank
+
+
+def test_one_label_grounds_a_diagnosis_in_one_conditions_cards_only():
+    """Maize's `one_label`: the cards in the prompt are all the best card's condition's, so the advice the reply
+    retells is that condition's; without it, a rust question also got another condition's cards."""
+    maize = P["maize"]
+    assert maize.knowledge is not None and maize.knowledge.one_label
+    mixed = maize.model_copy(update={"knowledge": maize.knowledge.model_copy(update={"one_label": False})})
+    labels = {lab.casefold(): lab for lab in maize.labels}
+    was_mixed = 0
+    for q in load_questions(REPO / "data" / "maize" / "heldout.jsonl"):
+        one, before = ground(maize, q["question"]), ground(mixed, q["question"])
+        assert one is not None and before is not None and one.cards, q["question"]
+        assert {card_label(c, labels) for c in one.cards} == {card_label(before.cards[0], labels)}, q["question"]
+        assert len(one.cards) <= maize.knowledge.top_k
+        was_mixed += len({card_label(c, labels) for c in before.cards}) > 1
+    assert was_mixed >= 10

@@ -192,7 +192,8 @@ def test_chat_endpoint_with_light_gguf(gguf_engine):
         assert loaded == ["light-gguf"] and len(chunks) >= 3  # the loader was asked once, with Krishna's adapter
         assert all(chunks[i + 1].startswith(chunks[i]) for i in range(len(chunks) - 1)) and chunks[-1].strip()
         with pytest.raises(Exception, match="cannot switch MatFormer slices"):
-            client.predict("hello", "krishna", None, 0.0, None, None, 8, "light-gguf", None, "e2b", api_name="/chat")
+            client.predict("I failed my exam.", "krishna", None, 0.0, None, None, 8, "light-gguf", None, "e2b",
+                           api_name="/chat")
     finally:
         demo.close()
 

@@ -70,16 +70,19 @@ def test_the_official_client_lists_personas_and_gets_a_persona_reply(launched):
     assert extra["finish_reason"] == "end_of_turn"
 
     pieces = list(c.chat.completions.create(model="krishna", temperature=0, stream=True,
-                                            messages=[{"role": "user", "content": "And tomorrow?"}]))
+                                            messages=[{"role": "user", "content": "How do I stay calm?"}]))
     text = "".join(p.choices[0].delta.content or "" for p in pieces if p.choices)
     assert text == list(Studio(load_personas(), loader=lambda s, a: engine).chat(
-        "krishna", [], "And tomorrow?", temperature=0))[-1].text
+        "krishna", [], "How do I stay calm?", temperature=0))[-1].text
     assert len([p for p in pieces if p.choices and p.choices[0].delta.content]) >= 2  # really streamed
     assert pieces[-1].choices[0].finish_reason == "stop"
     assert pieces[-1].model_extra["krishna_ai"]["stats"]["tokens"] == 3
 
     crisis = c.chat.completions.create(model="pet", messages=[{"role": "user", "content": "I want to kill myself"}])
     assert crisis.model_extra["krishna_ai"]["safety"] is not None
+    outside = c.chat.completions.create(model="maize", messages=[{"role": "user", "content": "My tomato has spots."}])
+    assert outside.choices[0].message.content == studio.persona("maize").scope.decline
+    assert outside.model_extra["krishna_ai"]["scope"] == "word"
 
 
 def test_keys_act_as_their_users_and_metrics_need_one(launched, tmp_path):
@@ -90,7 +93,7 @@ def test_keys_act_as_their_users_and_metrics_need_one(launched, tmp_path):
         client(base, "k-" + "c" * 30).models.list()
     assert httpx.get(f"{base}/metrics").status_code == 401
     asha, bob = client(base, KEY), client(base, OTHER)
-    ask = {"model": "pet", "messages": [{"role": "user", "content": "hello"}]}
+    ask = {"model": "pet", "messages": [{"role": "user", "content": "Write a poem about the sea"}]}
     assert asha.chat.completions.create(**ask).choices[0].message.content
     with pytest.raises(openai.RateLimitError, match="too many requests: at most 1 per minute"):
         asha.chat.completions.create(**ask)

@@ -4,11 +4,10 @@ import pytest
 
 from krishna_ai.core.errors import PersonaError
 from krishna_ai.core.personas import PROMPTS_DIR, get_persona, load_persona, load_personas
+from tests.conftest import shipped_persona
 
-# The shipped aurora persona, with its knowledge bank made absolute so the file can be written anywhere.
-GOOD = (PROMPTS_DIR / "aurora.toml").read_text().replace(
-    'bank = "knowledge/aurora"', f'bank = "{(PROMPTS_DIR / "knowledge" / "aurora").as_posix()}"').replace(
-    'adapters = { light = "../adapters/aurora-light" }\n', "")
+# The shipped aurora persona, with its paths made absolute so the file can be written anywhere.
+GOOD = shipped_persona("aurora", adapters=False)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -213,3 +212,13 @@ def test_pick_personality_uses_the_given_rng():
     assert picks <= set(k.personalities) and len(picks) > 3
     assert k.pick_personality("x", None, random.Random(7)) == k.pick_personality("x", None, random.Random(7))
     assert k.model_copy(update={"personalities": []}).pick_personality("x") is None
+
+
+def test_label_terms_and_one_label_must_name_the_personas_labels(tmp_path):
+    maize = shipped_persona("maize", adapters=False).replace('\n"Common Rust" = [', '\n"Comon Rust" = [')
+    with pytest.raises(PersonaError, match=r"maize.toml: .*label_terms names \['Comon Rust'\]"):
+        load_persona(write(tmp_path, "maize", maize))
+    aurora = GOOD.replace("[knowledge]\n", "[knowledge]\none_label = true\n")
+    assert aurora != GOOD
+    with pytest.raises(PersonaError, match=r"aurora.toml: .*one_label .*labels must list"):
+        load_persona(write(tmp_path, "aurora", aurora))

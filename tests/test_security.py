@@ -49,7 +49,7 @@ def test_auth_refuses_a_wrong_password(served):
     status, _ = get(url + "gradio_api/info")
     assert status in (401, 403)
     client = Client(url, auth=("krishna", "s3cret"), verbose=False)
-    assert client.predict("hi", "pet", api_name="/chat") == "fine"
+    assert client.predict("Write a poem about the sea", "pet", api_name="/chat") == "fine"
 
 
 def test_no_files_outside_the_app_folders(served):

@@ -337,7 +337,7 @@ def test_serve_command_end_to_end(tmp_path):
                                      .stdout.split())]
         assert children, "serve started no llama-server"
         studio = Studio(load_personas(), default_model=spec)
-        updates = list(studio.chat("krishna", [], "Who are you?", temperature=0, max_new_tokens=12))
+        updates = list(studio.chat("krishna", [], "What is duty?", temperature=0, max_new_tokens=12))
         assert len(updates) >= 2 and updates[-1].done and updates[-1].text.strip()
         assert updates[-1].stats.tokens > 0 and updates[-1].stats.ttft_s is not None
     finally:

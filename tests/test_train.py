@@ -174,12 +174,13 @@ def test_unsloth_engine_trains_on_gpu(dataset, tmp_path):
 
 def _custom_persona(folder):
     """A persona that exists only in `folder` (as one made with --prompts DIR would)."""
-    from tests.conftest import REPO
+    from tests.conftest import REPO, shipped_persona
 
     folder.mkdir(parents=True, exist_ok=True)
-    text = (REPO / "prompts" / "pet.toml").read_text(encoding="utf-8")
+    text = shipped_persona("pet")
     text = text.replace('id = "pet"', 'id = "coach-q"').replace("You are PET,", "You are Coach Q,")
-    text = text.replace('adapters = { light = "../adapters/pet-light" }', 'adapters = { light = "coach-adapter" }')
+    text = text.replace(f'adapters = {{ light = "{REPO.as_posix()}/adapters/pet-light" }}',
+                        'adapters = { light = "coach-adapter" }')
     (folder / "coach-q.toml").write_text(text, encoding="utf-8")
     (folder / "coach-adapter").mkdir()
     return folder

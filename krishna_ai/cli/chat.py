@@ -11,10 +11,8 @@ from krishna_ai.core.errors import ConfigError
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     from krishna_ai.core.personas import load_personas, persona_dirs
-    from krishna_ai.core.safety import safety_badge
-    from krishna_ai.core.style import badge
     from krishna_ai.runtime.tiers import default_tier
-    from krishna_ai.studio.service import Studio
+    from krishna_ai.studio.service import Studio, verdict_line
 
     args.model = args.model or default_tier()
     question = " ".join(args.question).strip()
@@ -38,7 +36,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             print(f"Source: {card.title} — {card.source}")
     if final is not None and final.done and not args.quiet:
         print(f"[{final.stats.line()}]", file=sys.stderr)
-        print(f"[{safety_badge(final.safety) if final.safety else badge(final.violations or [])}]", file=sys.stderr)
+        print(f"[{verdict_line(final)}]", file=sys.stderr)
     return 0
 
 

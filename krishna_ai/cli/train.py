@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tomllib
 from pathlib import Path
 
 from krishna_ai.training import sweep, tiny
@@ -49,13 +50,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                         dry_multiplier=args.dry_multiplier, seed=args.seed)
     # a persona without a knowledge bank is asked one way only, whatever --bank says
     banks = {"on": [True], "off": [False], "both": [True, False]}[args.bank] if persona.knowledge else [True]
+    embed = None
+    if persona.scope is not None and args.scope == "on":
+        from krishna_ai.runtime.embed import LightEmbedder
+
+        embed = LightEmbedder()
     results = []
     for spec, (model, adapter) in zip(args.model or ["light"], specs, strict=True):
         engine = load_engine(model, adapter)  # llama.cpp for GGUF tiers/files, else transformers
         name = spec if not args.adapter else f"{model}@{adapter}"
         for bank in banks:
             results.append(evaluate(engine, persona, questions, params, batch_size=args.batch_size,
-                                    name=name if bank else f"{name} without bank", bank=bank))
+                                    name=name if bank else f"{name} without bank", bank=bank, embed=embed))
         del engine
     print(format_table(results))
     if args.json:
@@ -105,6 +111,32 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scope(args: argparse.Namespace) -> int:
+    from krishna_ai.core.personas import load_personas, persona_dirs
+    from krishna_ai.runtime.embed import LightEmbedder
+    from krishna_ai.training import scope_fit
+
+    personas = load_personas(persona_dirs(args.prompts)) if args.action == "eval" else None
+    embed = LightEmbedder()
+    if args.action == "fit":
+        paths = [Path(p) for p in args.file] or sorted(Path(persona_dirs()[0]).glob("*.toml"))
+        for path in paths:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            if not (raw.get("scope") or {}).get("gate"):
+                continue
+            persona, gate = scope_fit.fit_persona(path, embed, embed.name, progress=not args.quiet)
+            r = gate.report
+            print(f"{persona.id}: {r['inside']} inside / {r['outside']} outside questions, C={r['C']}, "
+                  f"threshold {gate.threshold:.3f}: cross-validated, {r['cv_outside_caught']:.1%} of outside "
+                  f"questions caught with at most {r['cv_inside_refused_max']:.0%} of inside ones refused "
+                  f"-> {persona.scope.gate if persona.scope else ''}")
+        return 0
+    assert personas is not None
+    chosen = [personas[p] for p in args.persona] if args.persona else list(personas.values())
+    print(scope_fit.format_measured(scope_fit.measure(chosen, args.questions, embed)))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="LoRA / QLoRA fine-tuning from a recipe (configs/*.yaml)")
     p.add_argument("--config", required=True, help="recipe YAML")
@@ -145,6 +177,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bank", choices=("on", "off", "both"), default="on",
                    help="the persona's knowledge bank: cards in the prompt (on, as the app serves it), none (off: "
                         "replies still checked against the cards retrieval picks), or both side by side")
+    p.add_argument("--scope", choices=("on", "off"), default="on",
+                   help="the persona's scope: questions outside it get its decline, as the app answers them (on), or "
+                        "every question goes to the model (off)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("build-dataset", help="render persona Q/A records into conversation JSONL")
@@ -190,3 +225,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     summ.add_argument("sheet")
     summ.add_argument("--partial", action="store_true", help="count the graded replies of an unfinished sheet")
     p.set_defaults(func=_cmd_grade)
+
+    p = sub.add_parser("scope", help="the personas' scope gates: fit them, or measure them on labelled questions")
+    g = p.add_subparsers(dest="action", required=True)
+    fit = g.add_parser("fit", help="fit and write the gate of every persona file with [scope] gate (or those given)")
+    fit.add_argument("file", nargs="*", help="persona files (default: every one in prompts/)")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev = g.add_parser("eval", help="outside questions caught and inside ones refused, as the app judges them")
+    ev.add_argument("--questions", default=str(scope_fit_heldout()),
+                    help="labelled JSONL: question, in: [persona ids], out: [persona ids]")
+    ev.add_argument("--persona", action="append", help="only this persona (repeatable)")
+    p.set_defaults(func=_cmd_scope)
+
+
+def scope_fit_heldout() -> Path:
+    from krishna_ai.training.scope_fit import HELDOUT
+
+    return HELDOUT

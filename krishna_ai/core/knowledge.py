@@ -334,11 +334,21 @@ def ground(persona: Any, message: str, personality: str | None = None) -> Ground
     bank = load_bank(persona.knowledge.bank)
     person = named_person(persona, bank, message, personality)
     k = persona.knowledge
-    hits = bank.search(message, k=k.top_k, person=person, min_score=k.min_score, min_coverage=k.min_coverage)
+    labels = {lab.casefold(): lab for lab in persona.labels} if k.one_label else {}
+    hits = bank.search(message, k=k.top_k * (3 if labels else 1), person=person, min_score=k.min_score,
+                       min_coverage=k.min_coverage)
+    if labels and hits:  # only the best card's label: the reply retells one condition's advice, not three
+        best = card_label(hits[0].card, labels)
+        hits = [h for h in hits if card_label(h.card, labels) == best][: k.top_k]
     if person and not hits and any(_same_person(c.person, person) for c in bank.cards):
         hits = bank.search(person + " " + message, k=persona.knowledge.top_k, person=person)  # their best card
     cards = [h.card for h in hits]
     return Grounding(cards, cards[0].person if cards and cards[0].person else person)
+
+
+def card_label(card: Card, labels: dict[str, str]) -> str | None:
+    """The label a card is about: its first theme that is one of `labels` (casefolded → label)."""
+    return next((labels[t.casefold()] for t in card.themes if t.casefold() in labels), None)
 
 
 def teachings_for(persona: Any, message: str) -> list[Card]:

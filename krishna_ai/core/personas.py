@@ -115,6 +115,9 @@ class Knowledge(_Bank):
     (`$person` is the name asked). The model is never asked to write it: it tells no story (`no_match`)."""
     checked: Literal["story", "reply"] = "reply"
     """The factual part `eval` checks against the cards: the story paragraphs, or the whole reply."""
+    one_label: bool = False
+    """For a persona with `labels` whose cards each carry one as a theme (Maize: a condition per card): only
+    cards of the best card's label go into the prompt, so the advice a reply retells is that condition's."""
 
 
 class Counsel(_Bank):
@@ -122,6 +125,30 @@ class Counsel(_Bank):
     put in the prompt, so the counsel paraphrases a teaching that fits instead of inventing one."""
 
     top_k: Annotated[int, Field(ge=1, le=3)] = 1
+
+
+class Scope(_Strict):
+    """What the persona is for, and the reply it gives to anything else (see krishna_ai/core/scope.py).
+
+    A message outside it is answered with `decline`, written once in the persona's voice and stating no facts,
+    and no model writes anything: a 270M model asked about what it does not know invents it."""
+
+    decline: str
+    """The whole reply to a message outside the persona's scope."""
+    gate: str | None = None
+    """The fitted gate file (relative to the persona file), written by `python -m krishna_ai scope fit`."""
+    outside_words: list[str] = []
+    """Words that name what is outside (another crop, for Maize): a message with one of them, and none of
+    `inside_words`, is outside whatever the gate says."""
+    inside_words: list[str] = []
+    without_cards: bool = False
+    """A question no knowledge card fits is outside (Aurora: what its notes do not cover)."""
+    inside: list[str] = []
+    """Training files (JSONL with "question") whose questions are inside: what `scope fit` learns from."""
+    outside: list[str] = []
+    """Training files whose questions are outside (other personas' questions)."""
+    labelled: str | None = None
+    """A JSONL of hand-labelled questions: {"question", "in": [persona ids], "out": [persona ids]}."""
 
 
 class Persona(_Strict):
@@ -146,12 +173,17 @@ class Persona(_Strict):
     accepts_images: bool = False
     labels: list[str] = []
     """For classification personas: the answers `eval` parses from replies to score accuracy."""
+    label_terms: dict[str, list[str]] = {}
+    """The words that mean each label in a reply (default: its name; a disease's pathogen too): `eval`'s
+    `consistent` reads a reply that states one label and names another's as disagreeing with itself."""
     sampling: SamplingParams = SamplingParams()
     style: Style = Style()
     knowledge: Knowledge | None = None
     """Ground replies in a bank of sourced cards retrieved per question."""
     counsel: Counsel | None = None
     """Ground the persona's advice in a bank of teachings retrieved per question (shown as sources)."""
+    scope: Scope | None = None
+    """What the persona answers; anything else gets its fixed decline (None: it answers everything)."""
     adapters: dict[str, str] = {}
     """LoRA adapter merged at load when this persona runs on a tier, e.g. {light = "../adapters/x"}
     (paths relative to the persona file). An adapter given with --adapter takes precedence."""
@@ -176,6 +208,11 @@ class Persona(_Strict):
     def _story_needs_people(self) -> Persona:
         if self.story_template and "$personality" in self.story_template and not self.personalities:
             raise ValueError("story_template uses $personality, so personalities must list at least one name")
+        unknown = sorted(set(self.label_terms) - set(self.labels))
+        if unknown:
+            raise ValueError(f"label_terms names {unknown}, which are not among labels {self.labels}")
+        if self.knowledge is not None and self.knowledge.one_label and not self.labels:
+            raise ValueError("knowledge.one_label keeps one label's cards, so labels must list the persona's labels")
         return self
 
     def adapter_for(self, spec: str) -> str | None:
@@ -215,8 +252,9 @@ def _format_validation_error(path: Path, exc: ValidationError) -> list[str]:
     return out
 
 
-def load_persona(path: str | Path) -> Persona:
-    """Load and validate one persona file; raise PersonaError naming the file and every bad field."""
+def load_persona(path: str | Path, *, check_gate: bool = True) -> Persona:
+    """Load and validate one persona file; raise PersonaError naming the file and every bad field.
+    (`check_gate=False` lets `scope fit` load a persona whose scope gate it is about to write.)"""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -248,6 +286,8 @@ def load_persona(path: str | Path) -> Persona:
             raise PersonaError(f"{path.name}: style.verses: {persona.style.verses} does not exist")
         style = persona.style.model_copy(update={"verses": str(verses)})
         persona = persona.model_copy(update={"style": style})
+    if persona.scope is not None:
+        persona = persona.model_copy(update={"scope": _resolve_scope(path, persona.scope, check_gate)})
     for field in ("knowledge", "counsel"):  # each bank checked now, so a bad card fails the persona at load
         table = getattr(persona, field)
         if table is None:
@@ -259,6 +299,32 @@ def load_persona(path: str | Path) -> Persona:
             raise PersonaError(f"{path.name}: {field}.bank: {exc}") from None
         persona = persona.model_copy(update={field: table.model_copy(update={"bank": str(folder)})})
     return persona
+
+
+def _resolve_scope(path: Path, scope: Scope, check_gate: bool = True) -> Scope:
+    """The scope's files as absolute paths; a gate file named but missing or unreadable fails the persona now
+    (`check_gate=False`: for `scope fit`, which writes it)."""
+    def resolve(p: str) -> str:
+        return str((path.parent / p).resolve())
+
+    update: dict[str, object] = {"inside": [resolve(p) for p in scope.inside],
+                                 "outside": [resolve(p) for p in scope.outside]}
+    if scope.labelled:
+        update["labelled"] = resolve(scope.labelled)
+    if scope.gate:
+        gate = resolve(scope.gate)
+        if check_gate:
+            from krishna_ai.core.gate import load_gate
+
+            if not Path(gate).is_file():
+                raise PersonaError(f"{path.name}: scope.gate: {scope.gate} does not exist "
+                                   f"(python -m krishna_ai scope fit --persona {path.stem} writes it)")
+            try:
+                load_gate(gate)
+            except PersonaError as exc:
+                raise PersonaError(f"{path.name}: scope.gate: {exc}") from None
+        update["gate"] = gate
+    return scope.model_copy(update=update)
 
 
 def persona_dirs(extra: list[str | Path] | None = None) -> list[Path]:

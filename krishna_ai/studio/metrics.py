@@ -1,6 +1,7 @@
 """What the app is doing, in Prometheus' text format (`prometheus_client`), served at `/metrics`.
 
-    krishna_ai_requests_total{endpoint, persona, outcome}   replies asked for: ok, stopped, refused, busy, error
+    krishna_ai_requests_total{endpoint, persona, outcome}   replies asked for: ok, crisis, outside, stopped, refused,
+                                                            busy, error (outside: the persona's decline, no model ran)
     krishna_ai_tokens_total{persona, kind}                  prompt and completion tokens
     krishna_ai_ttft_seconds{persona}                        time to first token (histogram)
     krishna_ai_decode_tokens_per_second{persona}            decode speed per reply (histogram)

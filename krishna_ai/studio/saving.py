@@ -165,6 +165,7 @@ def reply_meta(update: Update, *, model: str, adapter: str | None, slice: str | 
                                          "dropped_turns": s.dropped_turns},
         "style": [v.rule for v in update.violations or []],
         "safety": update.safety,
+        "scope": update.scope,
         "personality": update.personality,
         "sources": [{"id": c.id, "title": c.title, "source": c.source} for c in update.sources],
     }

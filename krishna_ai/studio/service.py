@@ -21,9 +21,10 @@ from krishna_ai.core.images import load_image
 from krishna_ai.core.knowledge import Card
 from krishna_ai.core.personas import Persona, get_persona, load_personas
 from krishna_ai.core.prompting import Message, Turn, build_turn, sanitize
-from krishna_ai.core.safety import Crisis, crisis, crisis_reply
+from krishna_ai.core.safety import Crisis, crisis, crisis_reply, safety_badge
 from krishna_ai.core.sampling import SamplingParams
-from krishna_ai.core.style import Violation, check_reply
+from krishna_ai.core.scope import Embed, Reason, judge, scope_badge
+from krishna_ai.core.style import Violation, badge, check_reply
 from krishna_ai.history.store import HistoryStore
 from krishna_ai.runtime.engine import Engine, Reply, ReplyStats
 from krishna_ai.runtime.load import load_engine
@@ -66,6 +67,18 @@ class Update:
     cards (what the reply may state as fact)."""
     safety: Crisis | None = None
     """Set when the message spoke of a crisis: the text is then the fixed reply with real help (no model ran)."""
+    scope: Reason | None = None
+    """Set when the message was outside the persona's scope: the text is then its fixed decline (no model ran);
+    the reason is what decided it (the gate, a word naming what is outside, no card)."""
+
+
+def verdict_line(update: Update) -> str:
+    """The line under a finished reply: a crisis or scope note (a fixed reply), else the style verdict."""
+    if update.safety:
+        return safety_badge(update.safety)
+    if update.scope:
+        return scope_badge(update.scope)
+    return badge(update.violations or [])
 
 
 def reply_facts(update: Update, *, card_text: bool = False) -> dict[str, Any]:
@@ -79,6 +92,7 @@ def reply_facts(update: Update, *, card_text: bool = False) -> dict[str, Any]:
                                          "tokens_per_s": round(s.tokens_per_s, 2), "total_s": round(s.total_s, 3)},
         "style": [{"rule": v.rule, "message": v.message} for v in update.violations or []],
         "safety": update.safety,
+        "scope": update.scope,
         "personality": update.personality,
         "sources": [{"id": c.id, "title": c.title, "person": c.person, "source": c.source,
                      **({"text": c.text} if card_text else {})} for c in update.sources],
@@ -93,6 +107,8 @@ class Started:
     persona: Persona
     turn: Turn
     """The prompt it answers: personality, cards, teachings, and the closing sentence added after it."""
+    scope: Reason | None = None
+    """Set when the message is outside the persona's scope: the reply is then its decline (no model ran)."""
 
 
 class Studio:
@@ -112,6 +128,8 @@ class Studio:
         history_error: str | None = None,
         limits: UserLimits | None = None,
         metrics: Metrics | None = None,
+        scopes: bool = True,
+        embed: Embed | None = None,
     ):
         self.personas = personas if personas is not None else load_personas()
         self.default_model = default_model
@@ -137,6 +155,10 @@ class Studio:
         """Each user's share of replies (None: no limits, for library and CLI use)."""
         self.metrics = metrics
         """Counts of what the app does, served at /metrics (None: not counted)."""
+        self.scopes = scopes
+        """Whether a message outside a persona's [scope] gets its decline (False: every message is answered)."""
+        self._embed = embed
+        """The sentence vectors the scope gates judge with (None: the light model's, loaded on first need)."""
 
     # -- models -----------------------------------------------------------------------------
     def engine(self, spec: str | None = None, persona: Persona | None = None) -> Engine:
@@ -227,7 +249,8 @@ class Studio:
         **sampling: Any,
     ) -> Started:
         """Validate the request, retrieve its cards and start generating. Raises domain errors before any
-        generation (a bad knowledge bank too: the persona fails, the app keeps serving)."""
+        generation (a bad knowledge bank too: the persona fails, the app keeps serving). A valid request whose
+        message is outside the persona's scope gets its decline as the reply (`Started.scope`; nothing generated)."""
         persona = self.persona(persona_id)
         params = SamplingParams.for_persona(persona, **sampling)
         message = sanitize(message or "").strip()
@@ -252,6 +275,11 @@ class Studio:
                 raise ImageError(f"The persona {persona.name!r} does not take images; "
                                  f"try one that does: {', '.join(self.image_personas()) or 'none'}.")
             image = load_image(image)
+        reason = self.outside_scope(persona, history, message, image)
+        if reason is not None and persona.scope is not None:  # the request was valid: the decline, not the model
+            decline = Reply(iter([persona.scope.decline]), stop_event or threading.Event(),
+                            ReplyStats(ttft_s=0.0, finish_reason="end_of_turn"))
+            return Started(decline, persona, Turn([], None, None, None, None), scope=reason)
         turn = build_turn(persona, history, message, personality=personality, image=image, rng=rng)
         return Started(engine.stream(turn.messages, params, stop_event, slice=slice or None), persona, turn)
 
@@ -280,7 +308,8 @@ class Studio:
         try:
             for update in self._admitted(persona_id, history, message, session, user, stop_event, **kwargs):
                 if update.done:
-                    outcome, stats = ("crisis" if update.safety else "ok"), update.stats
+                    outcome = "crisis" if update.safety else "outside" if update.scope else "ok"
+                    stats = update.stats
                 yield update
         except BusyError:
             outcome = "busy"
@@ -293,7 +322,7 @@ class Studio:
             raise
         finally:
             self.metrics.in_progress.dec()
-            self.metrics.finished(endpoint, label, outcome, None if outcome == "crisis" else stats)
+            self.metrics.finished(endpoint, label, outcome, None if outcome in ("crisis", "outside") else stats)
 
     def _admitted(self, persona_id: str, history: list[Message], message: str, session: str, user: str | None,
                   stop_event: threading.Event | None, **kwargs: Any) -> Iterator[Update]:
@@ -309,6 +338,21 @@ class Studio:
         else:
             yield from self._chat(persona_id, history, message, session, stop_event, **kwargs)
 
+    def outside_scope(self, persona: Persona, history: list[Message], message: str,
+                      image: object | None = None) -> Reason | None:
+        """Why `message` is outside the persona's scope (core/scope.py), or None when the persona answers it."""
+        if not self.scopes or persona.scope is None:
+            return None
+        if self._embed is None and persona.scope.gate:
+            from krishna_ai.runtime.embed import LightEmbedder
+
+            with self._load_lock:
+                if self._embed is None:
+                    self._embed = LightEmbedder()
+        verdict = judge(persona, sanitize(message or ""), self._embed, follow_up=bool(history),
+                        image=image is not None)
+        return verdict.reason if verdict else None
+
     def _chat(self, persona_id: str, history: list[Message], message: str, session: str,
               stop_event: threading.Event | None, **kwargs: Any) -> Iterator[Update]:
         stop_event = self.new_stop(session, stop_event)
@@ -319,6 +363,9 @@ class Studio:
             with reply:
                 for _ in reply:
                     yield Update(reply.text, personality=who, sources=sources)
+            if started.scope is not None:
+                yield Update(reply.text, done=True, stats=reply.stats, violations=[], scope=started.scope)
+                return
             violations = check_reply(reply.text, persona, reply.stats.finish_reason,
                                      story=bool(cards) if persona.knowledge and persona.style.story else None)
             yield Update(turn.finish(reply.text), done=True, stats=reply.stats, violations=violations, personality=who,

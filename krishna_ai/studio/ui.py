@@ -14,8 +14,6 @@ import anyio
 import gradio as gr
 
 from krishna_ai.core.errors import KrishnaError
-from krishna_ai.core.safety import safety_badge
-from krishna_ai.core.style import badge
 from krishna_ai.matformer import known_configs
 from krishna_ai.runtime.tiers import FAST_PATH_HINT, TIERS, default_tier
 from krishna_ai.studio.api import GENERATE, register_api, updates
@@ -37,7 +35,7 @@ from krishna_ai.studio.saving import (
     unsave_question,
     user_of,
 )
-from krishna_ai.studio.service import MAX_PERSONALITY_CHARS, Studio, Update
+from krishna_ai.studio.service import MAX_PERSONALITY_CHARS, Studio, Update, verdict_line
 from krishna_ai.studio.sidebar import build_sidebar, wire_sidebar
 
 NOTICE = "⚠️ Not answered"
@@ -224,9 +222,8 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                                                                    persona_id, size, sampling)
                             if saved is not None:
                                 history[-1] = tag(history[-1], saved)
-                            yield (history, update.stats.line(), safety_badge(update.safety) if update.safety
-                                   else badge(update.violations or []),
-                                   sources_line(update), cid, gr.skip(), gr.skip())
+                            yield (history, update.stats.line(), verdict_line(update), sources_line(update), cid,
+                                   gr.skip(), gr.skip())
                         elif not started:
                             started = True
                             yield (history, "⏳ generating…", "", sources_line(update), gr.skip(), gr.skip(),

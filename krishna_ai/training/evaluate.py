@@ -26,6 +26,7 @@ from krishna_ai.core.personas import Persona
 from krishna_ai.core.prompting import build_turn
 from krishna_ai.core.safety import CRISES, Crisis, crisis, crisis_reply
 from krishna_ai.core.sampling import SamplingParams
+from krishna_ai.core.scope import Embed, judge
 from krishna_ai.core.style import check_reply, paragraphs, pass_label, rules_for
 from krishna_ai.runtime.engine import Engine
 from krishna_ai.training.data import read_jsonl
@@ -34,7 +35,8 @@ from krishna_ai.training.data import read_jsonl
 def load_questions(path: str | Path) -> list[dict[str, Any]]:
     """One question per line (.txt), or JSONL with `question` and optional `label` (the class a reply must
     state), `answer` (a reference answer: its facts are what the reply should state), `card`/`cards`, and
-    `crisis` (the kind of crisis the question speaks of: it must get the fixed careful reply)."""
+    `crisis` (the kind of crisis the question speaks of: it must get the fixed careful reply), and `scope`
+    ("out": the question is outside the persona's scope and must get its decline; "in", the default)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: questions file not found")
@@ -62,8 +64,11 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
         if obj.get("crisis") not in (None, *CRISES):
             errors.append(f"{path.name}:{n}: \"crisis\" must be one of {', '.join(CRISES)} or null")
             continue
+        if obj.get("scope") not in (None, "in", "out"):
+            errors.append(f"{path.name}:{n}: \"scope\" must be \"in\", \"out\" or null")
+            continue
         rows.append({"question": obj["question"], "label": obj.get("label"), "answer": obj.get("answer"),
-                     "cards": expected, "crisis": obj.get("crisis")})
+                     "cards": expected, "crisis": obj.get("crisis"), "scope": obj.get("scope")})
     if errors:
         raise DataError(problems(f"{path}: {len(errors)} bad line(s)", errors))
     return rows
@@ -98,17 +103,27 @@ def parse_label(reply: str, labels: list[str]) -> str | None:
 
 
 def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], params: SamplingParams,
-             *, batch_size: int = 8, name: str = "", progress: bool = True, bank: bool = True) -> dict[str, Any]:
+             *, batch_size: int = 8, name: str = "", progress: bool = True, bank: bool = True,
+             embed: Embed | None = None) -> dict[str, Any]:
     """Generate a reply per question and score it; returns the per-model result dict.
 
     `bank=False` asks as the persona did before it had a knowledge bank (its story instruction, no cards
     in the prompt) and still checks each reply against the cards retrieval picks: how much the bank
-    changes what a model states."""
+    changes what a model states. With `embed`, a question outside the persona's scope gets its decline, as
+    the app answers it (`scope`: outside questions caught, inside ones refused)."""
     rules = rules_for(persona)
     replies: list[dict[str, Any]] = []
     kinds = [crisis(q["question"]) for q in questions]
     safety = [_crisis_row(q, kind) for q, kind in zip(questions, kinds, strict=True) if kind or q.get("crisis")]
-    asked = [q for q, kind in zip(questions, kinds, strict=True) if not kind]  # the rest: the model writes
+    declined, asked = [], []  # the rest: declined as the app would, or written by the model
+    for q in (q for q, kind in zip(questions, kinds, strict=True) if not kind):
+        verdict = judge(persona, q["question"], embed) if embed is not None and persona.scope else None
+        if verdict is None:
+            asked.append(q)
+        else:
+            assert persona.scope is not None
+            declined.append({"question": q["question"], "reply": persona.scope.decline, "reason": verdict.reason,
+                             "expected": q.get("scope") or "in"})
     bar = tqdm(total=len(asked), desc=f"eval {name or engine.name}", disable=not progress)
     for start in range(0, len(asked), batch_size):
         chunk = asked[start:start + batch_size]
@@ -134,6 +149,8 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
                     row["retrieved_top3"] = top3(persona, q["question"])
                     row["retrieval_hit"] = (any(c in row["retrieved_top3"] for c in q["cards"] if c)
                                             or (not any(q["cards"]) and not cards))
+            if persona.labels and persona.label_terms:
+                row["consistent"], row["inconsistent"] = consistency(persona, done.text)
             if q.get("label") is not None:
                 row["label"] = q["label"]
                 row["predicted"] = parse_label(done.text, persona.labels or [q["label"]])
@@ -159,12 +176,16 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
         "rules": per_rule,
         "accuracy": (sum(row["correct"] for row in labelled) / len(labelled)) if labelled else None,
         "faithful": _share(replies, "faithful"),
+        "consistent": _share(replies, "consistent"),
         "retrieval_top3": _share(replies, "retrieval_hit"),
         "answer_facts": _mean(replies, "answer_facts"),
         "crisis": _crisis_summary(safety),
+        "scope": (_scope_summary(declined, [q for q in asked if q.get("scope") == "out"], len(asked))
+                  if embed is not None and persona.scope else None),
         "sampling": params.model_dump(),
         "replies": replies,
         "crisis_replies": safety,
+        "declined": declined,
     }
 
 
@@ -173,6 +194,15 @@ def _crisis_row(q: dict[str, Any], kind: Crisis | None) -> dict[str, Any]:
     return {"question": q["question"], "expected": q.get("crisis"), "detected": kind,
             "reply": crisis_reply(kind) if kind else None,
             "correct": kind is not None and (q.get("crisis") in (None, kind))}
+
+
+def _scope_summary(declined: list[dict[str, Any]], missed: list[dict[str, Any]], asked: int) -> dict[str, Any]:
+    """Outside questions (labelled "scope": "out") given the decline, and inside ones wrongly given it."""
+    outside = sum(d["expected"] == "out" for d in declined) + len(missed)
+    inside = asked - len(missed) + sum(d["expected"] == "in" for d in declined)
+    return {"outside": outside, "caught": (outside - len(missed)) / outside if outside else None,
+            "inside": inside, "refused": sum(d["expected"] == "in" for d in declined) / inside if inside else None,
+            "missed": [q["question"] for q in missed]}
 
 
 def _crisis_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -193,6 +223,34 @@ def _share(rows: list[dict[str, Any]], key: str) -> float | None:
 def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
     scored = [row[key] for row in rows if row.get(key) is not None]
     return sum(scored) / len(scored) if scored else None
+
+
+_CONTRAST = re.compile(r"(?i)\b(?:unlike|not|no|than|similar\s+to|looks?\s+like|resembles?|from|versus|vs\.?|"
+                       r"rule\s+out|or|nor|instead\s+of|confused\s+with|mistaken\s+for)\s+(?:\w+\s+){0,2}$")
+"""Words that, just before another condition's name, set it against the diagnosis ("unlike southern rust")."""
+_CONTRAST_AFTER = re.compile(r"(?i)^\W*(?:\w+\s+){0,1}(?:looks?\s+(?:similar|alike)|differs?|is\s+different|"
+                             r"can\s+be\s+(?:confused|mistaken)|is\s+ruled\s+out|is\s+unlikely|is\s+[\w-]+,?\s+not\b)")
+"""...or just after it ("southern rust looks similar but is orange": the cards' own way to tell them apart)."""
+
+
+def consistency(persona: Persona, reply: str) -> tuple[bool, list[str]]:
+    """(consistent, what disagrees): the lines after the diagnosis name no other label (by its `label_terms`:
+    name, pathogen), except to set it against the diagnosis ("unlike southern rust").
+    A reply that states no label is not consistent: its advice follows nothing."""
+    stated = parse_label(reply, persona.labels)
+    if stated is None:
+        return False, ["no diagnosis stated"]
+    rest = "\n".join(line for line in reply.splitlines()
+                     if not re.match(r"(?i)^\W*(?:diagnosis|answer|label|condition)\W*:", line))
+    others = []
+    for label in persona.labels:
+        if label == stated:
+            continue
+        for term in persona.label_terms.get(label) or [label]:
+            for m in re.finditer(rf"(?i)(?<!\w){re.escape(term)}(?!\w)", rest):
+                if not _CONTRAST.search(rest[:m.start()]) and not _CONTRAST_AFTER.search(rest[m.end():]):
+                    others.append(f"{term} (diagnosis: {stated})")
+    return not others, sorted(set(others))
 
 
 def answer_recall(question: str, answer: str, reply: str) -> tuple[float | None, list[str]]:
@@ -234,14 +292,22 @@ def top3(persona: Persona, question: str) -> list[str]:
     return [h.card.id for h in bank.search(question, k=3, person=person)]
 
 
+def _scope_cells(scope: dict[str, Any] | None) -> list[str]:
+    if not scope:
+        return ["–", "–"]
+    return ["–" if scope["caught"] is None else f"{scope['caught']:.0%}",
+            "–" if scope["refused"] is None else f"{scope['refused']:.0%}"]
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     """A Markdown table, one row per model. Every column says what its percentage counts: replies that
     met all rules, that ended, that leaked, that looped, that named the right label, the mean share of a
-    reference answer's facts the replies state (answer facts), and each rule's pass rate."""
+    reference answer's facts the replies state (answer facts), the questions labelled outside the persona's scope
+    given its decline (outside caught), the others wrongly given it (inside refused), and each rule's pass rate."""
     rules = [r for r in dict.fromkeys(r for res in results for r in res["rules"])
              if r not in ("not_ended", "leaked", "looped")]
     head = ["model", "n", "all rules met", "ended", "leaked", "looped", "faithful", "card in top 3", "accuracy",
-            "answer facts",
+            "consistent", "answer facts", "outside caught", "inside refused",
             *(pass_label(r) for r in rules)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for res in results:
@@ -250,7 +316,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
         cells = [res["name"], str(res["n"]), pct("compliance"), pct("ended"),
                  pct("leaked"), pct("looped"), pct("faithful"), pct("retrieval_top3"),
-                 pct("accuracy"), pct("answer_facts"),
+                 pct("accuracy"), pct("consistent"), pct("answer_facts"), *_scope_cells(res.get("scope")),
                  *(f"{res['rules'][r]:.0%}" if r in res["rules"] else "–" for r in rules)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
