@@ -7,6 +7,7 @@ numbers the README quotes are asserted here, so a gate refitted worse fails the 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -27,8 +28,18 @@ P = load_personas()
 
 @pytest.fixture(scope="module")
 def embed():
+    """The light model's vectors, each text embedded once per module (a held-out question is judged for
+    every persona it is labelled for: 816 judgments of 267 questions). The vectors are deterministic, so
+    the cache changes no verdict, only the time."""
     embedder = LightEmbedder()
-    yield embedder
+    seen: dict[str, list[float]] = {}
+
+    def vector(text: str) -> list[float]:
+        if text not in seen:
+            seen[text] = embedder(text)
+        return seen[text]
+
+    yield vector
     embedder.close()
 
 
@@ -214,12 +225,21 @@ def test_a_labelled_row_in_and_out_for_one_persona_is_refused(tmp_path):
 
 
 def test_scope_fit_and_eval_from_the_command_line(tmp_path, capsys):
-    """`scope fit FILE` writes the gate a persona file names (here a copy of Maize's, gate beside it) and
+    """`scope fit FILE` writes the gate a persona file names (here a copy of Maize's, gate beside it, fitted on
+    a small labelled set of its own so the test embeds tens of questions, not the shipped hundreds) and
     `scope eval` judges a labelled file with it."""
     text = shipped_persona("maize", adapters=False).replace(str(P["maize"].scope.gate), "maize-gate.json")
+    text = re.sub(r"(?m)^(inside|outside|labelled) = .*\n", "", text)
+    text = text.replace("[scope]\n", '[scope]\nlabelled = "fit.jsonl"\n', 1)
     (tmp_path / "maize.toml").write_text(text)
+    rows = [json.loads(line) for line in (HELDOUT.parent / "dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    inside = [r for r in rows if "maize" in r.get("in", [])][:15]
+    outside = [r for r in rows if "maize" in r.get("out", [])][:25]
+    (tmp_path / "fit.jsonl").write_text("".join(json.dumps(r) + "\n" for r in inside + outside))
+    assert len(inside) == 15 and len(outside) == 25
     assert cli(["scope", "fit", str(tmp_path / "maize.toml"), "--quiet"]) == 0
     assert "maize:" in capsys.readouterr().out and (tmp_path / "maize-gate.json").is_file()
+    assert json.loads((tmp_path / "maize-gate.json").read_text())["report"]["inside"] == 15
     labelled = tmp_path / "l.jsonl"
     labelled.write_text('{"question": "Orange pustules crowd the upper leaf surface of my corn.", "in": ["maize"]}\n'
                         '{"question": "Who painted the Mona Lisa?", "out": ["maize"]}\n')
