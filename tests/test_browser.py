@@ -212,3 +212,79 @@ def test_saved_chat_survives_a_reload_takes_a_like_and_exports(page, data_dir, t
     toast.first.wait_for(timeout=20_000)
     assert "messages: Input should be a valid list" in toast.first.inner_text()
     assert pg.locator("#chat-list label", has_text="Imported copy of my exam chat").count() == 1  # the list stays
+
+
+def test_compare_two_models_vote_and_the_vote_reaches_feedback_export(page, data_dir, tmp_path):
+    """The Compare tab: Krishna's fine-tune against the same model without its adapter, both streamed at once;
+    the vote moves the leaderboard and comes out of `feedback export` as a preference pair."""
+    pg = page
+    pg.get_by_role("tab", name="Compare").click()
+    box = pg.locator("#compare-question textarea").first
+    box.wait_for(timeout=10_000)
+    box.fill("I keep putting off my studies. How do I start?")
+    pg.locator("#compare-go").click()
+    a, b = pg.locator("#compare-reply-a"), pg.locator("#compare-reply-b")
+    wait_until(lambda: len(a.inner_text().strip()) > 20 or len(b.inner_text().strip()) > 20, 120,
+               "a reply to stream")
+    assert pg.get_by_role("button", name="Stop both").is_enabled()
+    assert pg.locator("#vote-a").is_disabled(), "no vote before both replies are whole"
+    wait_until(lambda: pg.locator("#vote-a").is_enabled(), 400, "both replies to finish")
+    assert "krishna-light" in pg.locator("#tab-compare").inner_text()  # A names its adapter
+    assert "no adapter" in pg.locator("#tab-compare").inner_text()
+    assert "tokens" in pg.locator("#compare-facts-a").inner_text() and "tokens" in pg.locator(
+        "#compare-facts-b").inner_text()
+    shown_a = a.inner_text().strip()
+    pg.locator("#vote-a").click()
+    wait_until(lambda: "Vote saved" in pg.locator("#compare-voted").inner_text(), 20, "the vote to be saved")
+    board = pg.locator("#leaderboard")
+    wait_until(lambda: "light · krishna-light" in board.inner_text(), 20, "the leaderboard to show the vote")
+    pg.screenshot(path=str(ARTIFACTS / "browser-compare.png"), full_page=True)
+
+    out = tmp_path / "feedback"
+    env = {**os.environ, "KRISHNA_AI_DATA": str(data_dir)}
+    env.pop("KRISHNA_AI_DB", None)
+    done = subprocess.run([sys.executable, "-m", "krishna_ai", "feedback", "export", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pairs = [json.loads(line) for line in (out / "dpo-krishna.jsonl").read_text().splitlines()]
+    voted = [p for p in pairs if p["prompt"][-1]["content"] == "I keep putting off my studies. How do I start?"]
+    assert len(voted) == 1
+    chosen = " ".join(voted[0]["chosen"][0]["content"].split())
+    assert chosen[:60] in " ".join(shown_a.split()), (chosen[:60], shown_a[:200])
+
+
+def test_a_blind_grading_session_ends_with_a_summary_that_matches_the_grades(page, data_dir):
+    """The Grade tab: two held-out questions from Krishna's eval (two models each), graded blind; the summary
+    shown at the end is the one the key and the grades give."""
+    from krishna_ai.training.grading import format_summary, key_path, summary
+
+    pg = page
+    pg.get_by_role("tab", name="Grade").click()
+    pg.locator("#grade-evals label", has_text="eval-heldout.json").first.click()
+    limit = pg.locator("#grade-limit input[type=number]").first
+    limit.fill("2")
+    limit.press("Enter")
+    pg.locator("#grade-start").click()
+    position = pg.locator("#grade-position")
+    wait_until(lambda: "Reply 1 of 4" in position.inner_text(), 30, "the first reply to grade")
+    for part in ("#grade-position", "#grade-question", "#grade-reply"):  # blind: no model names by a reply
+        assert "light-gguf" not in pg.locator(part).inner_text() and "eval-" not in pg.locator(part).inner_text()
+    clicks = ["good", "bad", "weak", "bad"]
+    for n, grade in enumerate(clicks, 1):
+        wait_until(lambda n=n: f"{n - 1} graded" in position.inner_text() or n == 1, 20, f"reply {n}")
+        assert pg.locator("#grade-reply").inner_text().strip()
+        if n == 2:
+            pg.locator("#grade-note textarea").fill("the story does not fit")
+        pg.locator(f"#grade-{grade}").click()
+    wait_until(lambda: "Summary per model" in pg.locator("#grade-summary").inner_text(), 20, "the summary")
+    pg.screenshot(path=str(ARTIFACTS / "browser-grade.png"), full_page=True)
+
+    sheets = [p for p in (data_dir / "grades").glob("*/krishna-*.json") if not p.name.endswith(".key.json")]
+    assert len(sheets) == 1 and key_path(sheets[0]).is_file()
+    graded = json.loads(sheets[0].read_text())["replies"]
+    assert [r["grade"] for r in graded] == clicks and graded[1]["note"] == "the story does not fit"
+    expected = format_summary(summary(sheets[0]))
+    shown = pg.locator("#grade-summary").inner_text()
+    for line in expected.splitlines()[2:]:  # each model's row: name, graded, good, weak, bad
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert all(cell in shown for cell in cells), (cells, shown)

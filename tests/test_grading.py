@@ -9,7 +9,7 @@ import pytest
 
 from krishna_ai.cli.main import main as cli
 from krishna_ai.core.errors import DataError
-from krishna_ai.training.grading import key_path, prepare, summary
+from krishna_ai.training.grading import eval_files, grade, key_path, prepare, rubric_for, summary
 
 
 def eval_file(path, name, replies):
@@ -54,3 +54,35 @@ def test_bad_grades_and_the_cli(tmp_path, capsys):
     (tmp_path / "s.json").write_text(json.dumps(data))
     assert cli(["grade", "summary", str(tmp_path / "s.json"), "--partial"]) == 0
     assert "| a.json:m | 1 | 0 (0%) | 1 (100%) | 0 (0%) |" in capsys.readouterr().out
+
+
+def test_grades_are_written_one_at_a_time_and_checked(tmp_path):
+    """What the Grade tab does per click: one reply's grade and note, written at once (resumable)."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    a = eval_file(tmp_path / "x" / "eval.json", "m", [("q1", "one"), ("q2", "two")])
+    b = eval_file(tmp_path / "y" / "eval.json", "m", [("q1", "uno"), ("q2", "dos")])
+    rubric = tmp_path / "r.md"
+    rubric.write_text("rubric")
+    sheet, key = prepare([a, b], rubric, tmp_path / "s.json")
+    assert sorted(set(json.loads(key.read_text()).values())) == ["x/eval.json:m", "y/eval.json:m"]  # told apart
+    first = json.loads(sheet.read_text())["replies"][0]["id"]
+    assert grade(sheet, first, "weak", "  generic counsel  ")["replies"][0]["note"] == "generic counsel"
+    assert json.loads(sheet.read_text())["replies"][0]["grade"] == "weak"  # on disk at once
+    assert sum(m["graded"] for m in summary(sheet, partial=True).values()) == 1
+    with pytest.raises(DataError, match="one of good, weak, bad"):
+        grade(sheet, first, "great")
+    with pytest.raises(DataError, match="no reply 'r999'"):
+        grade(sheet, "r999", "good")
+    (tmp_path / "junk.json").write_text('{"models": [{"replies": []}]}')
+    with pytest.raises(DataError, match="junk.json is not an eval result"):
+        prepare([tmp_path / "junk.json"], rubric, tmp_path / "t.json")
+
+
+def test_every_shipped_persona_has_a_rubric_and_its_evals_are_offered():
+    from krishna_ai.core.personas import load_personas
+
+    for persona in load_personas().values():
+        assert rubric_for(persona.id) is not None, persona.id
+        assert eval_files(persona), persona.id  # the eval beside its light adapter
+        assert all(f.name.startswith("eval-") and f.suffix == ".json" for f in eval_files(persona))

@@ -16,7 +16,8 @@ system part its reply was generated with (the persona's prompt and the cards the
   dpo-<persona>.jsonl   preference pairs in TRL's conversational DPO format {"prompt", "chosen", "rejected"}
                         (`train` with `method: dpo` reads them):
                         chosen = a liked reply, or the reply kept after a Retry when not disliked;
-                        rejected = a disliked reply, or one the user replaced with Retry (unless liked).
+                        rejected = a disliked reply, or one the user replaced with Retry (unless liked);
+                        and each side-by-side vote for A or B (the Compare tab): chosen = the winner.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from krishna_ai.core.prompting import Message, system_text
 from krishna_ai.core.schema import Strict, read_json
 from krishna_ai.history.schema import ChatInfo, StoredMessage
 from krishna_ai.history.store import HistoryStore, clean_title
+from krishna_ai.history.votes import Vote, votes
 
 FORMAT = "krishna_ai.chat"
 VERSION = 1
@@ -200,11 +202,11 @@ def system_message(persona: Persona, reply: StoredMessage, question: str) -> Mes
     return {"role": "system", "content": system_text(persona, reply.meta.get("personality"), cards, teachings)}
 
 
-def _with_system(persona: Persona | None, context: list[Message], reply: StoredMessage) -> list[Message]:
+def with_system(persona: Persona | None, context: list[Message], reply: StoredMessage) -> list[Message]:
     return context if persona is None else [system_message(persona, reply, context[-1]["content"]), *context]
 
 
-def _complete(reply: StoredMessage) -> bool:
+def complete(reply: StoredMessage) -> bool:
     """A reply that ended by itself: one stopped or cut at the token limit is never a chosen answer."""
     stats = reply.meta.get("stats")
     finish = stats.get("finish_reason") if isinstance(stats, dict) else None
@@ -228,22 +230,44 @@ def feedback_examples(chats: list[ChatInfo], personas: dict[str, Persona] | None
         for context, replies in _turns(chat.messages):
             if not include_imported:
                 replies = [r for r in replies if not r.meta.get("imported")]
-            liked = [r for r in replies if r.feedback == 1 and _complete(r)]
+            liked = [r for r in replies if r.feedback == 1 and complete(r)]
             for r in liked:
-                sft[chat.persona].append({"messages": [*_with_system(persona, context, r),
+                sft[chat.persona].append({"messages": [*with_system(persona, context, r),
                                                        {"role": "assistant", "content": r.content}],
                                           "meta": {"chat": chat.id, "message": r.id}})
             chosen = liked or [r for r in replies if not r.superseded and r.feedback != -1
-                               and len(replies) > 1 and _complete(r)]
+                               and len(replies) > 1 and complete(r)]
             rejected = [r for r in replies if (r.feedback == -1 or r.superseded) and r.feedback != 1
                         and r.content.strip()]
             for c in chosen:
                 for r in rejected:
                     if c.id != r.id and c.content != r.content:
-                        dpo[chat.persona].append({"prompt": _with_system(persona, context, c),
+                        dpo[chat.persona].append({"prompt": with_system(persona, context, c),
                                                   "chosen": [{"role": "assistant", "content": c.content}],
                                                   "rejected": [{"role": "assistant", "content": r.content}]})
     return dict(sft), dict(dpo)
+
+
+def vote_pairs(compared: list[Vote], personas: dict[str, Persona] | None = None) -> dict[str, list[dict]]:
+    """{persona: DPO pairs} from side-by-side votes (history/votes.py): each vote for A or B whose winner ended
+    by itself and differs from the loser. With `personas`, the prompt opens with the system part the winner
+    was generated with (a persona not in `personas` is left out), as for chat feedback."""
+    out: dict[str, list[dict]] = {}
+    for v in compared:
+        if v.winner not in ("a", "b"):
+            continue
+        persona = personas.get(v.persona) if personas is not None else None
+        if personas is not None and persona is None:
+            continue
+        won, lost = (v.a, v.b) if v.winner == "a" else (v.b, v.a)
+        chosen = StoredMessage(0, 0, "assistant", won.reply, meta=won.meta)
+        if not complete(chosen) or not lost.reply.strip() or won.reply == lost.reply:
+            continue
+        context = [*v.context, {"role": "user", "content": v.question}]
+        out.setdefault(v.persona, []).append({"prompt": with_system(persona, context, chosen),
+                                              "chosen": [{"role": "assistant", "content": won.reply}],
+                                              "rejected": [{"role": "assistant", "content": lost.reply}]})
+    return out
 
 
 def export_feedback(store: HistoryStore, out: str | Path, user: str | None = None,
@@ -253,6 +277,8 @@ def export_feedback(store: HistoryStore, out: str | Path, user: str | None = Non
     kept: each file is written whole or not at all, and only the files of this export are replaced."""
     chats = [c for _, c in store.all_chats(user)]
     sft, dpo = feedback_examples(chats, personas, include_imported)
+    for persona, pairs in vote_pairs(votes(store, user=user), personas).items():  # the Compare tab's votes
+        dpo[persona] = [*dpo.get(persona, []), *pairs]
     counts: dict[str, dict[str, int]] = {}
     out = Path(out)
     if out.exists() and not out.is_dir():

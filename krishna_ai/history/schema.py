@@ -103,6 +103,31 @@ class MessageRow(Base):
     chat: Mapped[ChatRow] = relationship(back_populates="messages")
 
 
+class VoteRow(Base):
+    """Two replies to one question, side by side (the Compare tab, /compare), and which one the user preferred."""
+
+    __tablename__ = "votes"
+    __table_args__ = (Index("ix_votes_persona_voted", "persona", "voted_at"),)  # one persona's leaderboard
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    persona: Mapped[str] = mapped_column(String(100))
+    question: Mapped[str] = mapped_column(Text)
+    context: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    """The turns before the question ({role, content}); empty for a fresh question."""
+    a_model: Mapped[str] = mapped_column(String(300))
+    """A's contestant label: the model spec and the adapter merged into it (leaderboard rows are these)."""
+    b_model: Mapped[str] = mapped_column(String(300))
+    a_reply: Mapped[str] = mapped_column(Text)
+    b_reply: Mapped[str] = mapped_column(Text)
+    a_meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """As a saved reply's meta: model, adapter, sampling, stats, style verdict, sources, personality."""
+    b_meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    winner: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    """a, b, tie or bad (both bad); None until the user votes."""
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    voted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 # -- what callers get back (plain data, no open session) -----------------------------------------------
 @dataclass
 class StoredMessage:

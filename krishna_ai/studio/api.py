@@ -15,6 +15,7 @@ from krishna_ai.core.errors import KrishnaError
 from krishna_ai.history.chatfile import import_chat, to_json, to_markdown
 from krishna_ai.history.store import HistoryStore
 from krishna_ai.studio.saving import (
+    GENERATE,
     PartialReply,
     api_turn,
     gr_error,
@@ -24,8 +25,6 @@ from krishna_ai.studio.saving import (
     user_of,
 )
 from krishna_ai.studio.service import Studio, Update, reply_facts, updates
-
-GENERATE = "generate"  # one concurrency group for the UI and the API: Studio.concurrency replies at a time
 
 
 def reply_payload(update: Update) -> dict[str, Any]:

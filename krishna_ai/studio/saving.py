@@ -32,6 +32,9 @@ log = logging.getLogger("krishna_ai.studio")
 EXPORT_DIR = Path(tempfile.gettempdir()) / "krishna_ai-exports"
 
 
+GENERATE = "generate"
+"""The one concurrency group of everything that generates (chat, API, Compare): Studio.concurrency at a time."""
+
 def say(exc: Exception) -> str:
     """What a client is told of an error: its message, except a database failure's, which names the
     server's database (its path or URL) and stays in the server's log; the client gets a plain sentence."""

@@ -161,16 +161,16 @@ class Studio:
         """The sentence vectors the scope gates judge with (None: the light model's, loaded on first need)."""
 
     # -- models -----------------------------------------------------------------------------
-    def engine(self, spec: str | None = None, persona: Persona | None = None) -> Engine:
+    def engine(self, spec: str | None = None, persona: Persona | None = None, *, plain: bool = False) -> Engine:
         """The engine for `spec` (default: the startup model), loading it on first use.
 
         The adapter merged at load is the one given at startup for this spec, else the persona's
         own adapter for it (e.g. Krishna's fine-tune of the light tier), else none.
         A failed load raises ModelUnavailable and leaves the engines already loaded untouched. While one model
-        loads, the models already loaded keep answering.
+        loads, the models already loaded keep answering. `plain`: no adapter at all (the model as it is).
         """
         spec = (spec or self.default_model).strip()
-        adapter = self.adapter(spec, persona)
+        adapter = None if plain else self.adapter(spec, persona)
         key = f"{spec}@{adapter}" if adapter else spec
         with self._load_lock:  # held for dictionary work only, never while a model loads
             if key in self._engines:
@@ -200,11 +200,11 @@ class Studio:
         spec = (spec or self.default_model).strip()
         return self.adapters.get(spec) or (persona.adapter_for(spec) if persona else None)
 
-    def client_engine(self, spec: str | None, persona: Persona | None = None) -> Engine:
+    def client_engine(self, spec: str | None, persona: Persona | None = None, *, plain: bool = False) -> Engine:
         """`engine()` for a spec a client sent: refused (InputError, nothing loaded) unless the policy allows it."""
         if spec and spec.strip() and self.policy is not None:
             spec = self.policy.check(spec)
-        return self.engine(spec, persona)
+        return self.engine(spec, persona, plain=plain)
 
     def loaded(self) -> list[str]:
         return list(self._engines)
@@ -246,11 +246,13 @@ class Studio:
         stop_event: threading.Event | None = None,
         rng: random.Random | None = None,
         slice: str | None = None,
+        plain: bool = False,
         **sampling: Any,
     ) -> Started:
         """Validate the request, retrieve its cards and start generating. Raises domain errors before any
         generation (a bad knowledge bank too: the persona fails, the app keeps serving). A valid request whose
-        message is outside the persona's scope gets its decline as the reply (`Started.scope`; nothing generated)."""
+        message is outside the persona's scope gets its decline as the reply (`Started.scope`; nothing generated).
+        `plain`: the model without the persona's adapter (the Compare tab's "no adapter")."""
         persona = self.persona(persona_id)
         params = SamplingParams.for_persona(persona, **sampling)
         message = sanitize(message or "").strip()
@@ -267,7 +269,7 @@ class Studio:
 
             if slice not in known_configs():  # never a path to a file on the server
                 raise InputError(f"unknown MatFormer size {slice!r}; choose one of: {', '.join(known_configs())}")
-        engine = self.client_engine(model, persona)
+        engine = self.client_engine(model, persona, plain=plain)
         if image is not None:
             if not engine.info.multimodal:
                 raise ImageError(f"The model {engine.name!r} reads text only. {image_tiers_hint()}")

@@ -16,8 +16,11 @@ import gradio as gr
 from krishna_ai.core.errors import KrishnaError
 from krishna_ai.matformer import known_configs
 from krishna_ai.runtime.tiers import FAST_PATH_HINT, TIERS, default_tier
-from krishna_ai.studio.api import GENERATE, register_api, updates
+from krishna_ai.studio.api import register_api, updates
+from krishna_ai.studio.compare import build_compare_tab
+from krishna_ai.studio.grade import build_grade_tab
 from krishna_ai.studio.saving import (
+    GENERATE,
     PartialReply,
     choices,
     content_files,
@@ -85,44 +88,52 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
         chat_id = gr.State(None)  # the saved chat on screen (None: not saved yet; one is made on the first message)
         sidebar = build_sidebar(studio)
         gr.Markdown("# krishna_ai studio\nChat with persona-specialised Gemma models.")
-        with gr.Row():
-            persona_dd = gr.Dropdown([(p.name, p.id) for p in personas.values()], value=persona,
-                                     label="Persona", scale=2)
-            model_dd = gr.Dropdown(model_choices, value=default_model, label="Model tier",
-                                   allow_custom_value=open_models, scale=2,
-                                   info="light runs offline on CPU (light-gguf: the same model on llama.cpp, "
-                                        "several times faster); e2b/e4b need Gemma 3n weights"
-                                        + ("; or type a local folder / hub id / .gguf file" if open_models else ""))
-        description = gr.Markdown(personas[persona].description)
-        if studio.default_model == "light" and default_tier() == "light":  # llama.cpp not installed
-            gr.Markdown(f"ℹ️ {FAST_PATH_HINT}", elem_id="fast-path-hint")
-        chatbot = gr.Chatbot(value=_greeting(studio, persona), label="Chat", height=480,
-                             buttons=["copy"], feedback_options=("Like", "Dislike") if store is not None else None)
-        textbox = gr.MultimodalTextbox(placeholder="Ask a question (attach a maize-leaf photo on a Gemma 3n tier)",
-                                       file_types=["image"], file_count="single", show_label=False,
-                                       sources=["upload"], elem_id="chat-input")
-        personality = gr.Textbox(label="Story about (optional)", max_length=MAX_PERSONALITY_CHARS,
-                                 visible=bool(personas[persona].personalities),
-                                 placeholder="a famous person; empty = the story that fits your question best")
-        with gr.Row():
-            stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False, elem_id="stop-button")
-            retry_btn = gr.Button("Retry", scale=1)
-            undo_btn = gr.Button("Undo", scale=1)
-            clear_btn = gr.Button("Clear", scale=1)
-        stats_md = gr.Markdown("", elem_id="reply-stats")
-        badge_md = gr.Markdown("", elem_id="style-badge")
-        sources_md = gr.Markdown("", elem_id="reply-sources")
-        examples = gr.Dataset(components=[gr.Textbox(visible=False)], label="Example questions",
-                              samples=[[q] for q in personas[persona].examples])
-        with gr.Accordion("Settings", open=False):
-            p = personas[persona].sampling
-            temperature = gr.Slider(0.0, 2.0, value=p.temperature, step=0.05, label="Temperature (0 = greedy)")
-            top_p = gr.Slider(0.05, 1.0, value=p.top_p, step=0.01, label="top_p")
-            top_k = gr.Slider(0, 200, value=p.top_k, step=1, label="top_k (0 = off)")
-            max_new = gr.Slider(16, 1024, value=p.max_new_tokens, step=16, label="Max new tokens")
-            slice_dd = gr.Dropdown([("Full model", "full"), *[(n, n) for n in known_configs()]], value="full",
-                                   label="MatFormer size (E4B-shaped Gemma 3n only)",
-                                   info="runs the loaded E4B as a smaller slice, live, without reloading")
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+                with gr.Row():
+                    persona_dd = gr.Dropdown([(p.name, p.id) for p in personas.values()], value=persona,
+                                             label="Persona", scale=2)
+                    model_dd = gr.Dropdown(model_choices, value=default_model, label="Model tier",
+                                           allow_custom_value=open_models, scale=2,
+                                           info="light runs offline on CPU (light-gguf: the same model on "
+                                                "llama.cpp, several times faster); e2b/e4b need Gemma 3n weights"
+                                                + ("; or type a local folder / hub id / .gguf file"
+                                                   if open_models else ""))
+                description = gr.Markdown(personas[persona].description)
+                if studio.default_model == "light" and default_tier() == "light":  # llama.cpp not installed
+                    gr.Markdown(f"ℹ️ {FAST_PATH_HINT}", elem_id="fast-path-hint")
+                chatbot = gr.Chatbot(value=_greeting(studio, persona), label="Chat", height=480, buttons=["copy"],
+                                     feedback_options=("Like", "Dislike") if store is not None else None)
+                textbox = gr.MultimodalTextbox(placeholder="Ask a question (attach a maize-leaf photo on a Gemma 3n "
+                                                           "tier)",
+                                               file_types=["image"], file_count="single", show_label=False,
+                                               sources=["upload"], elem_id="chat-input")
+                personality = gr.Textbox(label="Story about (optional)", max_length=MAX_PERSONALITY_CHARS,
+                                         visible=bool(personas[persona].personalities),
+                                         placeholder="a famous person; empty = the story that fits your question best")
+                with gr.Row():
+                    stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False, elem_id="stop-button")
+                    retry_btn = gr.Button("Retry", scale=1)
+                    undo_btn = gr.Button("Undo", scale=1)
+                    clear_btn = gr.Button("Clear", scale=1)
+                stats_md = gr.Markdown("", elem_id="reply-stats")
+                badge_md = gr.Markdown("", elem_id="style-badge")
+                sources_md = gr.Markdown("", elem_id="reply-sources")
+                examples = gr.Dataset(components=[gr.Textbox(visible=False)], label="Example questions",
+                                      samples=[[q] for q in personas[persona].examples])
+                with gr.Accordion("Settings", open=False):
+                    p = personas[persona].sampling
+                    temperature = gr.Slider(0.0, 2.0, value=p.temperature, step=0.05, label="Temperature (0 = greedy)")
+                    top_p = gr.Slider(0.05, 1.0, value=p.top_p, step=0.01, label="top_p")
+                    top_k = gr.Slider(0, 200, value=p.top_k, step=1, label="top_k (0 = off)")
+                    max_new = gr.Slider(16, 1024, value=p.max_new_tokens, step=16, label="Max new tokens")
+                    slice_dd = gr.Dropdown([("Full model", "full"), *[(n, n) for n in known_configs()]], value="full",
+                                           label="MatFormer size (E4B-shaped Gemma 3n only)",
+                                           info="runs the loaded E4B as a smaller slice, live, without reloading")
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
+                build_compare_tab(studio, model_choices, persona)
+            with gr.Tab("Grade", id="grade", elem_id="tab-grade") as grade_tab:
+                build_grade_tab(studio, persona, grade_tab)
         sampling_inputs = [temperature, top_p, top_k, max_new]
 
         def on_persona(persona_id: str):

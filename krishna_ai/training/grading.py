@@ -20,8 +20,16 @@ from typing import Any
 
 from krishna_ai.core.cache import write_text
 from krishna_ai.core.errors import DataError
+from krishna_ai.core.personas import Persona
 
 GRADES = ("good", "weak", "bad")
+RUBRICS = Path(__file__).resolve().parents[2] / "data" / "grades"
+"""The written rubrics, one per persona: <persona>-rubric.md."""
+
+
+def rubric_for(persona_id: str) -> Path | None:
+    path = RUBRICS / f"{persona_id}-rubric.md"
+    return path if path.is_file() else None
 
 
 def key_path(sheet: str | Path) -> Path:
@@ -35,10 +43,17 @@ def prepare(evals: list[str | Path], rubric: str | Path, out: str | Path, *, see
     the first `limit` questions that every model answered."""
     models: list[tuple[str, dict[str, str]]] = []
     for path in evals:
-        payload = json.loads(Path(path).read_text(encoding="utf-8"))
-        for result in payload.get("models", []):
-            replies = {r["question"]: r["reply"] for r in result.get("replies", [])}
-            models.append((f"{Path(path).name}:{result['name']}", replies))
+        path = Path(path)
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            results = [(r["name"], {x["question"]: x["reply"] for x in r.get("replies", [])})
+                       for r in payload.get("models", [])]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"{path.name} is not an eval result (python -m krishna_ai eval --out …): {exc}") from None
+        # "eval-heldout.json:light-gguf"; with the folder when two files share a name (two adapters' evals)
+        short = sum(Path(p).name == path.name for p in evals) == 1
+        models += [(f"{path.name if short else path.parent.name + '/' + path.name}:{name}", replies)
+                   for name, replies in results]
     if len(models) < 1:
         raise DataError(f"no model results in {', '.join(map(str, evals))}")
     names = [m for m, _ in models]
@@ -58,6 +73,26 @@ def prepare(evals: list[str | Path], rubric: str | Path, out: str | Path, *, see
     write_text(out, json.dumps(sheet, indent=1, ensure_ascii=False) + "\n")
     write_text(key_path(out), json.dumps(key, indent=1) + "\n")
     return out, key_path(out)
+
+
+def grade(sheet_path: str | Path, reply_id: str, value: str, note: str = "") -> dict[str, Any]:
+    """Grade one reply of a sheet (good, weak or bad, and why), written at once: a grading left half-way is
+    resumed where it stopped. Returns the sheet."""
+    if value not in GRADES:
+        raise DataError(f"a grade is one of {', '.join(GRADES)}, not {value!r:.40}")
+    sheet = json.loads(Path(sheet_path).read_text(encoding="utf-8"))
+    row = next((r for r in sheet["replies"] if r["id"] == reply_id), None)
+    if row is None:
+        raise DataError(f"{Path(sheet_path).name} has no reply {reply_id!r:.40}")
+    row["grade"], row["note"] = value, (note or "").strip()[:2000]
+    write_text(sheet_path, json.dumps(sheet, indent=1, ensure_ascii=False) + "\n")
+    return sheet
+
+
+def eval_files(persona: Persona) -> list[Path]:
+    """The eval results that sit beside the persona's adapters (eval-*.json): what the Grade tab offers."""
+    found = {f for adapter in persona.adapters.values() for f in Path(adapter).glob("eval-*.json")}
+    return sorted(found)
 
 
 def summary(sheet_path: str | Path, *, partial: bool = False) -> dict[str, dict[str, Any]]:
