@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 from krishna_ai.core.errors import KrishnaError
 from krishna_ai.ship.serve import port_free
@@ -39,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="require a login")
     ap.add_argument("--no-login", dest="no_login", action="store_true",
                     help="serve beyond this machine (--share, --host other than loopback) without a login, on purpose")
+    ap.add_argument("--admin", action="append", default=[], metavar="USER",
+                    help="a login who may change what the server runs: save personas (repeatable; without logins "
+                         "the one local user may, and nobody on an app served beyond this machine)")
     ap.add_argument("--auth-file", dest="auth_file", default=None, metavar="FILE",
                     help="logins, one user:password per line (also $KRISHNA_AI_AUTH: on lines, or after a comma)")
     ap.add_argument("--allow-model", dest="allow_model", action="append", default=[], metavar="SPEC",
@@ -105,7 +109,8 @@ def build(args: argparse.Namespace):
     from krishna_ai.studio.service import Studio
     from krishna_ai.studio.ui import build_demo
 
-    personas = load_personas(persona_dirs(args.prompts))
+    saved = saved_personas_dir()
+    personas = load_personas(persona_dirs([*args.prompts, *([saved] if saved.is_dir() else [])]))
     if args.persona not in personas:
         raise SystemExit(f"unknown persona {args.persona!r}; available: {', '.join(sorted(personas))}")
     from krishna_ai.runtime.tiers import default_tier, is_gguf_spec
@@ -140,7 +145,8 @@ def build(args: argparse.Namespace):
     from krishna_ai.studio.metrics import Metrics
 
     studio = Studio(personas, default_model=args.model, adapters=adapters, policy=policy, concurrency=concurrency,
-                    store=store, history_error=history_error, limits=limits, metrics=Metrics())
+                    store=store, history_error=history_error, limits=limits, metrics=Metrics(),
+                    admins=admins(args), prompts_dir=saved)
     if args.preload:  # the engine the first persona's first reply uses (its adapter merged), not the bare base
         print(f"Loading {args.model} for {args.persona}…", file=sys.stderr)
         try:
@@ -148,6 +154,35 @@ def build(args: argparse.Namespace):
         except KrishnaError as exc:  # keep serving: the UI can load another tier
             print(f"warning: could not preload {args.model!r}: {exc}", file=sys.stderr)
     return build_demo(studio, persona=args.persona), studio
+
+
+def is_public(args: argparse.Namespace) -> bool:
+    """Served beyond this machine: a share link, or an interface other than loopback."""
+    return bool(args.share) or args.host not in ("127.0.0.1", "localhost", "::1")
+
+
+def saved_personas_dir() -> Path:
+    """Where the Personas tab saves: <data dir>/prompts (searched after the shipped folder and --prompts)."""
+    from krishna_ai.history.schema import data_root
+
+    return data_root() / "prompts"
+
+
+def admins(args: argparse.Namespace) -> frozenset[str] | None:
+    """Who may save personas: the --admin logins; without logins, the local user (None), or nobody when the app
+    is served beyond this machine."""
+    from krishna_ai.studio.access import load_credentials
+
+    named = frozenset(getattr(args, "admin", []) or [])
+    logins = load_credentials(args.auth, getattr(args, "auth_file", None))
+    if logins:
+        unknown = sorted(named - {user for user, _ in logins})
+        if unknown:
+            raise SystemExit(f"--admin {', '.join(unknown)}: not a login (--auth / --auth-file)")
+        return named
+    if named:
+        raise SystemExit("--admin names logins: add --auth USER:PASSWORD (or --auth-file)")
+    return frozenset() if is_public(args) else None
 
 
 MAX_UPLOAD = "20mb"
@@ -191,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: port {args.port} is in use on {args.host}: pass --port N (another app, or this one "
               "started twice?)", file=sys.stderr)
         return 2
-    public = args.share or args.host not in ("127.0.0.1", "localhost", "::1")
+    public = is_public(args)
     if public and auth is None and not args.no_login:
         print(f"error: {'--share' if args.share else f'--host {args.host}'} serves the app beyond this machine, and "
               "no login is set: anyone who reaches it could use the model and every chat would be one user's. "

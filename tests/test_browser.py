@@ -69,8 +69,18 @@ def page(server):
         browser.close()
 
 
+def tab_shot(pg, name: str) -> None:
+    """A picture of one tab for the README (docs/tab-NAME.jpg, refreshed with KRISHNA_AI_UPDATE_SCREENSHOT=1),
+    without the toasts earlier tests left."""
+    for close in pg.locator('[data-testid="toast-close"]').all():
+        close.click()
+    pg.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
+    if os.environ.get("KRISHNA_AI_UPDATE_SCREENSHOT") == "1":
+        pg.screenshot(path=str(REPO / "docs" / f"tab-{name}.jpg"), full_page=True, type="jpeg", quality=60)
+
+
 def bot_texts(pg) -> list[str]:
-    return pg.locator('[data-testid="bot"]').all_inner_texts()
+    return pg.locator('#tab-chat [data-testid="bot"]').all_inner_texts()
 
 
 def last_bot(pg) -> str:
@@ -145,7 +155,7 @@ def test_stream_stop_retry_persona_and_image(page, tmp_path):
     pg.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)
 
     # switch persona: the chat restarts with the new greeting
-    pg.get_by_label("Persona").click()
+    pg.get_by_label("Persona", exact=True).click()
     pg.get_by_role("option", name="Maize Leaf Expert").click()
     wait_until(lambda: "maize leaf" in last_bot(pg).lower() and len(bot_texts(pg)) == 1, 20,
                "the maize greeting")
@@ -170,9 +180,10 @@ def test_saved_chat_survives_a_reload_takes_a_like_and_exports(page, data_dir, t
     saved = pg.locator("#chat-list label", has_text="I failed my exam again")
     saved.first.wait_for(timeout=20_000)  # the Krishna chat of the test above, listed after the reload
     saved.first.click()
-    wait_until(lambda: any("losing confidence" in t for t in pg.locator('[data-testid="user"]').all_inner_texts()),
-               20, "the saved chat to open")
-    assert "Krishna" in pg.get_by_label("Persona").input_value()
+    wait_until(lambda: any("losing confidence" in t
+                           for t in pg.locator('#tab-chat [data-testid="user"]').all_inner_texts()), 20,
+               "the saved chat to open")
+    assert "Krishna" in pg.get_by_label("Persona", exact=True).input_value()
     reply = wait_until(lambda: last_bot(pg).strip(), 20, "the saved reply to show")
 
     pg.get_by_role("button", name="Like", exact=True).last.click()
@@ -202,8 +213,9 @@ def test_saved_chat_survives_a_reload_takes_a_like_and_exports(page, data_dir, t
     pg.locator("#chat-list label", has_text="Imported copy of my exam chat").first.wait_for(timeout=20_000)
     wait_until(lambda: pg.locator("#chat-title textarea, #chat-title input").first.input_value()
                == "Imported copy of my exam chat", 20, "the imported chat to open")
-    wait_until(lambda: any("I failed my exam again" in t for t in pg.locator('[data-testid="user"]').all_inner_texts()),
-               20, "the imported chat's messages to show")
+    wait_until(lambda: any("I failed my exam again" in t
+                           for t in pg.locator('#tab-chat [data-testid="user"]').all_inner_texts()), 20,
+               "the imported chat's messages to show")
     assert db.execute("SELECT count(*) FROM chats WHERE title = 'Imported copy of my exam chat'").fetchone()[0] == 1
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "krishna_ai.chat", "messages": "not a list"}')
@@ -238,7 +250,7 @@ def test_compare_two_models_vote_and_the_vote_reaches_feedback_export(page, data
     wait_until(lambda: "Vote saved" in pg.locator("#compare-voted").inner_text(), 20, "the vote to be saved")
     board = pg.locator("#leaderboard")
     wait_until(lambda: "light · krishna-light" in board.inner_text(), 20, "the leaderboard to show the vote")
-    pg.screenshot(path=str(ARTIFACTS / "browser-compare.png"), full_page=True)
+    tab_shot(pg, "compare")
 
     out = tmp_path / "feedback"
     env = {**os.environ, "KRISHNA_AI_DATA": str(data_dir)}
@@ -277,7 +289,7 @@ def test_a_blind_grading_session_ends_with_a_summary_that_matches_the_grades(pag
             pg.locator("#grade-note textarea").fill("the story does not fit")
         pg.locator(f"#grade-{grade}").click()
     wait_until(lambda: "Summary per model" in pg.locator("#grade-summary").inner_text(), 20, "the summary")
-    pg.screenshot(path=str(ARTIFACTS / "browser-grade.png"), full_page=True)
+    tab_shot(pg, "grade")
 
     sheets = [p for p in (data_dir / "grades").glob("*/krishna-*.json") if not p.name.endswith(".key.json")]
     assert len(sheets) == 1 and key_path(sheets[0]).is_file()
@@ -288,3 +300,51 @@ def test_a_blind_grading_session_ends_with_a_summary_that_matches_the_grades(pag
     for line in expected.splitlines()[2:]:  # each model's row: name, graded, good, weak, bad
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert all(cell in shown for cell in cells), (cells, shown)
+
+
+def test_a_persona_edited_shows_its_error_is_fixed_saved_and_chatted_with(page, data_dir):
+    """The Personas tab: a new persona typed into the form, the loader's error shown as it is typed, fixed,
+    tried in the side chat, saved into the app's own folder, then chosen in the Chat tab and answered."""
+    pg = page
+    pg.get_by_role("tab", name="Personas").click()
+    pg.get_by_label("Start from").click()
+    pg.get_by_role("option", name="New persona").click()
+    check = pg.locator("#persona-check")
+
+    def type_into(name: str, text: str) -> None:
+        """Type as a person does, key by key (each key is an input event; the form rewrites the TOML)."""
+        box = pg.locator(f"#persona-{name} textarea, #persona-{name} input").first
+        box.fill("")
+        box.press_sequentially(text)
+
+    def field(name: str):
+        return pg.locator(f"#persona-{name} textarea, #persona-{name} input").first
+
+    wait_until(lambda: field("id").input_value() == "my-persona", 20, "the new persona's form")
+    type_into("id", "Fractions Tutor")  # not an id: the loader's own message, as it is typed
+    wait_until(lambda: "Not valid" in check.inner_text() and "id:" in check.inner_text(), 20, "the id error")
+    assert "Fractions Tutor" in pg.locator("#persona-toml").inner_text()  # the form writes the TOML
+    type_into("id", "fractions-tutor")
+    type_into("name", "Fractions Tutor")
+    type_into("system_prompt", "You explain fractions to children in two short, kind sentences.")
+    wait_until(lambda: "Valid: Fractions Tutor" in check.inner_text(), 20, "the fixed persona to check out")
+
+    pg.locator("#persona-try-input textarea").first.fill("What is half of four?")
+    pg.locator("#persona-try-send").click()
+    try_chat = pg.locator('#persona-try-chat [data-testid="bot"]')
+    wait_until(lambda: try_chat.count() and try_chat.last.inner_text().strip(), 120, "the draft to answer")
+
+    pg.locator("#persona-save").click()
+    wait_until(lambda: "Saved" in pg.locator("#persona-saved").inner_text(), 20, "the save")
+    saved = data_dir / "prompts" / "fractions-tutor.toml"
+    assert saved.is_file() and "two short, kind sentences" in saved.read_text()
+    tab_shot(pg, "personas")
+
+    pg.get_by_role("tab", name="Chat").click()
+    pg.get_by_label("Persona", exact=True).click()
+    pg.get_by_role("option", name="Fractions Tutor").click()
+    wait_until(lambda: "Hello! Ask me anything" in last_bot(pg), 20, "the new persona's greeting")
+    send(pg, "What is a quarter of eight?")
+    wait_until(lambda: "ended" in pg.locator("#reply-stats").inner_text()
+               or "max tokens" in pg.locator("#reply-stats").inner_text(), 240, "its reply")
+    assert last_bot(pg).strip() and "Hello! Ask me anything" not in last_bot(pg)

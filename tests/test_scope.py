@@ -19,7 +19,8 @@ from krishna_ai.core.personas import load_persona, load_personas
 from krishna_ai.core.safety import crisis_reply
 from krishna_ai.core.scope import judge, labelled_for, names_outside
 from krishna_ai.runtime.embed import LightEmbedder
-from krishna_ai.studio.service import Studio, reply_facts, verdict_line
+from krishna_ai.studio.replies import reply_facts, verdict_line
+from krishna_ai.studio.service import Studio
 from krishna_ai.training.scope_fit import HELDOUT, measure
 from tests.conftest import shipped_persona
 

@@ -12,7 +12,8 @@ from krishna_ai.core.errors import ConfigError
 def _cmd_ask(args: argparse.Namespace) -> int:
     from krishna_ai.core.personas import load_personas, persona_dirs
     from krishna_ai.runtime.tiers import default_tier
-    from krishna_ai.studio.service import Studio, verdict_line
+    from krishna_ai.studio.replies import verdict_line
+    from krishna_ai.studio.service import Studio
 
     args.model = args.model or default_tier()
     question = " ".join(args.question).strip()

@@ -370,3 +370,4 @@ def get_persona(personas: dict[str, Persona], persona_id: str) -> Persona:
         raise PersonaError(
             f"unknown persona {persona_id!r}; available: {', '.join(sorted(personas))}"
         ) from None
+

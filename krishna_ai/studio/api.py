@@ -14,6 +14,7 @@ import gradio as gr
 from krishna_ai.core.errors import KrishnaError
 from krishna_ai.history.chatfile import import_chat, to_json, to_markdown
 from krishna_ai.history.store import HistoryStore
+from krishna_ai.studio.replies import Update, reply_facts
 from krishna_ai.studio.saving import (
     GENERATE,
     PartialReply,
@@ -24,7 +25,7 @@ from krishna_ai.studio.saving import (
     uploaded,
     user_of,
 )
-from krishna_ai.studio.service import Studio, Update, reply_facts, updates
+from krishna_ai.studio.service import Studio, updates
 
 
 def reply_payload(update: Update) -> dict[str, Any]:

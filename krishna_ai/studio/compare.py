@@ -27,8 +27,9 @@ import gradio as gr
 
 from krishna_ai.core.errors import InputError, KrishnaError
 from krishna_ai.history.votes import Side, format_standings, leaderboard, save_compare, vote
+from krishna_ai.studio.replies import Update, reply_facts, verdict_line
 from krishna_ai.studio.saving import GENERATE, gr_error, quota_key, reply_meta, say, user_of
-from krishna_ai.studio.service import Studio, Update, reply_facts, updates, verdict_line
+from krishna_ai.studio.service import Studio, updates
 
 PLAIN = "|plain"
 """Suffix of a model box value for the model without the persona's adapter."""
@@ -140,8 +141,9 @@ def _board(studio: Studio, persona: str) -> list[list[Any]]:
     return format_standings(leaderboard(studio.store, persona))
 
 
-def build_compare_tab(studio: Studio, model_choices: list[tuple[str, str]], persona: str) -> None:
-    """The Compare tab's widgets and events (inside a `gr.Tab`), and the /compare, /vote, /leaderboard API."""
+def build_compare_tab(studio: Studio, model_choices: list[tuple[str, str]], persona: str) -> gr.Dropdown:
+    """The Compare tab's widgets and events (inside a `gr.Tab`), and the /compare, /vote, /leaderboard API;
+    returns its persona list (the app refreshes it when a persona is saved)."""
     personas = studio.personas
     choices = contestant_choices(model_choices)
     default = studio.default_model
@@ -239,6 +241,7 @@ def build_compare_tab(studio: Studio, model_choices: list[tuple[str, str]], pers
 
     persona_dd.input(on_persona, persona_dd, board, queue=False)
     _register_api(studio)
+    return persona_dd
 
 
 def _register_api(studio: Studio) -> None:

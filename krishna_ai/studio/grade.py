@@ -78,8 +78,8 @@ def _show(path: Path, index: int | None) -> tuple:
             row["reply"], row.get("note", ""), "", index)
 
 
-def build_grade_tab(studio: Studio, persona: str, tab: gr.Tab) -> None:
-    """The Grade tab's widgets and events (inside `tab`)."""
+def build_grade_tab(studio: Studio, persona: str, tab: gr.Tab) -> gr.Dropdown:
+    """The Grade tab's widgets and events (inside `tab`); returns its persona list."""
     gr.Markdown("Grade held-out replies blind: shuffled, without model names, against the persona's written "
                 "rubric. Each grade is saved at once; the key opens when the last reply is graded.")
     with gr.Row():
@@ -174,3 +174,4 @@ def build_grade_tab(studio: Studio, persona: str, tab: gr.Tab) -> None:
 
     back.click(on_back, [sheet_name, index], shown, queue=False)
     tab.select(on_load, None, sheets, queue=False)  # the user's sheets, fresh each time the tab is opened
+    return persona_dd

@@ -32,7 +32,8 @@ from starlette.routing import Route
 from krishna_ai.core.errors import GenerationError, ImageError, InputError, KrishnaError, ModelUnavailable
 from krishna_ai.studio.access import ApiKeys, BusyError, client_address
 from krishna_ai.studio.metrics import CONTENT_TYPE
-from krishna_ai.studio.service import Studio, Update, reply_facts, updates
+from krishna_ai.studio.replies import Update, reply_facts
+from krishna_ai.studio.service import Studio, updates
 
 MAX_BODY_BYTES = 1024 * 1024
 

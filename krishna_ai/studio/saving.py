@@ -26,7 +26,8 @@ from krishna_ai.history.chatfile import to_json, to_markdown
 from krishna_ai.history.schema import LOCAL_USER, ChatInfo, DatabaseError, HistoryError, StoredMessage
 from krishna_ai.history.store import HistoryStore, SavedImage
 from krishna_ai.studio.access import client_address
-from krishna_ai.studio.service import Studio, Update
+from krishna_ai.studio.replies import Update
+from krishna_ai.studio.service import Studio
 
 log = logging.getLogger("krishna_ai.studio")
 EXPORT_DIR = Path(tempfile.gettempdir()) / "krishna_ai-exports"

@@ -10,7 +10,7 @@ import random
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,19 @@ import anyio
 
 from krishna_ai.core.errors import ImageError, InputError
 from krishna_ai.core.images import load_image
-from krishna_ai.core.knowledge import Card
 from krishna_ai.core.personas import Persona, get_persona, load_personas
 from krishna_ai.core.prompting import Message, Turn, build_turn, sanitize
-from krishna_ai.core.safety import Crisis, crisis, crisis_reply, safety_badge
+from krishna_ai.core.safety import crisis, crisis_reply
 from krishna_ai.core.sampling import SamplingParams
-from krishna_ai.core.scope import Embed, Reason, judge, scope_badge
-from krishna_ai.core.style import Violation, badge, check_reply
+from krishna_ai.core.scope import Embed, Reason, judge
+from krishna_ai.core.style import check_reply
 from krishna_ai.history.store import HistoryStore
 from krishna_ai.runtime.engine import Engine, Reply, ReplyStats
 from krishna_ai.runtime.load import load_engine
 from krishna_ai.runtime.tiers import image_tiers_hint
 from krishna_ai.studio.access import BusyError, ModelPolicy, UserLimits
 from krishna_ai.studio.metrics import Metrics
+from krishna_ai.studio.replies import Update
 
 EngineLoader = Callable[[str, str | None], Engine]
 MAX_MESSAGE_CHARS = 32_000
@@ -51,52 +51,6 @@ def bounded_history(history: list[Message]) -> list[Message]:
             raise InputError(f"history message {n} is {size:,} characters; the limit is {MAX_MESSAGE_CHARS:,} "
                              "(start a new chat)")
     return history
-
-
-@dataclass
-class Update:
-    """One step of a streamed reply: the text so far, and (at the end) stats and style check."""
-
-    text: str
-    done: bool = False
-    stats: ReplyStats | None = None
-    violations: list[Violation] | None = None
-    personality: str | None = None
-    sources: list[Card] = field(default_factory=list)
-    """The cards put in the prompt, with their sources: the teachings the counsel applies, then the knowledge
-    cards (what the reply may state as fact)."""
-    safety: Crisis | None = None
-    """Set when the message spoke of a crisis: the text is then the fixed reply with real help (no model ran)."""
-    scope: Reason | None = None
-    """Set when the message was outside the persona's scope: the text is then its fixed decline (no model ran);
-    the reason is what decided it (the gate, a word naming what is outside, no card)."""
-
-
-def verdict_line(update: Update) -> str:
-    """The line under a finished reply: a crisis or scope note (a fixed reply), else the style verdict."""
-    if update.safety:
-        return safety_badge(update.safety)
-    if update.scope:
-        return scope_badge(update.scope)
-    return badge(update.violations or [])
-
-
-def reply_facts(update: Update, *, card_text: bool = False) -> dict[str, Any]:
-    """What a finished reply rests on, as the APIs return it (`/reply`, and the OpenAI API's extra field): how it
-    ended, its stats, the style verdicts, the crisis kind, the story's person and its sources (`card_text`: with
-    each card's text)."""
-    s = update.stats
-    return {
-        "finish_reason": s.finish_reason if s else None,
-        "stats": None if s is None else {"tokens": s.tokens, "prompt_tokens": s.prompt_tokens, "ttft_s": s.ttft_s,
-                                         "tokens_per_s": round(s.tokens_per_s, 2), "total_s": round(s.total_s, 3)},
-        "style": [{"rule": v.rule, "message": v.message} for v in update.violations or []],
-        "safety": update.safety,
-        "scope": update.scope,
-        "personality": update.personality,
-        "sources": [{"id": c.id, "title": c.title, "person": c.person, "source": c.source,
-                     **({"text": c.text} if card_text else {})} for c in update.sources],
-    }
 
 
 @dataclass
@@ -130,6 +84,8 @@ class Studio:
         metrics: Metrics | None = None,
         scopes: bool = True,
         embed: Embed | None = None,
+        admins: frozenset[str] | None = None,
+        prompts_dir: Path | None = None,
     ):
         self.personas = personas if personas is not None else load_personas()
         self.default_model = default_model
@@ -159,6 +115,18 @@ class Studio:
         """Whether a message outside a persona's [scope] gets its decline (False: every message is answered)."""
         self._embed = embed
         """The sentence vectors the scope gates judge with (None: the light model's, loaded on first need)."""
+        self.admins = admins
+        """Who may change what the server runs (edit and save personas): these logins; None: whoever uses
+        the app (no logins, on this machine only); an empty set: nobody."""
+        self.prompts_dir = prompts_dir
+        """Where personas edited in the app are saved (None: saving is off)."""
+
+    def may_admin(self, user: str) -> bool:
+        return self.admins is None or user in self.admins
+
+    def add_persona(self, persona: Persona) -> None:
+        """A persona saved while the app runs: offered from now on (a new dict: readers never see it change)."""
+        self.personas = {**self.personas, persona.id: persona}
 
     # -- models -----------------------------------------------------------------------------
     def engine(self, spec: str | None = None, persona: Persona | None = None, *, plain: bool = False) -> Engine:
@@ -247,13 +215,15 @@ class Studio:
         rng: random.Random | None = None,
         slice: str | None = None,
         plain: bool = False,
+        draft: Persona | None = None,
         **sampling: Any,
     ) -> Started:
         """Validate the request, retrieve its cards and start generating. Raises domain errors before any
         generation (a bad knowledge bank too: the persona fails, the app keeps serving). A valid request whose
         message is outside the persona's scope gets its decline as the reply (`Started.scope`; nothing generated).
-        `plain`: the model without the persona's adapter (the Compare tab's "no adapter")."""
-        persona = self.persona(persona_id)
+        `plain`: the model without the persona's adapter (the Compare tab's "no adapter"). `draft`: a persona
+        being edited (the Personas tab's try-out chat), used instead of the one named `persona_id`."""
+        persona = draft if draft is not None else self.persona(persona_id)
         params = SamplingParams.for_persona(persona, **sampling)
         message = sanitize(message or "").strip()
         if not message and image is None:
@@ -330,7 +300,8 @@ class Studio:
                   stop_event: threading.Event | None, **kwargs: Any) -> Iterator[Update]:
         kind = crisis(message or "")
         if kind is not None:
-            self.persona(persona_id)  # an unknown persona is still an error
+            if kwargs.get("draft") is None:
+                self.persona(persona_id)  # an unknown persona is still an error
             stats = ReplyStats(ttft_s=0.0, finish_reason="end_of_turn")
             yield Update(crisis_reply(kind), done=True, stats=stats, violations=[], safety=kind)
             return

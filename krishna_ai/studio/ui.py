@@ -19,6 +19,8 @@ from krishna_ai.runtime.tiers import FAST_PATH_HINT, TIERS, default_tier
 from krishna_ai.studio.api import register_api, updates
 from krishna_ai.studio.compare import build_compare_tab
 from krishna_ai.studio.grade import build_grade_tab
+from krishna_ai.studio.persona_editor import build_persona_tab
+from krishna_ai.studio.replies import Update, verdict_line
 from krishna_ai.studio.saving import (
     GENERATE,
     PartialReply,
@@ -38,7 +40,7 @@ from krishna_ai.studio.saving import (
     unsave_question,
     user_of,
 )
-from krishna_ai.studio.service import MAX_PERSONALITY_CHARS, Studio, Update, verdict_line
+from krishna_ai.studio.service import MAX_PERSONALITY_CHARS, Studio
 from krishna_ai.studio.sidebar import build_sidebar, wire_sidebar
 
 NOTICE = "⚠️ Not answered"
@@ -131,9 +133,11 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                                            label="MatFormer size (E4B-shaped Gemma 3n only)",
                                            info="runs the loaded E4B as a smaller slice, live, without reloading")
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
-                build_compare_tab(studio, model_choices, persona)
+                compare_persona = build_compare_tab(studio, model_choices, persona)
             with gr.Tab("Grade", id="grade", elem_id="tab-grade") as grade_tab:
-                build_grade_tab(studio, persona, grade_tab)
+                grade_persona = build_grade_tab(studio, persona, grade_tab)
+            with gr.Tab("Personas", id="personas", elem_id="tab-personas") as personas_tab:
+                saved_persona, editor_persona = build_persona_tab(studio, persona)
         sampling_inputs = [temperature, top_p, top_k, max_new]
 
         def on_persona(persona_id: str):
@@ -326,5 +330,25 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                      persona_outputs=persona_outputs, on_persona=on_persona, new_chat=new_chat,
                      new_chat_outputs=new_chat_outputs)
         register_api(studio)
+        lists = [persona_dd, compare_persona, grade_persona, editor_persona]
+
+        def persona_lists() -> list[Any]:
+            """Every persona list as the studio has it now (a persona saved in the Personas tab included)."""
+            found = [(p.name, p.id) for p in studio.personas.values()]
+            return [gr.Dropdown(choices=found), gr.Dropdown(choices=found), gr.Dropdown(choices=found),
+                    gr.Dropdown(choices=[("New persona", ""), *found])]
+
+        saved_persona.success(persona_lists, None, lists, queue=False)
+
+        built = list(studio.personas)
+
+        def on_load(request: gr.Request):
+            # The Personas tab is for admins only (its events check again: a hidden tab is not a lock). The
+            # lists change only when a persona was saved since the page was built: a load never races the user.
+            tab = gr.skip() if studio.may_admin(user_of(request)) else gr.Tab(visible=False)
+            lists_now = persona_lists() if list(studio.personas) != built else [gr.skip()] * len(lists)
+            return tab, *lists_now
+
+        demo.load(on_load, None, [personas_tab, *lists], queue=False)
 
     return demo
