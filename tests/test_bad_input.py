@@ -97,7 +97,10 @@ CHAT_CASES: list[tuple[str, Chat, str | None]] = [
     ("sampling: top_k -1", Chat(top_k=-1), "top_k must be an integer from 0 to 1000"),
     ("sampling: max_new_tokens 0", Chat(max_new_tokens=0), "max_new_tokens must be an integer from 1"),
     ("persona: unknown", Chat(persona="zeus"), "unknown persona 'zeus'"),
-    ("model: path that does not exist", Chat(model="/nowhere/model"), "not an existing folder"),
+    # a message the persona answers, so this server's own loader is asked (tests/test_scope.py: the app's
+    # loader refuses such a spec before the scope too)
+    ("model: path that does not exist", Chat(message="I failed my exam again. What should I do?",
+                                             model="/nowhere/model"), "not an existing folder"),
     ("text: control characters are dropped", Chat(message="Hello\x00\x07 there"), None),
 ]
 

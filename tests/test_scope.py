@@ -155,6 +155,33 @@ def test_a_model_a_client_may_not_name_is_refused_before_the_scope(embed):
         list(studio.chat("pet", [], "hello", model="/etc"))
 
 
+def test_a_declined_message_loads_no_model(embed, scripted):
+    """The decline needs no model: a server whose first message is outside the scope loads nothing for it;
+    the first message the persona answers loads the model."""
+    loads = []
+
+    def loader(spec, adapter):
+        loads.append(spec)
+        return scripted(["A poem."])
+
+    studio = Studio(P, loader=loader, embed=embed)
+    assert list(studio.chat("krishna", [], "Write a Python function that sorts a list."))[-1].scope is not None
+    assert loads == [] and studio.loaded() == []
+    assert list(studio.chat("krishna", [], "I failed my exam again. What should I do?"))[-1].scope is None
+    assert loads == ["light"]
+
+
+
+def test_a_model_that_names_nothing_is_refused_before_the_scope_without_a_load(embed):
+    from krishna_ai.core.errors import ModelUnavailable
+
+    studio = Studio(P, embed=embed)  # the app's own loader
+    for spec, error in (("/nowhere/model", "not an existing folder"), ("/nowhere/x.gguf", "no GGUF file")):
+        with pytest.raises(ModelUnavailable, match=error):
+            list(studio.chat("krishna", [], "Write a Python function that sorts a list.", model=spec))
+    assert studio.loaded() == []
+
+
 def test_a_crisis_comes_before_the_scope(embed):
     studio = Studio(P, loader=no_model, embed=embed)
     final = list(studio.chat("pet", [], "I want to kill myself"))[-1]

@@ -21,16 +21,15 @@ they are about what came before, or about the picture.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from krishna_ai.core.errors import PersonaError
 from krishna_ai.core.gate import load_gate
 from krishna_ai.core.personas import Persona, Scope
+from krishna_ai.core.schema import read_jsonl
 
 Embed = Callable[[str], Sequence[float]]
 """A message's sentence vector (the same embedding the gate was fitted on)."""
@@ -134,18 +133,8 @@ def labelled_for(persona_id: str, path: str) -> list[tuple[str, int]]:
 
 
 def _jsonl(path: str) -> list[dict[str, Any]]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise PersonaError(f"{path}: cannot read ({exc.strerror})") from None
     rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PersonaError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    for n, row in read_jsonl(path, PersonaError, allow_empty=True):
         if not isinstance(row, dict) or not isinstance(row.get("question"), str):
             raise PersonaError(f"{path}:{n}: expected an object with a \"question\" string")
         rows.append(row)

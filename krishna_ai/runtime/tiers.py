@@ -76,14 +76,28 @@ def resolve_source(spec: str) -> tuple[str, str, bool]:
         return "light", str(ensure_light_checkpoint()), True
     if spec in TIERS:
         return spec, TIERS[spec].source, False
+    check_spec(spec)
     path = Path(spec).expanduser()
+    return (path.name, str(path), True) if path.exists() else (spec, spec, False)
+
+
+def check_spec(spec: str) -> None:
+    """Refuse, without loading anything, a model spec that names nothing: not a tier, a model server, a GGUF
+    file, a model folder or a hub id (ModelUnavailable says which it is not)."""
+    if spec in TIERS or spec == "light" or spec == GGUF_TIER or spec.startswith("openai:"):
+        return
+    path = Path(spec).expanduser()
+    if is_gguf_spec(spec):
+        if not path.is_file():
+            raise ModelUnavailable(f"no GGUF file {spec!r}")
+        return
     if path.exists():
         if not path.is_dir():
             raise ModelUnavailable(f"model path {spec!r} is a file; give the folder that holds config.json")
-        return path.name, str(path), True
-    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
-    if looks_like_hub_id:
-        return spec, spec, False
+        check_local_folder(path)
+        return
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):  # a hub id
+        return
     raise ModelUnavailable(
         f"no model {spec!r}: it is not a tier ({describe_tiers()}), not an existing folder, "
         "and not a Hugging Face hub id (owner/name)"

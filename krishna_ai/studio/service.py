@@ -27,7 +27,7 @@ from krishna_ai.core.style import check_reply
 from krishna_ai.history.store import HistoryStore
 from krishna_ai.runtime.engine import Engine, Reply, ReplyStats
 from krishna_ai.runtime.load import load_engine
-from krishna_ai.runtime.tiers import image_tiers_hint
+from krishna_ai.runtime.tiers import check_adapter, check_spec, image_tiers_hint
 from krishna_ai.studio.access import BusyError, ModelPolicy, UserLimits
 from krishna_ai.studio.metrics import Metrics
 from krishna_ai.studio.replies import Update
@@ -92,6 +92,12 @@ class Studio:
         self.adapters = dict(adapters or {})
         """Adapter merged at load, per model spec (e.g. {"light": "adapters/krishna-light"})."""
         self._loader: EngineLoader = loader or (lambda spec, adapter: load_engine(spec, adapter))
+        self._check_spec: Callable[[str], None] = check_spec if loader is None else (lambda spec: None)
+        """Refuses a spec that names nothing without loading it (a custom loader knows its own specs)."""
+        if loader is None:  # a startup model or adapter that is not there fails now, not at a first reply
+            check_spec(default_model)
+            for adapter in self.adapters.values():
+                check_adapter(adapter)
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._max_loaded = max_loaded
         self._load_lock = threading.Lock()
@@ -239,8 +245,12 @@ class Studio:
 
             if slice not in known_configs():  # never a path to a file on the server
                 raise InputError(f"unknown MatFormer size {slice!r}; choose one of: {', '.join(known_configs())}")
-        engine = self.client_engine(model, persona, plain=plain)
-        if image is not None:
+        if model and model.strip():  # a model not offered, or naming nothing, is refused, declined message or not
+            model = self.policy.check(model) if self.policy is not None else model.strip()
+            self._check_spec(model)
+        engine = None
+        if image is not None:  # (an image message is never judged outside the scope: it is always answered)
+            engine = self.client_engine(model, persona, plain=plain)
             if not engine.info.multimodal:
                 raise ImageError(f"The model {engine.name!r} reads text only. {image_tiers_hint()}")
             if not persona.accepts_images:
@@ -252,6 +262,7 @@ class Studio:
             decline = Reply(iter([persona.scope.decline]), stop_event or threading.Event(),
                             ReplyStats(ttft_s=0.0, finish_reason="end_of_turn"))
             return Started(decline, persona, Turn([], None, None, None, None), scope=reason)
+        engine = engine or self.client_engine(model, persona, plain=plain)  # loaded only for a reply it writes
         turn = build_turn(persona, history, message, personality=personality, image=image, rng=rng)
         return Started(engine.stream(turn.messages, params, stop_event, slice=slice or None), persona, turn)
 

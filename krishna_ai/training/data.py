@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from krishna_ai.core import schema
 from krishna_ai.core.cache import atomic_file
 from krishna_ai.core.errors import DataError, ImageError, problems
 from krishna_ai.core.images import load_image
@@ -90,27 +91,7 @@ def parse_conversation(obj: Any, base: Path, where: str, errors: list[str]) -> l
 
 def read_jsonl(path: str | Path) -> list[tuple[int, Any]]:
     """(line number, parsed object) for every non-blank line; JSON errors collected into one DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    errors, rows = [], []
-    with path.open(encoding="utf-8", errors="strict") as fh:
-        try:
-            lines = list(fh)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((n, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            errors.append(f"{path.name}:{n}: not valid JSON ({exc.msg} at column {exc.colno})")
-    if errors:
-        raise DataError(problems(f"{path}: {len(errors)} bad line(s)", errors))
-    if not rows:
-        raise DataError(f"{path}: no data lines")
-    return rows
+    return schema.read_jsonl(path, DataError)
 
 
 def load_conversations(path: str | Path) -> list[list[Message]]:

@@ -198,10 +198,11 @@ def _crisis_row(q: dict[str, Any], kind: Crisis | None) -> dict[str, Any]:
 
 def _scope_summary(declined: list[dict[str, Any]], missed: list[dict[str, Any]], asked: int) -> dict[str, Any]:
     """Outside questions (labelled "scope": "out") given the decline, and inside ones wrongly given it."""
+    refused = sum(d["expected"] == "in" for d in declined)
     outside = sum(d["expected"] == "out" for d in declined) + len(missed)
-    inside = asked - len(missed) + sum(d["expected"] == "in" for d in declined)
+    inside = asked - len(missed) + refused
     return {"outside": outside, "caught": (outside - len(missed)) / outside if outside else None,
-            "inside": inside, "refused": sum(d["expected"] == "in" for d in declined) / inside if inside else None,
+            "inside": inside, "refused": refused / inside if inside else None,
             "missed": [q["question"] for q in missed]}
 
 
