@@ -167,11 +167,11 @@ def test_persona_adapter_is_used_on_its_tier_only(scripted):
     personas = load_personas()
     personas["krishna"] = personas["krishna"].model_copy(update={"adapters": {"light": "/adapters/k"}})
     personas["aurora"] = personas["aurora"].model_copy(update={"adapters": {}})  # a persona without one
-    studio = Studio(personas, loader=loader)
+    studio = Studio(personas, loader=loader, scopes=False)  # "hi" is outside Krishna's scope: no model would run
     list(studio.chat("krishna", [], "hi"))
     list(studio.chat("aurora", [], "hi"))
     list(studio.chat("krishna", [], "again"))
     assert seen == [("light", "/adapters/k"), ("light", None)]  # cached per (tier, adapter)
-    override = Studio(personas, loader=loader, adapters={"light": "/cli/adapter"})
+    override = Studio(personas, loader=loader, adapters={"light": "/cli/adapter"}, scopes=False)
     list(override.chat("krishna", [], "hi"))
     assert seen[-1] == ("light", "/cli/adapter")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from krishna_ai.history.schema import Base
 from krishna_ai.history.store import HistoryStore
 from tests.conftest import free_port
 from tests.test_history import (  # noqa: F401 - collected again here, with this module's `store` fixture
@@ -83,7 +84,8 @@ def store(server_url, tmp_path):
     s = HistoryStore(server_url, data_dir=tmp_path / "data")
     yield s
     with s.engine.begin() as conn:  # each test starts from an empty database
-        conn.exec_driver_sql("DROP TABLE IF EXISTS messages, chats, users, alembic_version CASCADE")
+        tables = ", ".join([*Base.metadata.tables, "alembic_version"])  # every table the migrations make
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {tables} CASCADE")
     s.close()
 
 

@@ -10,8 +10,9 @@ moves the persona's leaderboard.
 
 A contestant is a model the server offers (the same policy as the chat's model box), with the persona's own
 adapter merged or `plain` (the model as it is): "is the fine-tune better than its base?" is the question
-this tab is most often asked. Both replies run at once; on one in-process llama.cpp model they take turns
-token by token, on two models or a model server they run side by side.
+this tab is most often asked. Both replies are asked for at once: two different contestants run side by
+side on their own engines; the same model on both sides answers one after the other (an in-process engine
+serves one reply at a time); a model server runs both in its slots.
 """
 
 from __future__ import annotations
