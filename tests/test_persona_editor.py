@@ -13,7 +13,7 @@ from krishna_ai.core.drafts import check_persona_text, persona_text, save_person
 from krishna_ai.core.errors import PersonaError
 from krishna_ai.core.personas import PROMPTS_DIR, load_persona, load_personas
 from krishna_ai.studio.access import ModelPolicy
-from krishna_ai.studio.persona_editor import _form, _toml
+from krishna_ai.studio.persona_editor import _form, _toml, card_draft, draft_card
 from krishna_ai.studio.service import Studio
 from krishna_ai.studio.ui import build_demo
 from tests.conftest import free_port
@@ -127,3 +127,17 @@ def test_admin_needs_logins_that_exist():
         app.admins(app.parse_args(["--auth", "ana:pw", "--admin", "carl"]))
     assert app.admins(app.parse_args([])) is None  # no logins, this machine only: the local user
     assert app.admins(app.parse_args(["--share", "--no-login"])) == frozenset()  # served to strangers: nobody
+
+
+def test_a_draft_goes_out_as_a_character_card_and_comes_back_into_the_editor(tmp_path):
+    text = persona_text(P["pet"]).replace(P["pet"].greeting, "Paste a prompt and I will sharpen it.")
+    card = draft_card(text, tmp_path)
+    assert card.suffix == ".png" and card.is_file()
+    back, lost = card_draft(card)
+    again = check_persona_text(back)
+    assert again.name == P["pet"].name and again.greeting == "Paste a prompt and I will sharpen it."
+    assert again.id == "pet-prompt-engineering-coach"  # a card carries a name, not an id: made from the name
+    assert again.system_prompt.strip() and lost == []
+    with pytest.raises(PersonaError):
+        draft_card('id = "x"\n', tmp_path)  # not a valid persona: no card
+    assert list(tmp_path.glob("x*")) == []

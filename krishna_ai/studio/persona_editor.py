@@ -68,6 +68,20 @@ def _toml(text: str, values: list[Any]) -> str:
     return tomli_w.dumps({k: raw[k] for k in order if k in raw})
 
 
+def card_draft(path: str | Path) -> tuple[str, list[str]]:
+    """A character card file (.png or .json) as persona TOML for the editor, and what the card had that a
+    persona cannot carry."""
+    path = Path(path)
+    imported = card_to_persona(read_card(path.read_bytes(), path.name))
+    return imported.toml, imported.not_carried
+
+
+def draft_card(text: str, folder: str | Path) -> Path:
+    """The draft (checked first) as a character card PNG in `folder`."""
+    draft = check_persona_text(text)
+    return write_card(draft, Path(folder) / f"{draft.id}.card.png")
+
+
 def _check(text: str) -> str:
     try:
         persona = check_persona_text(text)
@@ -162,21 +176,19 @@ def build_persona_tab(studio: Studio, persona: str) -> tuple[Any, gr.Dropdown]:
         path = Path(uploaded(file if isinstance(file, str) else getattr(file, "path", None) or file["path"],
                              "the card") or "")
         try:
-            imported = card_to_persona(read_card(path.read_bytes(), path.name))
+            text, lost = card_draft(path)
         except KrishnaError as exc:
             raise gr_error(exc) from None
-        if imported.lost:
-            gr.Info("Not carried from the card: " + "; ".join(imported.lost))
-        return imported.toml, *_form(imported.toml)
+        if lost:
+            gr.Info("Not carried from the card: " + "; ".join(lost))
+        return text, *_form(text)
 
     card_in.upload(on_card, card_in, [code, *form], queue=False)
 
     def on_export(text: str, request: gr.Request):
         admin(request)
         try:
-            draft = check_persona_text(text)
-            folder = Path(tempfile.mkdtemp(prefix="card-"))
-            return write_card(draft, folder / f"{draft.id}.card.png")
+            return draft_card(text, tempfile.mkdtemp(prefix="card-"))
         except KrishnaError as exc:
             raise gr_error(exc) from None
 
