@@ -211,15 +211,15 @@ def build_compare_tab(studio: Studio, model_choices: list[tuple[str, str]], pers
     outputs = [a_head, b_head, a_reply, a_facts, b_reply, b_facts, compare_id, stop, voted, *buttons]
     event = go.click(run, [persona_dd, a_dd, b_dd, question], outputs, concurrency_id=GENERATE,
                      concurrency_limit=studio.concurrency, api_visibility="private")
-    question.submit(run, [persona_dd, a_dd, b_dd, question], outputs, concurrency_id=GENERATE,
-                    api_visibility="private")
+    submitted = question.submit(run, [persona_dd, a_dd, b_dd, question], outputs, concurrency_id=GENERATE,
+                                api_visibility="private")
 
     def on_stop(request: gr.Request):
         for side in "ab":
             studio.stop(f"{request.session_hash or ''}:{side}")
         return gr.Button(interactive=False), "⏹ stopped: a stopped comparison is not saved"
 
-    stop.click(on_stop, None, [stop, voted], queue=False, cancels=[event])
+    stop.click(on_stop, None, [stop, voted], queue=False, cancels=[event, submitted])
 
     for winner, button in zip((w for w, _ in VOTES), buttons, strict=True):
         def on_vote(cid: str | None, persona_id: str, request: gr.Request, winner: str = winner):
