@@ -119,8 +119,8 @@ def launched(scripted, tmp_path):
     """The app's own build and launch: Krishna's adapter gives one scripted model, no adapter another."""
     args = app.parse_args(["--port", str(free_port()), "--no-preload", "--model", "light",
                            "--db", f"sqlite:///{tmp_path / 'h.db'}"])
-    tuned = scripted(["Partha, ", "rise ", "and ", "study."], delay=0.05)
-    base = scripted(["Exams ", "exams ", "exams."], delay=0.05)
+    tuned = scripted(["Partha, ", "rise ", "and ", "study."], delay=0.3)  # slow enough to overlap on a busy machine
+    base = scripted(["Exams ", "exams ", "exams."], delay=0.3)
     loads = []
 
     def loader(spec, adapter):
@@ -129,7 +129,7 @@ def launched(scripted, tmp_path):
 
     store, error = app.open_history(args)
     studio = Studio(P, default_model="light", loader=loader, store=store, history_error=error,
-                    policy=ModelPolicy(["light"]))
+                    policy=ModelPolicy(["light"]), scopes=False)  # scope: tests/test_scope.py
     demo = build_demo(studio)
     app.launch(demo, args, prevent_thread_lock=True, quiet=True, store=store)
     yield f"http://127.0.0.1:{args.port}/", studio, loads
