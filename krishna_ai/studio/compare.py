@@ -28,7 +28,7 @@ import gradio as gr
 
 from krishna_ai.core.errors import InputError, KrishnaError
 from krishna_ai.history.votes import Side, format_standings, leaderboard, save_compare, vote
-from krishna_ai.studio.replies import Update, reply_facts, verdict_line
+from krishna_ai.studio.replies import Update, reply_facts, sources_line, verdict_line
 from krishna_ai.studio.saving import GENERATE, gr_error, quota_key, reply_meta, say, user_of
 from krishna_ai.studio.service import Studio, updates
 
@@ -94,9 +94,7 @@ async def both(studio: Studio, persona: str, question: str, a: Contestant, b: Co
 
 
 def _facts_line(update: Update) -> str:
-    parts = [update.stats.line() if update.stats else "", verdict_line(update)]
-    if update.sources:
-        parts.append("📚 " + " · ".join(f"**{c.title}** — {c.source}" for c in update.sources))
+    parts = [update.stats.line() if update.stats else "", verdict_line(update), sources_line(update)]
     return "\n\n".join(p for p in parts if p)
 
 

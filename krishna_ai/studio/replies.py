@@ -57,3 +57,10 @@ def reply_facts(update: Update, *, card_text: bool = False) -> dict[str, Any]:
         "sources": [{"id": c.id, "title": c.title, "person": c.person, "source": c.source,
                      **({"text": c.text} if card_text else {})} for c in update.sources],
     }
+
+
+def sources_line(update: Update) -> str:
+    """The cards a reply was grounded in, with their sources, shown under it (Chat and Compare tabs)."""
+    if not update.sources:
+        return ""
+    return "📚 " + " · ".join(f"**{c.title}** — {c.source}" for c in update.sources)

@@ -20,7 +20,7 @@ from krishna_ai.studio.api import register_api, updates
 from krishna_ai.studio.compare import build_compare_tab
 from krishna_ai.studio.grade import build_grade_tab
 from krishna_ai.studio.persona_editor import build_persona_tab
-from krishna_ai.studio.replies import Update, verdict_line
+from krishna_ai.studio.replies import sources_line, verdict_line
 from krishna_ai.studio.saving import (
     GENERATE,
     PartialReply,
@@ -61,13 +61,6 @@ def split_pending(history: list[dict]) -> tuple[list[dict], str, str | None]:
             continue
         earlier.append({"role": m["role"], "content": content_text(m["content"])})
     return earlier, text, images[-1] if images else None
-
-
-def sources_line(update: Update) -> str:
-    """The cards a reply was grounded in, with their sources, shown under it."""
-    if not update.sources:
-        return ""
-    return "📚 " + " · ".join(f"**{c.title}** — {c.source}" for c in update.sources)
 
 
 def _greeting(studio: Studio, persona_id: str) -> list[dict]:
