@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "the one local user may, and nobody on an app served beyond this machine)")
     ap.add_argument("--auth-file", dest="auth_file", default=None, metavar="FILE",
                     help="logins, one user:password per line (also $KRISHNA_AI_AUTH: on lines, or after a comma)")
+    ap.add_argument("--job-threads", dest="job_threads", type=int, default=None, metavar="N",
+                    help="CPU threads of a training/evaluation/export job (default: one fewer than the machine has, "
+                         "at least 1; jobs also run at a lower priority, so chatting stays responsive)")
     ap.add_argument("--allow-model", dest="allow_model", action="append", default=[], metavar="SPEC",
                     help="another model clients may pick (repeatable); by default only the tiers and --model")
     ap.add_argument("--allow-any-model", dest="allow_any_model", action="store_true",
@@ -147,6 +150,7 @@ def build(args: argparse.Namespace):
     studio = Studio(personas, default_model=args.model, adapters=adapters, policy=policy, concurrency=concurrency,
                     store=store, history_error=history_error, limits=limits, metrics=Metrics(),
                     admins=admins(args), prompts_dir=saved)
+    studio.jobs = start_jobs(studio, args, [*args.prompts, str(saved)])
     if args.preload:  # the engine the first persona's first reply uses (its adapter merged), not the bare base
         print(f"Loading {args.model} for {args.persona}…", file=sys.stderr)
         try:
@@ -154,6 +158,28 @@ def build(args: argparse.Namespace):
         except KrishnaError as exc:  # keep serving: the UI can load another tier
             print(f"warning: could not preload {args.model!r}: {exc}", file=sys.stderr)
     return build_demo(studio, persona=args.persona), studio
+
+
+def start_jobs(studio, args: argparse.Namespace, prompts: list[str]):
+    """The workbench's job runner (Train, Evaluate, Export), started; None without a database or an admin. Jobs
+    a previous app left running are marked interrupted; the adapters of finished training runs are offered."""
+    if studio.store is None or studio.admins == frozenset():
+        return None
+    from pathlib import Path
+
+    from krishna_ai.history.jobs import jobs
+    from krishna_ai.studio.jobs import JobRunner
+    from krishna_ai.studio.train_tab import on_done
+
+    runner = JobRunner(studio.store, studio.store.data_dir / "jobs", threads=args.job_threads, prompts=prompts)
+    hook = on_done(studio)
+    for job in reversed(jobs(studio.store, "train")):
+        if job.status == "done" and Path(job.result.get("adapter") or "").is_dir():
+            hook(job)
+    runner.on_done.append(hook)
+    for job in runner.start():
+        print(f"job {job.id} ({job.title}) was running when the app ended: marked interrupted", file=sys.stderr)
+    return runner
 
 
 def is_public(args: argparse.Namespace) -> bool:
@@ -193,6 +219,8 @@ def launch(demo, args: argparse.Namespace, concurrency: int = 1, store=None, stu
     chats' images folder (of `store`) is the one folder of ours Gradio may serve, so reopened chats show them.
     With `studio`, the personas are also an OpenAI-compatible API (/v1) with /metrics, on the same port."""
     allowed = [str(store.data_dir / "images")] if store is not None else []
+    if studio is not None and studio.jobs is not None:  # an export's files, offered to admins in the Export tab
+        allowed.append(str(studio.jobs.root))
     auth = login_guard(args)
     app_kwargs = extra.setdefault("app_kwargs", {})
     if auth is not None:  # failed logins are also capped per client address

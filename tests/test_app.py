@@ -129,7 +129,7 @@ def test_share_without_auth_warns(monkeypatch, capsys):
         def launch(self, **kw):
             launched.update(kw)
 
-    monkeypatch.setattr(app, "build", lambda args: (FakeDemo(), SimpleNamespace(concurrency=1, store=None)))
+    monkeypatch.setattr(app, "build", lambda args: (FakeDemo(), SimpleNamespace(concurrency=1, store=None, jobs=None)))
     assert app.main(["--share"]) == 2 and not launched  # no login, public: refused unless said on purpose
     assert "--no-login" in capsys.readouterr().err
     assert app.main(["--host", "0.0.0.0"]) == 2 and not launched

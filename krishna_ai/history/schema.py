@@ -128,6 +128,35 @@ class VoteRow(Base):
     voted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
+class JobRow(Base):
+    """A run of the workbench (Train, Evaluate, Export tabs; /job_start): its commands, folder and state."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)  # the queue: oldest queued first
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """train, eval or export."""
+    title: Mapped[str] = mapped_column(String(200))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """What was asked for (the form's values), as checked."""
+    commands: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    """The `python -m krishna_ai` argument lists it runs, one after the other."""
+    folder: Mapped[str] = mapped_column(String(500))
+    """Where it writes: its log (job.log), the run, the files it makes."""
+    status: Mapped[str] = mapped_column(String(16))
+    """queued, running, done, failed, stopped or interrupted (the app ended while it ran)."""
+    resume: Mapped[bool] = mapped_column(default=False)
+    """Its next start continues from its last checkpoint (a training run stopped or interrupted)."""
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """What it made: the adapter, the results file, the exported files."""
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 # -- what callers get back (plain data, no open session) -----------------------------------------------
 @dataclass
 class StoredMessage:

@@ -81,6 +81,17 @@ def resolve_source(spec: str) -> tuple[str, str, bool]:
     return (path.name, str(path), True) if path.exists() else (spec, spec, False)
 
 
+def split_model(spec: str) -> tuple[str, str | None]:
+    """(model, adapter) of a model box value: `light@runs/x/adapter` names its adapter; a model server's URL
+    (openai:…, which may hold user@host) never does."""
+    from krishna_ai.runtime.probe import is_remote_spec
+
+    if is_remote_spec(spec) or "@" not in spec:
+        return spec, None
+    model, _, adapter = spec.rpartition("@")
+    return model, adapter or None
+
+
 def check_spec(spec: str) -> None:
     """Refuse, without loading anything, a model spec that names nothing: not a tier, a model server, a GGUF
     file, a model folder or a hub id (ModelUnavailable says which it is not)."""

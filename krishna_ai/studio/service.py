@@ -27,7 +27,7 @@ from krishna_ai.core.style import check_reply
 from krishna_ai.history.store import HistoryStore
 from krishna_ai.runtime.engine import Engine, Reply, ReplyStats
 from krishna_ai.runtime.load import load_engine
-from krishna_ai.runtime.tiers import check_adapter, check_spec, image_tiers_hint
+from krishna_ai.runtime.tiers import check_adapter, check_spec, image_tiers_hint, split_model
 from krishna_ai.studio.access import BusyError, ModelPolicy, UserLimits
 from krishna_ai.studio.metrics import Metrics
 from krishna_ai.studio.replies import Update
@@ -86,6 +86,7 @@ class Studio:
         embed: Embed | None = None,
         admins: frozenset[str] | None = None,
         prompts_dir: Path | None = None,
+        jobs: Any = None,
     ):
         self.personas = personas if personas is not None else load_personas()
         self.default_model = default_model
@@ -126,6 +127,18 @@ class Studio:
         the app (no logins, on this machine only); an empty set: nobody."""
         self.prompts_dir = prompts_dir
         """Where personas edited in the app are saved (None: saving is off)."""
+        self.jobs = jobs
+        """The workbench's job runner (studio/jobs.py: JobRunner); None: no Train, Evaluate or Export jobs."""
+        self.trained: dict[str, str] = {}
+        """Models trained in the app, offered in the model boxes: spec (`MODEL@ADAPTER`) -> label."""
+
+    def add_trained(self, model: str, adapter: str, label: str) -> str:
+        """Offer an adapter a training job made (merged into `model`) in every model box; its spec."""
+        spec = f"{model}@{adapter}"
+        self.trained = {**self.trained, spec: label}
+        if self.policy is not None and spec not in self.policy.allowed:
+            self.policy.allowed.append(spec)
+        return spec
 
     def may_admin(self, user: str) -> bool:
         return self.admins is None or user in self.admins
@@ -145,6 +158,7 @@ class Studio:
         """
         spec = (spec or self.default_model).strip()
         adapter = None if plain else self.adapter(spec, persona)
+        spec = split_model(spec)[0]
         key = f"{spec}@{adapter}" if adapter else spec
         with self._load_lock:  # held for dictionary work only, never while a model loads
             if key in self._engines:
@@ -170,9 +184,10 @@ class Studio:
         return engine
 
     def adapter(self, spec: str | None, persona: Persona | None = None) -> str | None:
-        """The adapter merged into `spec` for `persona`: the startup one for this spec, else the persona's own."""
-        spec = (spec or self.default_model).strip()
-        return self.adapters.get(spec) or (persona.adapter_for(spec) if persona else None)
+        """The adapter merged into `spec` for `persona`: the one it names (`MODEL@ADAPTER`), else the startup one
+        for this model, else the persona's own."""
+        spec, named = split_model((spec or self.default_model).strip())
+        return named or self.adapters.get(spec) or (persona.adapter_for(spec) if persona else None)
 
     def client_engine(self, spec: str | None, persona: Persona | None = None, *, plain: bool = False) -> Engine:
         """`engine()` for a spec a client sent: refused (InputError, nothing loaded) unless the policy allows it."""
@@ -247,7 +262,7 @@ class Studio:
                 raise InputError(f"unknown MatFormer size {slice!r}; choose one of: {', '.join(known_configs())}")
         if model and model.strip():  # a model not offered, or naming nothing, is refused, declined message or not
             model = self.policy.check(model) if self.policy is not None else model.strip()
-            self._check_spec(model)
+            self._check_spec(split_model(model)[0])
         engine = None
         if image is not None:  # (an image message is never judged outside the scope: it is always answered)
             engine = self.client_engine(model, persona, plain=plain)

@@ -18,7 +18,10 @@ from krishna_ai.matformer import known_configs
 from krishna_ai.runtime.tiers import FAST_PATH_HINT, TIERS, default_tier
 from krishna_ai.studio.api import register_api, updates
 from krishna_ai.studio.compare import build_compare_tab
+from krishna_ai.studio.eval_tab import build_eval_tab, model_boxes
+from krishna_ai.studio.export_tab import build_export_tab
 from krishna_ai.studio.grade import build_grade_tab
+from krishna_ai.studio.job_view import register_job_api
 from krishna_ai.studio.persona_editor import build_persona_tab
 from krishna_ai.studio.replies import sources_line, verdict_line
 from krishna_ai.studio.saving import (
@@ -42,6 +45,7 @@ from krishna_ai.studio.saving import (
 )
 from krishna_ai.studio.service import MAX_PERSONALITY_CHARS, Studio
 from krishna_ai.studio.sidebar import build_sidebar, wire_sidebar
+from krishna_ai.studio.train_tab import build_train_tab
 
 NOTICE = "⚠️ Not answered"
 """Title of the chat notice shown when a request is refused (kept out of the model's history)."""
@@ -75,7 +79,11 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
     model_choices = [(t.label, t.id) for t in TIERS.values()]
     default_model = studio.default_model
     extra = [default_model, *(studio.policy.allowed if studio.policy else [])]
-    model_choices += [(f"Custom · {m}", m) for m in dict.fromkeys(extra) if m not in TIERS]
+    model_choices += [(f"Custom · {m}", m) for m in dict.fromkeys(extra) if m not in TIERS and m not in studio.trained]
+
+    def with_trained() -> list[tuple[str, str]]:
+        """The model box's choices with the adapters trained in the app so far."""
+        return model_choices + [(label, spec) for spec, label in studio.trained.items()]
     open_models = studio.policy is None or studio.policy.open_to_any
 
     store = studio.store
@@ -84,11 +92,11 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
         sidebar = build_sidebar(studio)
         gr.Markdown("# krishna_ai studio\nChat with persona-specialised Gemma models.")
         with gr.Tabs(elem_id="tabs"):
-            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat") as chat_tab:
                 with gr.Row():
                     persona_dd = gr.Dropdown([(p.name, p.id) for p in personas.values()], value=persona,
                                              label="Persona", scale=2)
-                    model_dd = gr.Dropdown(model_choices, value=default_model, label="Model tier",
+                    model_dd = gr.Dropdown(with_trained(), value=default_model, label="Model tier",
                                            allow_custom_value=open_models, scale=2,
                                            info="light runs offline on CPU (light-gguf: the same model on "
                                                 "llama.cpp, several times faster); e2b/e4b need Gemma 3n weights"
@@ -125,12 +133,19 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                     slice_dd = gr.Dropdown([("Full model", "full"), *[(n, n) for n in known_configs()]], value="full",
                                            label="MatFormer size (E4B-shaped Gemma 3n only)",
                                            info="runs the loaded E4B as a smaller slice, live, without reloading")
-            with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
                 compare_persona = build_compare_tab(studio, model_choices, persona)
             with gr.Tab("Grade", id="grade", elem_id="tab-grade") as grade_tab:
                 grade_persona = build_grade_tab(studio, persona, grade_tab)
             with gr.Tab("Personas", id="personas", elem_id="tab-personas") as personas_tab:
                 saved_persona, editor_persona = build_persona_tab(studio, persona)
+            with gr.Tab("Train", id="train", elem_id="tab-train") as train_tab:
+                train_timer = build_train_tab(studio, [model_dd], with_trained)
+            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate") as eval_tab:
+                eval_timer, eval_models = build_eval_tab(studio, with_trained(), persona)
+            with gr.Tab("Export", id="export", elem_id="tab-export") as export_tab:
+                export_timer, export_source, export_choices = build_export_tab(studio, persona)
+        admin_tabs, timers = [personas_tab, train_tab, eval_tab, export_tab], [train_timer, eval_timer, export_timer]
         sampling_inputs = [temperature, top_p, top_k, max_new]
 
         def on_persona(persona_id: str):
@@ -323,6 +338,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                      persona_outputs=persona_outputs, on_persona=on_persona, new_chat=new_chat,
                      new_chat_outputs=new_chat_outputs)
         register_api(studio)
+        register_job_api(studio)
         lists = [persona_dd, compare_persona, grade_persona, editor_persona]
 
         def persona_lists() -> list[Any]:
@@ -336,12 +352,27 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
         built = list(studio.personas)
 
         def on_load(request: gr.Request):
-            # The Personas tab is for admins only (its events check again: a hidden tab is not a lock). The
-            # lists change only when a persona was saved since the page was built: a load never races the user.
-            tab = gr.skip() if studio.may_admin(user_of(request)) else gr.Tab(visible=False)
+            # The Personas, Train, Evaluate and Export tabs are for admins only (their events check again: a hidden
+            # tab is not a lock), and so are the job views' timers. The lists change only when a persona was saved
+            # or a model trained since the page was built: a load never races the user.
+            admin = studio.may_admin(user_of(request))
+            tabs = [gr.skip() if admin else gr.Tab(visible=False) for _ in admin_tabs]
             lists_now = persona_lists() if list(studio.personas) != built else [gr.skip()] * len(lists)
-            return tab, *lists_now
+            models = [gr.Dropdown(choices=with_trained()), *model_boxes(with_trained()),
+                      gr.Dropdown(choices=export_choices())] if studio.trained else [gr.skip()] * 4
+            return *tabs, *lists_now, *models
 
-        demo.load(on_load, None, [personas_tab, *lists], queue=False)
+        demo.load(on_load, None, [*admin_tabs, *lists, model_dd, *eval_models, export_source], queue=False)
+
+        def ticking(shown: int | None):
+            """Only the job tab on screen refreshes itself (each second), and only for an admin."""
+            def on_select(request: gr.Request):
+                may = studio.may_admin(user_of(request)) and studio.jobs is not None
+                return [gr.Timer(active=may and n == shown) for n in range(len(timers))]
+            return on_select
+
+        for tab, shown in ((chat_tab, None), (compare_tab, None), (grade_tab, None), (personas_tab, None),
+                           (train_tab, 0), (eval_tab, 1), (export_tab, 2)):
+            tab.select(ticking(shown), None, timers, queue=False)
 
     return demo

@@ -25,6 +25,8 @@ from krishna_ai.core.errors import ConfigError, DataError, problems
 from krishna_ai.core.prompting import Message, render_prompt, system_text, text_of
 from krishna_ai.training.common import (
     LossLog,
+    StopOnSignal,
+    Stopped,
     compute_dtype,
     cuda_available,
     plot_loss,
@@ -228,12 +230,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         max_length=cfg.max_seq_length, truncation_mode="keep_start", logging_steps=1, save_strategy="no",
         seed=cfg.seed, bf16=compute_dtype(cfg) == torch.bfloat16, fp16=False, report_to=[], disable_tqdm=not progress,
         use_cpu=not cuda_available(), dataloader_num_workers=0, gradient_checkpointing=False)
-    log = LossLog(out)
+    log, stop = LossLog(out), StopOnSignal()
     trainer = DPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, callbacks=[log.callback])
+                         processing_class=tokenizer, callbacks=[log.callback, stop.callback])
     started = time.perf_counter()
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    finally:
+        stop.close()
     elapsed = time.perf_counter() - started
+    if stop.requested and trainer.state.global_step < trainer.state.max_steps:  # DPO keeps no checkpoints
+        raise Stopped(f"stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; a DPO run "
+                      "restarts from the start (run it again)", 0)
     start = start_adapter(cfg)
     if start is None:
         save_adapter(policy, tokenizer, processor, out / "adapter")

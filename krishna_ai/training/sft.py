@@ -21,6 +21,8 @@ import yaml
 from krishna_ai.core.errors import ConfigError
 from krishna_ai.training.common import (
     LossLog,
+    StopOnSignal,
+    Stopped,
     compute_dtype,
     cuda_available,
     loss_rows,
@@ -175,13 +177,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         # per-layer inputs of a slice), which plain DDP reports as an error.
         ddp_find_unused_parameters=world > 1 and getattr(model.config, "model_type", "") == "gemma3n",
     )
-    log = LossLog(out)
+    log, stop = LossLog(out), StopOnSignal()
     trainer = _answer_only(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
-                         data_collator=lambda batch: collate(batch, pad_id), callbacks=[log.callback])
+                         data_collator=lambda batch: collate(batch, pad_id), callbacks=[log.callback, stop.callback])
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if resume else None)
+    finally:
+        stop.close()
     elapsed = time.perf_counter() - started
     trainer.accelerator.wait_for_everyone()
+    if stop.requested and trainer.state.global_step < trainer.state.max_steps:
+        step = trainer.state.global_step
+        raise Stopped(f"stopped at step {step} of {trainer.state.max_steps}: checkpoint-{step} saved in {out}; "
+                      "continue with --resume", step)
     n_tokens = sum(len(r) for r in ds["input_ids"])
     summary = {
         "model": cfg.model, "engine": "unsloth" if use_unsloth(cfg) else "hf", "steps": trainer.state.global_step,
