@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="logins, one user:password per line (also $KRISHNA_AI_AUTH: on lines, or after a comma)")
     ap.add_argument("--job-threads", dest="job_threads", type=int, default=None, metavar="N",
                     help="CPU threads of a training/evaluation/export job (default: one fewer than the machine has, "
-                         "at least 1; jobs also run at a lower priority, so chatting stays responsive)")
+                         "at least 1; jobs also run below the app: SCHED_IDLE, else nice 19)")
     ap.add_argument("--allow-model", dest="allow_model", action="append", default=[], metavar="SPEC",
                     help="another model clients may pick (repeatable); by default only the tiers and --model")
     ap.add_argument("--allow-any-model", dest="allow_any_model", action="store_true",

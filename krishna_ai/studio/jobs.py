@@ -6,8 +6,8 @@
     runner.stop(job.id); runner.resume(job.id)    # stop saves a checkpoint; resume continues from it
 
 Each job is a list of `python -m krishna_ai …` commands run in order in its folder's process, with its
-output appended to `job.log`. The process runs at a lower priority (nice 10) with one thread fewer than
-the machine has (at least one), so the chat stays responsive while a model trains on the same CPU.
+output appended to `job.log`. The process runs below the app (SCHED_IDLE, else nice 19) with one thread fewer than
+the machine has (at least one), so the chat keeps working (slower: bench/jobs.py) while a model trains.
 Stop sends SIGTERM: a training run finishes its step, saves a checkpoint and exits (training/common.py:
 StopOnSignal); anything else ends at once; a process still there after `grace` seconds is killed.
 A job process also stops itself, the same way, when the app that started it is gone (cli/main.py).
@@ -36,6 +36,8 @@ from krishna_ai.training.common import STOPPED_EXIT
 PARENT_ENV = "KRISHNA_AI_JOB_PARENT"
 """Set in a job's process to the app's pid: the job stops itself when its parent is gone."""
 LOG = "job.log"
+NICE = 19
+"""A job's scheduling priority: the lowest, so the app's threads (a reply being generated) come first."""
 _PROGRESS = re.compile(r"(\d+)/(\d+) \[")
 """tqdm's "12/40 [" in a job's log: the progress of a step that is not a training run."""
 
@@ -163,7 +165,7 @@ class JobRunner:
                "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
                "TOKENIZERS_PARALLELISM": "false", "KRISHNA_AI_DB": self.store.url,
                "PYTHONPATH": os.pathsep.join([str(workbench.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        nice = [shutil.which("nice") or "nice", "-n", "10"] if shutil.which("nice") else []
+        nice = low_priority()
         rc, completed = 0, False
         with (folder / LOG).open("ab") as log:
             for n, argv in enumerate(job.commands, 1):
@@ -200,6 +202,16 @@ class JobRunner:
                       error="stopped by its user" if stopped else "the app ended while this job ran")
         else:
             db.finish(self.store, job.id, "failed", error=_failure(folder / LOG, rc))
+
+
+def low_priority() -> list[str]:
+    """The command prefix that runs a job below the app: Linux's SCHED_IDLE (`chrt --idle 0`: the job gets a
+    core only when no thread of the app wants it), else the lowest nice level, else nothing."""
+    if shutil.which("chrt"):
+        return [shutil.which("chrt") or "chrt", "--idle", "0"]
+    if shutil.which("nice"):
+        return [shutil.which("nice") or "nice", "-n", str(NICE)]
+    return []
 
 
 def _signal(pid: int, sig: int) -> None:

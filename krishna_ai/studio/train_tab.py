@@ -62,7 +62,7 @@ def build_train_tab(studio: Studio, model_boxes: list[gr.Dropdown], model_choice
     found = workbench.recipes()
     first = next((n for n, _ in found if n == "krishna-light.yaml"), found[0][0] if found else None)
     gr.Markdown("Train a LoRA adapter from a recipe. One job runs at a time (the rest wait in the queue), in "
-                "its own process at a low priority, so chatting stays responsive.")
+                "its own process below the app, so chatting goes on (slower) meanwhile.")
     with gr.Row():
         recipe = gr.Dropdown([(recipe_label(n, raw), n) for n, raw in found], value=first, label="Recipe",
                              scale=3, elem_id="train-recipe")
