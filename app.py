@@ -219,8 +219,6 @@ def launch(demo, args: argparse.Namespace, concurrency: int = 1, store=None, stu
     chats' images folder (of `store`) is the one folder of ours Gradio may serve, so reopened chats show them.
     With `studio`, the personas are also an OpenAI-compatible API (/v1) with /metrics, on the same port."""
     allowed = [str(store.data_dir / "images")] if store is not None else []
-    if studio is not None and studio.jobs is not None:  # an export's files, offered to admins in the Export tab
-        allowed.append(str(studio.jobs.root))
     auth = login_guard(args)
     app_kwargs = extra.setdefault("app_kwargs", {})
     if auth is not None:  # failed logins are also capped per client address

@@ -6,6 +6,8 @@ jobs through the API."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,6 +69,16 @@ def test_a_job_form_is_checked_and_every_wrong_value_named():
     assert "adapter folder '/nowhere' does not exist" in str(e.value) and "['zip'] are not among" in str(e.value)
     assert "a Modelfile needs the gguf file" in str(e.value).replace("an Ollama ", "a ")
 
+    with pytest.raises(InputError) as e:
+        workbench.plan("export", {"base": "./no-such-model", "adapter": "adapters/krishna-light", "persona": "zeus",
+                                  "targets": ["gguf"], "outtype": "q2"})
+    assert "base: no model './no-such-model'" in str(e.value) and "persona: one of aurora, krishna" in str(e.value)
+    assert "outtype: one of q8_0, f16, bf16, not 'q2'" in str(e.value)
+    with pytest.raises(InputError, match=r"models: no model './nowhere'"):
+        workbench.plan("eval", {"persona": "krishna", "models": ["./nowhere", "light-gguf@none"]})
+    with pytest.raises(InputError, match="epochs: between 0.01 and 100, not inf"):
+        workbench.plan("train", {"recipe": "krishna-light.yaml", "epochs": float("inf")})
+
     plan = workbench.plan("train", {"recipe": "krishna-light.yaml", "max_steps": 2, "rank": 8, "save_steps": 1})
     assert plan.params["method"] == "sft" and plan.title.endswith("r8 · lr 0.0004 · 2 steps")
     plan = workbench.plan("eval", {"persona": "krishna", "models": ["light-gguf", "light-gguf@none"], "limit": 3})
@@ -124,6 +136,8 @@ def test_a_training_job_stops_at_a_checkpoint_resumes_and_its_adapter_is_offered
 
 
 def test_jobs_a_killed_app_left_running_are_interrupted_and_a_training_run_resumable(tmp_path, store):
+    """A restarted app marks what was running "interrupted" (a queued job stays queued); a training run with a
+    checkpoint can be resumed, but not while its old process is still there (still saving that checkpoint)."""
     train = db.add_job(store, "ana", "train", "t", {"method": "sft"}, [["train", "--config", "x"]],
                        str(tmp_path / "t"))
     ev = db.add_job(store, "ana", "eval", "e", {}, [["eval"]], str(tmp_path / "e"))
@@ -133,18 +147,35 @@ def test_jobs_a_killed_app_left_running_are_interrupted_and_a_training_run_resum
     checkpoint.mkdir(parents=True)
     for name in (*CHECKPOINT_FILES, "rng_state.pth"):
         (checkpoint / name).write_bytes(b"x")
+    # the old training process, still alive (it ignores the SIGTERM the new app sends, as one saving would)
+    old = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                            "signal.SIG_IGN); print('ready', flush=True); time.sleep(60)", "krishna_ai"],
+                           start_new_session=True, stdout=subprocess.PIPE, text=True)
+    assert old.stdout.readline().strip() == "ready"
+    db.set_pid(store, train.id, old.pid)
+    with pytest.raises(db.JobChanged, match="is running now"):
+        db.finish(store, train.id, "stopped", expect=("queued",))
 
     runner = JobRunner(store, tmp_path / "jobs")
     runner._work = lambda: None  # take nothing from the queue here
-    left = runner.start()
-    assert {j.id for j in left} == {train.id, ev.id}
-    train, ev = db.job(store, train.id), db.job(store, ev.id)
-    assert train.status == ev.status == "interrupted" and train.resume and not ev.resume
-    assert db.job(store, queued.id).status == "queued"  # a queue survives a restart
+    try:
+        left = runner.start()
+        assert {j.id for j in left} == {train.id, ev.id}
+        train, ev = db.job(store, train.id), db.job(store, ev.id)
+        assert train.status == ev.status == "interrupted" and train.pid == old.pid
+        assert workbench.resumable(train) and not workbench.resumable(ev)
+        assert db.job(store, queued.id).status == "queued"  # a queue survives a restart
+        with pytest.raises(InputError, match="still saving its checkpoint"):
+            runner.resume(train.id)
+    finally:
+        old.kill()
+        old.wait()
     with pytest.raises(InputError, match="cannot be resumed"):
         runner.resume(ev.id)
     assert runner.resume(train.id).status == "queued" and db.job(store, train.id).resume
     assert runner.stop(queued.id).status == "stopped"
+    with pytest.raises(InputError, match="only a queued or running job can be stopped"):
+        runner.stop(queued.id)
 
 
 def test_only_admins_may_see_or_start_jobs_through_the_api(tmp_path, store):

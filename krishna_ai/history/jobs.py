@@ -33,6 +33,10 @@ class JobNotFound(InputError):
     """No job with this id."""
 
 
+class JobChanged(InputError):
+    """The job's status changed meanwhile (the queue took it, it ended): nothing was written."""
+
+
 @dataclass
 class Job:
     id: str
@@ -121,13 +125,17 @@ def set_pid(store: HistoryStore, job_id: str, pid: int | None) -> None:
 
 
 def finish(store: HistoryStore, job_id: str, status: str, *, error: str | None = None,
-           result: dict[str, Any] | None = None, resume: bool | None = None) -> Job:
-    """Record how a job ended (or that it is queued again: status "queued", `resume` to continue it)."""
+           result: dict[str, Any] | None = None, resume: bool | None = None,
+           expect: tuple[str, ...] | None = None) -> Job:
+    """Record how a job ended (or that it is queued again: status "queued", `resume` to continue it). With
+    `expect`, only a job in one of those states is changed (JobChanged otherwise), in the same transaction."""
     if status not in STATUSES:
         raise InputError(f"a job's status is one of {', '.join(STATUSES)}, not {status!r:.40}")
 
     def fn(session: Session) -> Job:
         row, name = _named(session, job_id, lock=True)
+        if expect is not None and row.status not in expect:
+            raise JobChanged(f"job {row.id} is {row.status} now (not {' or '.join(expect)}); nothing was changed")
         row.status, row.error, row.pid = status, error, None
         if result is not None:
             row.result = {**(row.result or {}), **result}
@@ -141,14 +149,14 @@ def finish(store: HistoryStore, job_id: str, status: str, *, error: str | None =
 
 
 def interrupt_running(store: HistoryStore) -> list[Job]:
-    """Mark every running job "interrupted" (the app that ran it has ended); they are returned, with the pid
-    their process had."""
+    """Mark every running job "interrupted" (the app that ran it has ended); they are returned. The pid their
+    process had is kept: a process still saving its checkpoint must end before the job is resumed."""
     def fn(session: Session) -> list[Job]:
         out = []
         for row, name in session.execute(select(JobRow, UserRow.name).join(UserRow, JobRow.user_id == UserRow.id)
                                          .where(JobRow.status == "running")):
             out.append(_job(row, name))
-            row.status, row.finished_at, row.pid = "interrupted", now(), None
+            row.status, row.finished_at = "interrupted", now()
             row.error = "the app ended while this job ran"
         return out
     return store._run(fn)

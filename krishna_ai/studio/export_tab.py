@@ -8,6 +8,9 @@ The job runs `merge`, `export gguf`, `export modelfile`, `space` and `push --dry
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +39,25 @@ def adapter_choices(studio: Studio) -> list[tuple[str, str]]:
 
 
 def downloadable(job: Job) -> list[str]:
-    """The files a finished export made (the merged model's weights apart: they stay in the job's folder)."""
-    return [f for f in job.result.get("files", []) if Path(f).is_file()] if job.status == "done" else []
+    """The files a finished export made (the merged model's weights apart: they stay in the job's folder), as
+    links in the system's temporary folder: Gradio serves a copy of them to this page only (by a content hash),
+    and the jobs folder itself is never served (it also holds logs and everyone's feedback export)."""
+    if job.status != "done":
+        return []
+    out = Path(tempfile.gettempdir()) / "krishna_ai-exports" / job.id
+    out.mkdir(parents=True, exist_ok=True)
+    shown = []
+    for name in (Path(f) for f in job.result.get("files", [])):
+        if not name.is_file():
+            continue
+        target = out / name.name
+        if not target.exists():
+            try:
+                os.link(name, target)  # no copy where the two folders share a file system
+            except OSError:
+                shutil.copy2(name, target)
+        shown.append(str(target))
+    return shown
 
 
 def build_export_tab(studio: Studio, persona: str) -> tuple[gr.Timer, gr.Dropdown, Any]:

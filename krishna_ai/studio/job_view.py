@@ -21,6 +21,7 @@ import gradio as gr
 from krishna_ai.core.errors import InputError, KrishnaError
 from krishna_ai.history import jobs as db
 from krishna_ai.history.jobs import Job
+from krishna_ai.studio import workbench
 from krishna_ai.studio.saving import gr_error, user_of
 from krishna_ai.studio.service import Studio
 
@@ -46,13 +47,18 @@ def runner(studio: Studio, request: gr.Request | None) -> Any:
 def job_payload(studio: Studio, job: Job, *, progress: bool = False) -> dict[str, Any]:
     out = {"id": job.id, "kind": job.kind, "title": job.title, "status": job.status, "user": job.user,
            "params": job.params, "commands": [" ".join(["python -m krishna_ai", *c]) for c in job.commands],
-           "error": job.error, "result": job.result, "resumable": job.resume,
+           "error": job.error, "result": job.result, "resumable": resumable(job),
            "created_at": job.created_at.isoformat() if job.created_at else None,
            "started_at": job.started_at.isoformat() if job.started_at else None,
            "finished_at": job.finished_at.isoformat() if job.finished_at else None}
     if progress:
         out["progress"] = studio.jobs.progress(job)
     return out
+
+
+def resumable(job: Job) -> bool:
+    """Whether Resume applies now (judged from the run's folder: a checkpoint may arrive after the job ended)."""
+    return job.status in ("stopped", "interrupted") and workbench.resumable(job)
 
 
 def _progress_cell(studio: Studio, job: Job) -> str:
@@ -135,7 +141,7 @@ def wire_job_view(studio: Studio, view: JobView, extra: Callable[[Job, dict[str,
         progress = run.progress(job)
         return [listed, gr.Dropdown(choices=choices, value=job.id), status_line(job, progress),
                 gr.Button(interactive=job.status in ("queued", "running")),
-                gr.Button(interactive=job.status in ("stopped", "interrupted") and job.resume),
+                gr.Button(interactive=resumable(job)),
                 progress.get("log", ""), *extra(job, progress, shown)]
 
     def show(job_id: str | None, shown: str, request: gr.Request) -> list[Any]:

@@ -15,6 +15,7 @@ A job process also stops itself, the same way, when the app that started it is g
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -26,9 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from krishna_ai.core.errors import InputError
+from krishna_ai.core.errors import InputError, KrishnaError
 from krishna_ai.history import jobs as db
-from krishna_ai.history.jobs import Job
+from krishna_ai.history.jobs import Job, JobChanged
 from krishna_ai.history.store import HistoryStore
 from krishna_ai.studio import workbench
 from krishna_ai.training.common import STOPPED_EXIT
@@ -49,7 +50,7 @@ def default_threads() -> int:
 class JobRunner:
     """One worker thread taking the oldest queued job from the database and running its commands."""
 
-    def __init__(self, store: HistoryStore, root: Path, *, threads: int | None = None, grace: float = 120.0,
+    def __init__(self, store: HistoryStore, root: Path, *, threads: int | None = None, grace: float = 900.0,
                  python: str = sys.executable, cwd: Path | None = None, prompts: list[str] | None = None):
         self.store = store
         self.prompts = [str(Path(p).resolve()) for p in prompts or []]
@@ -74,12 +75,9 @@ class JobRunner:
         """Mark the jobs an earlier app left running "interrupted" (a process of theirs still saving its
         checkpoint is told to stop), then start taking jobs. Returns the interrupted jobs."""
         left = db.interrupt_running(self.store)
-        for job in left:
+        for job in left:  # (whether one can be resumed is judged when asked: its checkpoint may be on its way)
             if job.pid and _is_job_process(job.pid):
                 _signal(job.pid, signal.SIGTERM)
-            if workbench.resumable(job):
-                db.finish(self.store, job.id, "interrupted", error="the app ended while this job ran; resume it "
-                          "to continue from its last checkpoint", resume=True)
         self._thread = threading.Thread(target=self._work, name="jobs", daemon=True)
         self._thread.start()
         return left
@@ -110,7 +108,10 @@ class JobRunner:
         """A queued job leaves the queue; a running one is asked to stop (see the module's doc)."""
         job = db.job(self.store, job_id)
         if job.status == "queued":
-            return db.finish(self.store, job.id, "stopped", error="stopped before it started")
+            try:
+                return db.finish(self.store, job.id, "stopped", error="stopped before it started", expect=("queued",))
+            except JobChanged:  # the queue took it meanwhile: stop it running
+                job = db.job(self.store, job.id)
         if job.status != "running":
             raise InputError(f"job {job.id} is {job.status}: only a queued or running job can be stopped")
         with self._lock:
@@ -129,7 +130,9 @@ class JobRunner:
                              "run with a saved checkpoint can")
         if job.pid and _is_job_process(job.pid):
             raise InputError(f"job {job.id}'s process is still saving its checkpoint; try again in a moment")
-        job = db.finish(self.store, job.id, "queued", resume=True)
+        with self._lock:
+            self._stopping.discard(job.id)  # a Stop that came as the job ended is not this run's
+        job = db.finish(self.store, job.id, "queued", resume=True, expect=("stopped", "interrupted"))
         self._wake.set()
         return job
 
@@ -139,7 +142,8 @@ class JobRunner:
         log = Path(job.folder) / LOG
         tail = _tail(log)
         out: dict[str, Any] = {"log": tail, **workbench.progress(job)}
-        found = _PROGRESS.findall(tail.rsplit("\n", 1)[-1] if tail else "") or _PROGRESS.findall(tail[-400:])
+        current = tail.rsplit("\n$ python -m krishna_ai ", 1)[-1]  # the command under way
+        found = _PROGRESS.findall(current.rsplit("\n", 1)[-1]) or _PROGRESS.findall(current[-400:])
         if found and "fraction" not in out:
             done, total = (int(x) for x in found[-1])
             out["fraction"] = done / total if total else None
@@ -148,15 +152,20 @@ class JobRunner:
     # -- the worker -----------------------------------------------------------------------------
     def _work(self) -> None:
         while not self._closed.is_set():
-            job = db.claim_next(self.store)
-            if job is None:
-                self._wake.wait(2.0)
-                self._wake.clear()
-                continue
             try:
-                self._run(job)
-            except Exception as exc:  # noqa: BLE001 - a job's failure never ends the worker
-                db.finish(self.store, job.id, "failed", error=f"{type(exc).__name__}: {exc}")
+                job = db.claim_next(self.store)
+                if job is None:
+                    self._wake.wait(2.0)
+                    self._wake.clear()
+                    continue
+                try:
+                    self._run(job)
+                except Exception as exc:  # noqa: BLE001 - a job's failure never ends the worker
+                    print(f"job {job.id} failed in the runner: {exc!r}", file=sys.stderr)
+                    db.finish(self.store, job.id, "failed", error=f"{type(exc).__name__}: {exc}", expect=("running",))
+            except KrishnaError as exc:  # the database is down: try again, the queue is still there
+                print(f"jobs: {exc}", file=sys.stderr)
+                self._closed.wait(5.0)
 
     def _run(self, job: Job) -> None:
         folder = Path(job.folder)
@@ -181,8 +190,10 @@ class JobRunner:
                                                   env=env, stdout=log, stderr=subprocess.STDOUT,
                                                   stdin=subprocess.DEVNULL, start_new_session=True)
                     self._current = job.id
-                db.set_pid(self.store, job.id, self._proc.pid)
-                rc = self._proc.wait()
+                try:
+                    db.set_pid(self.store, job.id, self._proc.pid)
+                finally:  # never leave a job's process unwatched
+                    rc = self._proc.wait()
                 if rc != 0:
                     break
             else:
@@ -192,23 +203,25 @@ class JobRunner:
             stopped = job.id in self._stopping or rc == STOPPED_EXIT
             self._stopping.discard(job.id)
         if completed:
-            done = db.finish(self.store, job.id, "done", result=workbench.result(job), resume=False)
+            done = db.finish(self.store, job.id, "done", result=workbench.result(job), resume=False,
+                             expect=("running",))
             for hook in self.on_done:
                 hook(done)
-        elif stopped or self._closed.is_set():
-            status = "stopped" if stopped else "interrupted"
-            ended = db.job(self.store, job.id)
-            db.finish(self.store, job.id, status, resume=workbench.resumable(ended),
-                      error="stopped by its user" if stopped else "the app ended while this job ran")
+        elif self._closed.is_set() or stopped:
+            status = "interrupted" if self._closed.is_set() else "stopped"
+            db.finish(self.store, job.id, status, resume=workbench.resumable(job), expect=("running",),
+                      error="the app ended while this job ran" if status == "interrupted" else "stopped by its user")
         else:
-            db.finish(self.store, job.id, "failed", error=_failure(folder / LOG, rc))
+            db.finish(self.store, job.id, "failed", error=_failure(folder / LOG, rc), expect=("running",))
 
 
+@functools.cache
 def low_priority() -> list[str]:
     """The command prefix that runs a job below the app: Linux's SCHED_IDLE (`chrt --idle 0`: the job gets a
     core only when no thread of the app wants it), else the lowest nice level, else nothing."""
-    if shutil.which("chrt"):
-        return [shutil.which("chrt") or "chrt", "--idle", "0"]
+    chrt = shutil.which("chrt")
+    if chrt and subprocess.run([chrt, "--idle", "0", "true"], capture_output=True).returncode == 0:
+        return [chrt, "--idle", "0"]  # (where a sandbox forbids it, nice)
     if shutil.which("nice"):
         return [shutil.which("nice") or "nice", "-n", str(NICE)]
     return []
@@ -248,7 +261,7 @@ def _tail(path: Path, size: int = 6000) -> str:
 
 def _failure(log: Path, rc: int) -> str:
     """Why a job failed: its `error:` line, else the end of its log."""
-    tail = _tail(log).strip().splitlines()
+    tail = _tail(log).rsplit("\n$ python -m krishna_ai ", 1)[-1].strip().splitlines()  # the last command's
     errors = [line for line in tail if line.startswith("error:")]
     if errors:
         return errors[-1].removeprefix("error:").strip()

@@ -28,6 +28,7 @@ from typing import Any
 
 from krishna_ai.core.errors import InputError, KrishnaError
 from krishna_ai.history.jobs import Job
+from krishna_ai.runtime.tiers import split_model
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "configs"
@@ -85,7 +86,7 @@ def _number(params: dict[str, Any], key: str, kind: type, low: float, high: floa
         return None
     try:
         number = kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         errors.append(f"{key}: a number, not {value!r:.40}")
         return None
     if kind is int and number != float(value):
@@ -183,7 +184,8 @@ def _eval(params: dict[str, Any], prompts: list[str]) -> Plan:
         errors.append(f"persona: one with held-out questions ({', '.join(known)}), not {persona!r:.60}")
     models = [str(m).strip() for m in (params.get("models") or []) if str(m).strip()]
     if not 1 <= len(models) <= 2:
-        errors.append(f"models: one or two model specs, not {len(models)}")
+        errors.append(f"models: one or two model specs, not {len(models)} ({', '.join(models)[:200] or 'none'})")
+    errors += _unknown_models([split_model(m)[0] for m in models], "models")
     limit = _number(params, "limit", int, 1, 10_000, errors)
     _problems(errors)
     checked = {"persona": persona, "models": models, **({"limit": limit} if limit else {})}
@@ -218,8 +220,12 @@ def _export(params: dict[str, Any], prompts: list[str]) -> Plan:
             errors.append(f"adapter: {exc}")
     else:
         errors.append("adapter: the LoRA adapter folder to merge (a training job's, or one in adapters/)")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", persona):
-        errors.append(f"persona: a persona id, not {persona!r:.60}")
+    errors += _unknown_models([base] if base else [], "base")
+    from krishna_ai.core.personas import load_personas, persona_dirs
+
+    known = load_personas(persona_dirs(prompts))
+    if persona not in known:
+        errors.append(f"persona: one of {', '.join(sorted(known))}, not {persona!r:.60}")
     bad = [t for t in targets if t not in EXPORT_TARGETS]
     if bad:
         errors.append(f"targets: {bad} are not among {', '.join(EXPORT_TARGETS)}")
@@ -249,6 +255,20 @@ def _export(params: dict[str, Any], prompts: list[str]) -> Plan:
         return out
 
     return Plan(title, checked, commands)
+
+
+def _unknown_models(specs: list[str], key: str) -> list[str]:
+    """A problem per model spec that names nothing (not a tier, server, GGUF file, folder or hub id); nothing
+    is loaded."""
+    from krishna_ai.runtime.tiers import check_spec
+
+    out = []
+    for spec in specs:
+        try:
+            check_spec(spec)
+        except KrishnaError as exc:
+            out.append(f"{key}: {exc}")
+    return out
 
 
 # -- progress and results ---------------------------------------------------------------------------------

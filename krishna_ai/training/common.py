@@ -123,7 +123,7 @@ class StopOnSignal:
         def handler(signum: int, frame: Any) -> None:
             owner.requested = True
             if not owner._in_loop:
-                raise Stopped("stopped before the first step: nothing to resume from", 0)
+                raise Stopped("stopped before its first step: nothing new was saved", 0)
 
         class Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):

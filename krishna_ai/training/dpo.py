@@ -231,10 +231,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         seed=cfg.seed, bf16=compute_dtype(cfg) == torch.bfloat16, fp16=False, report_to=[], disable_tqdm=not progress,
         use_cpu=not cuda_available(), dataloader_num_workers=0, gradient_checkpointing=False)
     log, stop = LossLog(out), StopOnSignal()
-    trainer = DPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, callbacks=[log.callback, stop.callback])
-    started = time.perf_counter()
     try:
+        trainer = DPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer, callbacks=[log.callback, stop.callback])
+        started = time.perf_counter()
         result = trainer.train()
     finally:
         stop.close()

@@ -178,10 +178,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         ddp_find_unused_parameters=world > 1 and getattr(model.config, "model_type", "") == "gemma3n",
     )
     log, stop = LossLog(out), StopOnSignal()
-    trainer = _answer_only(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
-                         data_collator=lambda batch: collate(batch, pad_id), callbacks=[log.callback, stop.callback])
-    started = time.perf_counter()
     try:
+        trainer = _answer_only(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
+                                           data_collator=lambda batch: collate(batch, pad_id),
+                                           callbacks=[log.callback, stop.callback])
+        started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if resume else None)
     finally:
         stop.close()
