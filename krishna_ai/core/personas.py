@@ -12,6 +12,7 @@ import random
 import re
 import string
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -327,7 +328,7 @@ def _resolve_scope(path: Path, scope: Scope, check_gate: bool = True) -> Scope:
     return scope.model_copy(update=update)
 
 
-def persona_dirs(extra: list[str | Path] | None = None) -> list[Path]:
+def persona_dirs(extra: Sequence[str | Path] | None = None) -> list[Path]:
     """Folders searched for personas: the shipped one, then $KRISHNA_AI_PROMPTS, then `extra`."""
     dirs = [PROMPTS_DIR]
     env = os.environ.get(PROMPTS_ENV, "")
@@ -336,7 +337,7 @@ def persona_dirs(extra: list[str | Path] | None = None) -> list[Path]:
     return dirs
 
 
-def load_personas(dirs: list[str | Path] | None = None) -> dict[str, Persona]:
+def load_personas(dirs: Sequence[str | Path] | None = None) -> dict[str, Persona]:
     """Load every `*.toml` persona in the folders; a later folder overrides an earlier id.
 
     All files are validated before anything is returned, and all problems are reported together.
