@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
 
@@ -331,7 +333,7 @@ def test_extra_cpu_buffers_follow_the_cpu_and_the_override(monkeypatch):
 
 @pytest.fixture(scope="module")
 def krishna_gguf():
-    """light-gguf with Krishna's adapter merged: built once into the test cache (merge + llama.cpp's converter)."""
+    """light-gguf with Krishna's adapter merged: built once into the test cache (`gguf_adapter.merge_into_gguf`)."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install -r requirements-llamacpp.txt)")
     from krishna_ai.runtime.llamacpp import load_gguf
 
@@ -354,6 +356,66 @@ def test_light_gguf_serves_a_persona_with_its_adapter(krishna_gguf):
     assert krishna_gguf.info.adapter and krishna_gguf.name.startswith("light-gguf@")
 
 
+def test_the_offline_merge_matches_peft(tmp_path):
+    """The light-gguf adapter build (gguf-py on the packaged GGUF: no transformers, converter or network) writes,
+    for every adapted matrix and the embedding, the Q8_0 of what peft's own merge gives on the same weights."""
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from krishna_ai.runtime.gguf_adapter import merge_into_gguf
+    from krishna_ai.runtime.light import ensure_light_checkpoint, light_gguf
+    from krishna_ai.runtime.weights import merge_adapter
+
+    adapter = REPO / "adapters" / "maize-light"
+    merge_into_gguf(light_gguf(), adapter, tmp_path / "maize.gguf")
+    written = {t.name: t for t in gguf.GGUFReader(tmp_path / "maize.gguf").tensors}
+    base = AutoModelForCausalLM.from_pretrained(ensure_light_checkpoint(progress=False), dtype=torch.float32)
+    merged = merge_adapter(base, adapter).state_dict()
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, len(base.model.layers))
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    compared = 0
+    for key, value in merged.items():
+        if not (key.endswith("_proj.weight") or key.endswith("embed_tokens.weight")):
+            continue
+        t = written[names.get_name(key, try_suffixes=(".weight",))]
+        expected, got = gguf.quantize(value.numpy(), q8), np.asarray(t.data)
+        assert t.tensor_type == q8 and got.shape == expected.shape, key
+        assert np.mean(got == expected) > 0.9999, key  # a rounding tie may fall the other way, no more
+        step = np.abs(value.numpy()).max() / 127
+        assert np.abs(gguf.dequantize(got, q8) - value.numpy()).max() <= step, key
+        compared += 1
+    assert compared == 1 + 7 * len(base.model.layers)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    embedding = gguf.dequantize(np.asarray(written["token_embd.weight"].data), q8)
+    rows = config["trainable_token_indices"]
+    assert np.abs(embedding[rows] - merged["model.embed_tokens.weight"][rows].numpy()).max() < 0.01
+
+
+def test_a_persona_answers_with_no_network_from_an_empty_cache(tmp_path):
+    """Nothing is downloaded after the install: with an empty cache, in a network namespace with no interface up,
+    Maize's adapter is merged into the packaged GGUF and the persona answers (issue #32's first start)."""
+    import os
+    import shutil
+    import subprocess
+
+    pytest.importorskip("llama_cpp")
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--net", "--map-root-user", "true"],
+                                                         capture_output=True).returncode:
+        pytest.skip("no unprivileged network namespaces here (unshare --net --map-root-user)")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "KRISHNA_AI_CACHE": str(cache), "KRISHNA_AI_DATA": str(tmp_path / "data")}
+    done = subprocess.run(["unshare", "--net", "--map-root-user", sys.executable, "-m", "krishna_ai", "ask",
+                           "--persona", "maize", "--temperature", "0", "--max-new-tokens", "8", "--quiet",
+                           "My maize leaves have long grey-tan lesions like cigars. What is it?"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().startswith("Diagnosis"), done.stdout
+    assert [p.name.split("-")[:3] for p in (cache / "gguf" / "adapted").iterdir()] == [["light", "maize", "light"]]
+    assert not (cache / "llama.cpp").exists() and not (cache / "gemma-3-270m").exists()  # no converter, no HF copy
+
+
 def _broken_adapter(tmp_path, how: str):
     import shutil
 
@@ -368,6 +430,9 @@ def _broken_adapter(tmp_path, how: str):
         key = next(k for k in weights if "lora_A" in k)
         weights[key] = weights[key][:4]
     save_file(weights, str(bad / "adapter_model.safetensors"))
+    if how == "dora":
+        config = json.loads((bad / "adapter_config.json").read_text())
+        (bad / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
     if how == "corrupt":
         (bad / "adapter_model.safetensors").write_bytes(b"\0" * 100)
     return bad
@@ -375,7 +440,8 @@ def _broken_adapter(tmp_path, how: str):
 
 @pytest.mark.parametrize("how, message", [("corrupt", "damaged or not a safetensors file"),
                                           ("wrong-rank", "does not fit this model"),
-                                          ("missing-tensors", "is incomplete")])
+                                          ("missing-tensors", "is incomplete"),
+                                          ("dora", "uses use_dora, which the GGUF merge does not support")])
 def test_a_bad_adapter_for_light_gguf_is_refused_and_leaves_nothing_in_the_cache(tmp_path, how, message):
     pytest.importorskip("llama_cpp")
     from krishna_ai.core.cache import cache_root
