@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 
@@ -769,3 +770,45 @@ def test_the_stores_refusals_say_exactly_what_and_undo_returns_every_question(st
     saved.unlink()  # someone cleaned the data folder by hand
     store.delete("asha", pic.id)  # still deletes, without an error
     assert pic.id not in [c.id for c in store.chats("asha")]
+
+
+def test_short_searches_match_literally_in_any_case_in_titles_and_messages(store):
+    """Below three characters search is a LIKE scan: its wildcards are plain characters, case is folded, and a
+    title matches as well as a message."""
+    plain, percent, under, slash = (store.new_chat("asha", "pet") for _ in range(4))
+    store.add_message("asha", plain.id, "user", "OK then, plain words")
+    store.add_message("asha", percent.id, "user", "a 50% chance")
+    store.add_message("asha", under.id, "user", "snake_case names")
+    store.add_message("asha", slash.id, "user", "C:\\temp folder")
+    found = lambda q: {c.id for c in store.chats("asha", q)}  # noqa: E731
+    assert found("%") == {percent.id} and found("_") == {under.id} and found("\\") == {slash.id}
+    assert found("ok") == {plain.id} and found("Ok") == {plain.id}
+    titled = store.new_chat("asha", "pet", title="Zebra NOTES")
+    assert found("ze") == {titled.id} and found("zebra notes") == {titled.id}
+    assert found('50% "') == set() and found('a 50%') == {percent.id}  # a quote in the index's query is text
+
+
+def test_titles_urls_and_names_at_their_limits(store, tmp_path):
+    from krishna_ai.history.schema import MAX_TITLE, DatabaseError
+    from krishna_ai.history.store import clean_title, open_store
+
+    exact = "x" * MAX_TITLE
+    assert clean_title(exact) == exact
+    assert clean_title("y" * (MAX_TITLE - 2) + "  " + "z" * 5) == "y" * (MAX_TITLE - 2) + "…"  # no space before …
+    assert re.fullmatch(r"[0-9a-f]{16}", store.new_chat("asha", "pet").id)
+    nested = open_store(f"sqlite:///{tmp_path}/a/b/c/history.db", data_dir=tmp_path / "imgs")
+    assert nested.data_dir == tmp_path / "imgs" and (tmp_path / "a" / "b" / "c" / "history.db").is_file()
+    nested.close()
+    remote = HistoryStore("postgresql+psycopg://me:s3cret-pw@127.0.0.1:1/db", migrate=False)
+    assert "s3cret-pw" not in remote.where and "me:***@127.0.0.1" in remote.where
+    remote.close()
+    with pytest.raises(InputError) as exc:
+        store.new_chat("  ", "pet")
+    assert str(exc.value) == "a user name is needed to save chats"
+    with pytest.raises(InputError) as exc:
+        store.rename("asha", store.new_chat("asha", "pet").id, "   ")
+    assert str(exc.value) == "a chat title cannot be empty"
+    (tmp_path / "dir-not-db").mkdir()
+    with pytest.raises(DatabaseError) as err:
+        HistoryStore(f"sqlite:///{tmp_path}/dir-not-db")
+    assert "unable to open database file: the file or its folder is not writable" in str(err.value)

@@ -128,7 +128,7 @@ def _lora_updates(config: dict[str, Any], weights: dict[str, np.ndarray], adapte
     a = {k[len(PREFIX):-len(".lora_A.weight")] for k in weights if k.endswith(".lora_A.weight")}
     b = {k[len(PREFIX):-len(".lora_B.weight")] for k in weights if k.endswith(".lora_B.weight")}
     expected = [m for i in range(blocks) for p in PROJECTIONS
-                if _targeted(config["target_modules"], m := f"model.layers.{i}.{p}")]
+                if _targeted(config.get("target_modules") or [], m := f"model.layers.{i}.{p}")]
     missing = (set(expected) - (a & b)) | (a ^ b)
     if missing:
         raise ModelUnavailable(f"adapter {adapter} is incomplete: {len(missing)} of {len(expected)} adapted modules "
