@@ -151,6 +151,16 @@ def run_child(argv: list[str], *, env: dict[str, str] | None = None,
     return proc.returncode, time.perf_counter() - started, usage.ru_maxrss * 1024, "".join(lines)
 
 
+def stop_child(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM a child (an app under test), SIGKILL it after `grace` seconds."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 def peak_rss_self() -> int:
     """This process's own resident-memory high-water mark in bytes (VmHWM), 0 where /proc is missing.
 

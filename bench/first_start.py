@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, report, table
+from common import REPO, report, stop_child, table
 
 INNER = "--inside-namespace"
 
@@ -84,11 +84,7 @@ def start(env: dict[str, str], max_new: int, log: Path) -> dict:
             row["replies"][persona] = {"s": seconds, "finish": choice["finish_reason"], "question": q,
                                        "reply": choice["message"]["content"]}
     finally:
-        app.terminate()
-        try:
-            app.wait(60)
-        except subprocess.TimeoutExpired:
-            app.kill()
+        stop_child(app, 60)
     return row
 
 

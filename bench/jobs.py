@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import REPO, Series, report, table
+from common import REPO, Series, report, stop_child, table
 
 sys.path.insert(0, str(REPO))
 from tests.conftest import free_port, wait_for_port  # noqa: E402
@@ -117,11 +117,7 @@ def main() -> int:
                 lag.add(when - timed_rows[step])
         summary = json.loads((run / "train_summary.json").read_text())
     finally:
-        app.terminate()
-        try:
-            app.wait(20)
-        except subprocess.TimeoutExpired:
-            app.kill()
+        stop_child(app, 20)
 
     body = table(["measure", "value"], [
         ["logged step → on the page (s), every step", lag.cell()],
