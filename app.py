@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="another model clients may pick (repeatable); by default only the tiers and --model")
     ap.add_argument("--allow-any-model", dest="allow_any_model", action="store_true",
                     help="let clients load any folder or hub id (never with --share)")
+    ap.add_argument("--server-slots", dest="server_slots", type=int, default=0, metavar="N",
+                    help="serve light-gguf replies through one llama-server (router mode: every persona's model "
+                         "behind it, N slots each, decoded in batches), started and restarted by the app "
+                         "(needs requirements-server.txt; default 0: in this process)")
     ap.add_argument("--concurrency", type=int, default=None, metavar="N",
                     help=f"replies generated at once (default: 1 in-process; {REMOTE_CONCURRENCY} for a model "
                          "server (--model openai:URL), which batches them)")
@@ -136,8 +140,9 @@ def build(args: argparse.Namespace):
                          open_to_any=getattr(args, "allow_any_model", False))
     from krishna_ai.runtime.probe import is_remote_spec
 
+    router = start_router(args, personas)
     concurrency = args.concurrency if args.concurrency is not None else (
-        REMOTE_CONCURRENCY if is_remote_spec(args.model) else 1)
+        REMOTE_CONCURRENCY if is_remote_spec(args.model) else router.slots * len(router.models) if router else 1)
     if concurrency < 1:
         raise SystemExit(f"--concurrency {concurrency}: give 1 or more")
     from krishna_ai.studio.access import UserLimits
@@ -149,7 +154,8 @@ def build(args: argparse.Namespace):
 
     studio = Studio(personas, default_model=args.model, adapters=adapters, policy=policy, concurrency=concurrency,
                     store=store, history_error=history_error, limits=limits, metrics=Metrics(),
-                    admins=admins(args), prompts_dir=saved)
+                    admins=admins(args), prompts_dir=saved, loader=router.load if router else None)
+    studio.router = router
     studio.jobs = start_jobs(studio, args, [*args.prompts, str(saved)])
     if args.preload:  # the engine the first persona's first reply uses (its adapter merged), not the bare base
         print(f"Loading {args.model} for {args.persona}…", file=sys.stderr)
@@ -158,6 +164,30 @@ def build(args: argparse.Namespace):
         except KrishnaError as exc:  # keep serving: the UI can load another tier
             print(f"warning: could not preload {args.model!r}: {exc}", file=sys.stderr)
     return build_demo(studio, persona=args.persona), studio
+
+
+def start_router(args: argparse.Namespace, personas):
+    """With --server-slots N: llama-server in router mode over every persona's light GGUF, supervised, stopped
+    when the app ends (`ship/router.py`); else None."""
+    slots = getattr(args, "server_slots", 0)
+    if not slots:
+        return None
+    from krishna_ai.runtime.tiers import GGUF_TIER
+
+    if args.model != GGUF_TIER:
+        raise SystemExit(f"--server-slots serves the {GGUF_TIER} tier; --model {args.model} cannot go through it")
+    import atexit
+
+    from krishna_ai.ship.router import Router
+
+    try:
+        print(f"Starting llama-server (router) for {len(personas)} personas, {slots} slots each…", file=sys.stderr)
+        router = Router.for_personas(personas, slots=slots).start()
+    except KrishnaError as exc:
+        raise SystemExit(f"--server-slots {slots}: {exc}") from None
+    atexit.register(router.stop)
+    print(f"llama-server serves {', '.join(router.models)} at {router.url}", file=sys.stderr)
+    return router
 
 
 def start_jobs(studio, args: argparse.Namespace, prompts: list[str]):

@@ -234,6 +234,13 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def slot_states(host: str, port: int, api_key: str | None = None) -> list[bool]:
     """Which of the server's slots are busy (llama-server's /slots, enabled by `serve`)."""
     import httpx
