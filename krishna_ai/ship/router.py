@@ -30,7 +30,7 @@ from krishna_ai.core.errors import ModelUnavailable
 from krishna_ai.core.personas import Persona
 from krishna_ai.runtime.engine import Engine
 from krishna_ai.runtime.tiers import GGUF_TIER
-from krishna_ai.ship.serve import CTX_PER_SLOT, free_port, server_binary
+from krishna_ai.ship.serve import CTX_PER_SLOT, free_port, server_binary, terminate
 
 PR_SET_PDEATHSIG = 1
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
@@ -179,11 +179,6 @@ class Router:
         self._stopping.set()
         if self._watcher is not None:
             self._watcher.join(5)
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        if self.process is not None:
+            terminate(self.process)
         shutil.rmtree(self._folder, ignore_errors=True)
