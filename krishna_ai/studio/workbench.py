@@ -202,6 +202,17 @@ def _eval(params: dict[str, Any], prompts: list[str]) -> Plan:
 
 
 # -- export -------------------------------------------------------------------------------------------------
+def _has_converter() -> bool:
+    from krishna_ai.core.errors import ConfigError
+    from krishna_ai.runtime.convert import find_converter
+
+    try:
+        find_converter()
+    except ConfigError:
+        return False
+    return True
+
+
 def _export(params: dict[str, Any], prompts: list[str]) -> Plan:
     from krishna_ai.runtime.tiers import check_adapter
 
@@ -243,6 +254,8 @@ def _export(params: dict[str, Any], prompts: list[str]) -> Plan:
         merged, gguf, extra = folder / "merged", folder / f"{persona}-{outtype}.gguf", _prompt_args(prompts)
         out = [["merge", "--base", base, "--adapter", adapter, "--out", str(merged)]]
         if "gguf" in targets:
+            if not _has_converter():  # llama.cpp's converter, fetched once (it used to come with light-gguf)
+                out.append(["export", "fetch-converter"])
             out.append(["export", "gguf", "--model", str(merged), "--out", str(gguf), "--outtype", outtype])
         if "modelfile" in targets:
             out.append(["export", *extra, "modelfile", "--persona", persona, "--gguf", str(gguf), "--out",
