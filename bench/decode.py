@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,15 +35,11 @@ import time
 
 from common import REPO, Series, interleaved, ratio, report, table
 
+from krishna_ai.ship.serve import free_port
+
 QUESTION = "I failed my exam. What should I do?"
 PERSONA = "krishna"
 PERSONALITY = "Thomas Edison"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model: str, port: int) -> subprocess.Popen:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from common import REPO, report, stop_child, table
 
+from krishna_ai.ship.serve import free_port
+
 INNER = "--inside-namespace"
 
 
@@ -49,9 +51,7 @@ def first_question(persona: str) -> str:
 def start(env: dict[str, str], max_new: int, log: Path) -> dict:
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
     with log.open("ab") as out:

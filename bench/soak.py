@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import statistics
 import sys
 import threading
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from krishna_ai.ship.serve import free_port  # noqa: E402
 
 PROMPTS = [
     "I failed my exam again. What should I do?", "How do I stop being angry at my brother?",
@@ -97,9 +98,7 @@ def start_app(model: str, adapter: str | None, concurrency: int = 1) -> tuple[ob
                     concurrency=concurrency)
     studio.engine()  # load before the clock starts
     demo = build_demo(studio)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     demo.queue(default_concurrency_limit=concurrency).launch(prevent_thread_lock=True, server_port=port, quiet=True)
     return demo, f"http://127.0.0.1:{port}/"
 
@@ -178,7 +177,6 @@ def main() -> int:
     if args.serve:
         from krishna_ai.core.personas import load_personas
         from krishna_ai.ship.serve import LlamaServer, ServerConfig, model_file, slot_states
-        from tests.conftest import free_port
 
         alias, gguf = model_file("light-gguf", load_personas()["krishna"].adapter_for("light-gguf"))
         config = ServerConfig(model=gguf, alias=alias, parallel=args.serve, port=free_port())

@@ -16,6 +16,7 @@ import pytest
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.runtime.engine import Completion, Engine, EngineInfo, Reply, ReplyStats
 from krishna_ai.runtime.hf import HFEngine
+from krishna_ai.ship.serve import free_port  # noqa: F401  (tests and benchmarks import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_CACHE = Path(os.environ.get("KRISHNA_AI_TEST_CACHE") or REPO / ".test-cache")
@@ -45,12 +46,6 @@ def isolated_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("KRISHNA_AI_DATA", str(tmp_path / "data"))
     monkeypatch.delenv("KRISHNA_AI_DB", raising=False)
     yield
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(demo, **launch_kw) -> tuple[str, object]:
