@@ -110,3 +110,13 @@ def test_an_app_killed_with_sigkill_leaves_no_llama_server(tmp_path):
         if proc.poll() is None:
             proc.kill()
         log.close()
+
+
+def test_a_router_that_cannot_start_leaves_no_process_and_no_folder(tmp_path, monkeypatch):
+    from krishna_ai.ship import router
+
+    monkeypatch.setattr(router, "server_binary", lambda: Path("/bin/false"))  # exits at once, code 1
+    r = router.Router({"light-gguf": tmp_path / "none.gguf"})
+    with pytest.raises(ModelUnavailable, match="exited with code 1 while starting"):
+        r.start(timeout=10)
+    assert not r._folder.exists() and r.process is not None and r.process.poll() == 1

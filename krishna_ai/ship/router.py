@@ -126,7 +126,11 @@ class Router:
                 "--host", "127.0.0.1", "--port", str(self.port), "--no-webui"]
 
     def start(self, timeout: float = 120.0) -> Router:
-        self._spawn(timeout)
+        try:
+            self._spawn(timeout)
+        except BaseException:
+            self.stop()  # no process and no temporary folder left behind by a start that failed
+            raise
         self._watcher = threading.Thread(target=self._watch, name="llama-server watch", daemon=True)
         self._watcher.start()
         return self
