@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -36,6 +37,23 @@ def shipped_persona(persona_id: str, *, adapters: bool = True) -> str:
         text = re.sub(r"(?m)^adapters = .*\n", "", text)
     text = re.sub(r'"\.\./', f'"{REPO.as_posix()}/', text)
     return re.sub(r'"(knowledge|scope)/', lambda m: f'"{prompts.as_posix()}/{m.group(1)}/', text)
+
+
+COUNSEL_INSTRUCTION = ("Your counsel applies this teaching: say it in your own words, then what it asks of Partha in "
+                       "this trouble:\n$cards")
+COUNSEL = (f'\n[counsel]\nbank = "{(REPO / "prompts" / "knowledge" / "gita").as_posix()}"\ntop_k = 1\n'
+           f"instruction = {json.dumps(COUNSEL_INSTRUCTION)}\n")
+"""Krishna's counsel bank as it was trained and graded (data/krishna/train-counsel.jsonl, README "Grounded counsel,
+measured"); the shipped persona does not use it."""
+
+
+def krishna_with_counsel(folder: Path):
+    """Krishna with the Gita's teachings in its prompt (COUNSEL), written into `folder` and loaded."""
+    from krishna_ai.core.personas import load_persona
+
+    path = folder / "krishna.toml"
+    path.write_text(shipped_persona("krishna", adapters=False) + COUNSEL, encoding="utf-8")
+    return load_persona(path)
 
 
 @pytest.fixture(autouse=True)

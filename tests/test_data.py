@@ -19,7 +19,7 @@ from krishna_ai.training.data import (
     load_persona_source,
     persona_conversations,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, krishna_with_counsel
 
 OK = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 
@@ -89,6 +89,40 @@ def test_persona_source_errors(tmp_path):
     msg = str(exc.value)
     assert 'src.jsonl:1: "answer" must be a non-empty string' in msg
     assert "src.jsonl:2: unknown key(s) ['x']" in msg and 'src.jsonl:2: "answer"' in msg
+
+
+def test_the_counsel_training_set_applies_a_teaching_in_every_answer(tmp_path):
+    """data/krishna/train-counsel.jsonl: the same questions and stories, each counsel rewritten to apply one
+    teaching of the Gita bank, shown in its prompt (README "Grounded counsel, measured")."""
+    from krishna_ai.core.knowledge import record_teachings
+
+    k = krishna_with_counsel(tmp_path)
+    counsel = load_persona_source(REPO / "data/krishna/train-counsel.jsonl")
+    plain = load_persona_source(REPO / "data/krishna/train.jsonl")
+    assert [r["question"] for r in counsel] == [r["question"] for r in plain]
+    assert [r["answer"].split("\n\n", 1)[1] for r in counsel] == [r["answer"].split("\n\n", 1)[1] for r in plain]
+    gita = load_bank(k.counsel.bank)
+    assert len({gita.card(r["teaching"]).id for r in counsel}) >= 25  # every answer applies one, of many
+    bad = [(r["question"], [str(v) for v in check_reply(r["answer"], k)]) for r in counsel]
+    assert not [b for b in bad if b[1]], [b for b in bad if b[1]][:3]
+    assert record_teachings(k, counsel[0]) == [gita.card(counsel[0]["teaching"])]
+    assert gita.card(counsel[0]["teaching"]).text in persona_conversations(k, counsel[:1])[0][0]["content"]
+
+
+def test_the_pet_tasks_set_keeps_each_task_and_leaves_the_unknown_as_placeholders():
+    """data/pet/train-tasks.jsonl (README "PET: does the rewrite keep the task?"): the same prompts as train.jsonl,
+    every rewrite keeping the user's task, with [placeholders] where the old answers invented details."""
+    from krishna_ai.training.rewrites import contradictions, improved_part, keeps_task
+
+    pet = load_personas()["pet"]
+    tasks = load_persona_source(REPO / "data/pet/train-tasks.jsonl")
+    assert [r["question"] for r in tasks] == [r["question"] for r in load_persona_source(REPO / "data/pet/train.jsonl")]
+    assert not [r["question"] for r in tasks if check_reply(r["answer"], pet)]
+    rewrites = [(r["question"], improved_part(r["answer"], pet.style.rewrite)) for r in tasks]
+    assert all(rw and "[" in rw for _, rw in rewrites)
+    assert not [q for q, rw in rewrites if contradictions(q, rw)]
+    lost = [q for q, rw in rewrites if not keeps_task(q, rw)[0]]
+    assert len(lost) <= 2, lost  # "image prompt: logo …" and "wallpaper …, something calm": rewritten, not copied
 
 
 def test_shipped_krishna_dataset_is_sound():

@@ -21,6 +21,7 @@ from krishna_ai.training.evaluate import (
     rules_for,
     split_spec,
 )
+from tests.conftest import krishna_with_counsel
 
 P = load_personas()
 LABELS = P["maize"].labels
@@ -245,3 +246,64 @@ def test_evaluate_reports_consistent_for_a_persona_with_labels(scripted):
         scores.append((res["consistent"], res["replies"][0]["inconsistent"]))
     assert scores == [(1.0, []), (0.0, ["northern leaf blight (diagnosis: Healthy)"])]
     assert "| 0% |" in format_table([res]) and "consistent" in format_table([res]).splitlines()[0]
+
+
+def test_a_rewrite_that_loses_the_task_or_contradicts_itself_is_counted():
+    from krishna_ai.training.rewrites import contradictions, keeps_task
+
+    q = "Give me a 30-minute workout plan I can do at home without equipment"
+    good = "Give me a 30-minute workout plan for [fitness level] that I can do at home without equipment, as a table."
+    assert keeps_task(q, good) == (True, []) and contradictions(q, good) == []
+    assert contradictions(q, good + " Keep it under 15 minutes.") == ["15 minute(s) where the user asked for 30"]
+    assert keeps_task(q, "Give me a 30-minute workout plan at home with equipment like dumbbells.")[1] == [
+        "without equip"]  # the negation is the task: "with equipment" is another one
+    assert keeps_task("What can I bake without eggs?", "Bake 4 eggs in a pan without oil.") == (
+        False, ["without egg"])
+    assert not keeps_task("Why is my Python script so slow?", "Write a script that sums a list of numbers.")[0]
+    # a wrapped prompt: the task is the quoted one, not the request about it
+    assert keeps_task('Please improve this prompt: "Write a press release for our product"',
+                      "Write a press release for [product name] aimed at [audience].")[0]
+    # the user's [placeholder] is no task word; a rewrite's placeholder keeps its words
+    assert keeps_task("Translate these product instructions into Hindi: [text]",
+                      "Translate the [product] instructions below into Hindi for [audience]: [paste text]")[0]
+    # a part's count is not a second value for the whole; two for the whole are
+    assert contradictions("Summarise this", "Summarise it in 3 bullet points, each under 20 words, under 100 words"
+                          " in all.") == []
+    assert contradictions("Plan a trip", "Plan a 7-day trip. Spread the visits over 10 days.") == [
+        "10 and 7 day(s) for one thing"]
+    assert contradictions("Write a eulogy", "My grandfather was 90 years old; his wife is 80 years old.") == []
+
+
+def test_evaluate_reports_keeps_task_for_a_persona_that_rewrites(scripted):
+    questions = [{"question": "Give me a 30-minute workout plan"}]
+    rows = []
+    for rewrite in ("Give me a 30-minute workout plan for [level], as a table.",
+                    "Give me a workout plan for [level]. Keep it under 15 minutes.",
+                    "Write a poem about the sea."):
+        reply = f"- No level or format.\n\nImproved prompt: {rewrite}"
+        res = evaluate(scripted([reply]), P["pet"], questions, SamplingParams(temperature=0.0), progress=False)
+        rows.append((res["keeps_task"], res["self_consistent"]))
+    assert rows == [(1.0, 1.0), (0.0, 0.0), (0.0, 1.0)]
+    head, _, row = format_table([res]).splitlines()
+    assert "| keeps task | no contradiction |" in head and "| 0% | 100% |" in row
+    res = evaluate(scripted(["Partha, act."]), P["krishna"], [{"question": "I failed my exam"}],
+                   SamplingParams(temperature=0.0), progress=False)
+    assert res["keeps_task"] is None and "keeps_task" not in res["replies"][0]  # no rewrite to check
+
+
+def test_story_and_teaching_fit_count_the_cards_a_question_is_labelled_with(scripted, tmp_path):
+    from krishna_ai.core.knowledge import teachings_for
+
+    question = "I failed my exam again. What should I do?"
+    krishna = krishna_with_counsel(tmp_path)
+    turn_cards = ground(krishna, question).cards
+    teaching = teachings_for(krishna, question)[0].id
+    story = "Partha, act.\n\n" + turn_cards[0].text
+    fits = []
+    for cards, teachings in (([turn_cards[0].id, "x"], [teaching]), (["x"], ["y", "z"])):
+        res = evaluate(scripted([story]), krishna,
+                       [{"question": question, "cards": cards, "teachings": teachings}],
+                       SamplingParams(temperature=0.0), progress=False)
+        fits.append((res["story_fits"], res["teaching_fits"]))
+    assert fits == [(1.0, 1.0), (0.0, 0.0)]
+    assert "| story fits | teaching fits |" in format_table([res]).splitlines()[0]

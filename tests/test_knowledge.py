@@ -16,7 +16,7 @@ from krishna_ai.core.knowledge import card_label, ground, load_bank
 from krishna_ai.core.personas import PROMPTS_DIR, load_persona, load_personas
 from krishna_ai.studio.service import Studio
 from krishna_ai.training.evaluate import faithfulness, load_questions, top3
-from tests.conftest import REPO, shipped_persona
+from tests.conftest import REPO, krishna_with_counsel, shipped_persona
 
 P = load_personas()
 # written elsewhere: no adapter beside it, and its bank still "knowledge/aurora", relative to where it is written
@@ -215,7 +215,11 @@ def test_the_gita_bank_is_sourced_by_chapter_and_verse_and_fits_its_questions():
         assert re.match(r"Bhagavad Gita \d{1,2}\.\d{1,2}(-\d{1,2})?, in ", card.source), card.source
         assert "Arjuna" not in card.text  # the persona never names him; a retold teaching must not either
     assert teaching_fit("dev") == (8, 8)
-    assert teaching_fit("heldout")[0] >= 4  # 4 of 8 today: why the counsel bank is not on for Krishna yet
+    assert teaching_fit("heldout")[0] >= 4  # 4 of 8
+    held = [json.loads(line) for line in (REPO / "data/krishna/heldout.jsonl").read_text().splitlines()]
+    fit = sum(bank.search(r["question"], k=1)[0].card.id in r["teachings"] for r in held)
+    assert fit >= 22, fit  # 22 of 50 held-out questions get a teaching a reader labelled as fitting (README)
+    assert P["krishna"].counsel is None  # measured no better: README "Grounded counsel, measured"
 
 
 def test_a_counsel_bank_puts_the_teaching_in_the_prompt_and_among_the_sources(tmp_path):
@@ -283,6 +287,26 @@ def test_a_records_named_cards_come_first_and_a_null_card_shows_none():
     assert record_cards(krishna, {"question": question, "card": None}) == []
     assert record_cards(krishna, {"question": question, "cards": []}) == []
     assert record_cards(P["pet"], {"question": question}) is None  # no bank
+
+
+def test_a_records_teaching_is_the_one_its_prompt_shows(tmp_path):
+    from krishna_ai.core.knowledge import record_teachings, teachings_for
+    from krishna_ai.training.data import persona_conversations
+
+    krishna = krishna_with_counsel(tmp_path)
+    question = "I failed my exam again. What should I do?"
+    retrieved = [c.id for c in teachings_for(krishna, question)]
+    assert retrieved and [c.id for c in record_teachings(krishna, {"question": question})] == retrieved
+    gita = load_bank(krishna.counsel.bank)
+    other = next(c for c in gita.cards if c.id not in retrieved)
+    record = {"question": question, "teaching": other.id, "answer": "Partha, ..."}
+    assert record_teachings(krishna, record) == [other]
+    system = persona_conversations(krishna, [record])[0][0]["content"]
+    assert other.text in system and gita.card(retrieved[0]).text not in system
+    assert record_teachings(krishna, {"question": question, "teaching": None}) == []
+    assert record_teachings(P["pet"], {"question": question, "teaching": other.id}) is None  # no counsel bank
+    with pytest.raises(PersonaError, match="has no card 'gita-99-1-nothing'"):
+        record_teachings(krishna, {"question": question, "teaching": "gita-99-1-nothing"})
 
 
 def test_a_damaged_index_cache_is_rebuilt_not_fatal(tmp_path, monkeypatch):

@@ -360,6 +360,17 @@ def teachings_for(persona: Any, message: str) -> list[Card]:
     return [h.card for h in bank.search(message, k=counsel.top_k, min_score=counsel.min_score)]
 
 
+def record_teachings(persona: Any, record: dict[str, Any]) -> list[Card] | None:
+    """The teachings a training record's prompt shows: the one its answer applies (`"teaching": id`, or null
+    for an answer that applies none), else those the app would retrieve. None when the persona has no
+    counsel bank."""
+    if persona.counsel is None:
+        return None
+    if "teaching" not in record:
+        return teachings_for(persona, record["question"])
+    return [load_bank(persona.counsel.bank).card(record["teaching"])] if record["teaching"] else []
+
+
 def record_cards(persona: Any, record: dict[str, Any]) -> list[Card] | None:
     """The cards a training record's prompt shows, as the app would retrieve them for its question.
 

@@ -74,6 +74,9 @@ class Style(_Strict):
     verse_run: Annotated[int, Field(ge=4)] = 8
     max_words: Annotated[int, Field(ge=1)] | None = None
     require: list[RequiredPattern] = []
+    rewrite: str | None = None
+    """The label of the line where the reply rewrites the user's own text (PET: "Improved prompt"): `eval`
+    checks that the rewrite keeps the user's task and states no two values for one thing."""
 
     @field_validator("sentences")
     @classmethod

@@ -15,7 +15,7 @@ from krishna_ai.core import schema
 from krishna_ai.core.cache import atomic_file
 from krishna_ai.core.errors import DataError, ImageError, problems
 from krishna_ai.core.images import load_image
-from krishna_ai.core.knowledge import record_cards, teachings_for
+from krishna_ai.core.knowledge import record_cards, record_teachings
 from krishna_ai.core.personas import Persona
 from krishna_ai.core.prompting import Message, render_prompt, system_text
 
@@ -154,7 +154,8 @@ def load_persona_source(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(obj, dict):
             errors.append(f"{where}: expected a JSON object")
             continue
-        unknown = set(obj) - {"question", "answer", "personality", "label", "topic", "card", "cards"}
+        unknown = set(obj) - {"question", "answer", "personality", "label", "topic", "card", "cards",
+                               "teaching"}
         if unknown:
             errors.append(f"{where}: unknown key(s) {sorted(unknown)}")
         for key in ("question", "answer"):
@@ -170,7 +171,7 @@ def persona_conversations(persona: Persona, records: Iterable[dict[str, Any]]) -
     """Render records with the persona's own system part (story instruction, retrieved cards) into
     conversations: the prompt a model is trained on is the prompt the app builds."""
     return [[{"role": "system", "content": system_text(persona, r.get("personality"), record_cards(persona, r),
-                                                       teachings_for(persona, r["question"]))},
+                                                       record_teachings(persona, r))},
              {"role": "user", "content": r["question"]},
              {"role": "assistant", "content": r["answer"]}] for r in records]
 

@@ -30,6 +30,7 @@ from krishna_ai.core.scope import Embed, judge
 from krishna_ai.core.style import check_reply, paragraphs, pass_label, rules_for
 from krishna_ai.runtime.engine import Engine
 from krishna_ai.training.data import read_jsonl
+from krishna_ai.training.rewrites import contradictions, improved_part, keeps_task
 
 
 def load_questions(path: str | Path) -> list[dict[str, Any]]:
@@ -61,6 +62,10 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
                                          and all(isinstance(c, str | None) for c in expected)):
             errors.append(f"{path.name}:{n}: \"card\" must be a card id or null, \"cards\" a list of ids")
             continue
+        teachings = obj.get("teachings")
+        if teachings is not None and not (isinstance(teachings, list) and all(isinstance(t, str) for t in teachings)):
+            errors.append(f"{path.name}:{n}: \"teachings\" must be a list of teaching ids")
+            continue
         if obj.get("crisis") not in (None, *CRISES):
             errors.append(f"{path.name}:{n}: \"crisis\" must be one of {', '.join(CRISES)} or null")
             continue
@@ -68,7 +73,8 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
             errors.append(f"{path.name}:{n}: \"scope\" must be \"in\", \"out\" or null")
             continue
         rows.append({"question": obj["question"], "label": obj.get("label"), "answer": obj.get("answer"),
-                     "cards": expected, "crisis": obj.get("crisis"), "scope": obj.get("scope")})
+                     "cards": expected, "teachings": teachings, "crisis": obj.get("crisis"),
+                     "scope": obj.get("scope")})
     if errors:
         raise DataError(problems(f"{path}: {len(errors)} bad line(s)", errors))
     return rows
@@ -141,6 +147,8 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
                 "looped": "looped" in broken, "violations": [str(v) for v in violations], "ok": not violations}
             if turn.teachings is not None and bank:
                 row["teachings"] = [c.id for c in turn.teachings]
+                if q.get("teachings") is not None:  # the teaching the counsel applies is one a reader accepts
+                    row["teaching_fits"] = bool(row["teachings"]) and row["teachings"][0] in q["teachings"]
             if cards is not None:
                 row["sources" if bank else "checked_against"] = [c.id for c in cards]
                 row["faithful"], row["unsupported"] = faithfulness(persona, q["question"], done.text, cards)
@@ -149,12 +157,21 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
                     row["retrieved_top3"] = top3(persona, q["question"])
                     row["retrieval_hit"] = (any(c in row["retrieved_top3"] for c in q["cards"] if c)
                                             or (not any(q["cards"]) and not cards))
+                    if story and bank:  # the story told is of a card that fits the question
+                        row["story_fits"] = cards[0].id in q["cards"]
+                    elif bank and persona.style.story:  # no story told: right only when none was expected
+                        row["story_fits"] = not any(q["cards"])
             if persona.labels and persona.label_terms:
                 row["consistent"], row["inconsistent"] = consistency(persona, done.text)
             if q.get("label") is not None:
                 row["label"] = q["label"]
                 row["predicted"] = parse_label(done.text, persona.labels or [q["label"]])
                 row["correct"] = (row["predicted"] or "").lower() == q["label"].lower()
+            if persona.style.rewrite:
+                rewrite = improved_part(done.text, persona.style.rewrite) or ""
+                row["keeps_task"], row["task_missing"] = keeps_task(q["question"], rewrite)
+                row["contradictions"] = contradictions(q["question"], rewrite)
+                row["self_consistent"] = not row["contradictions"]
             if q.get("answer"):
                 row["answer_facts"], row["answer_missing"] = answer_recall(q["question"], q["answer"], done.text)
             row["_rules"] = broken
@@ -178,7 +195,11 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
         "faithful": _share(replies, "faithful"),
         "consistent": _share(replies, "consistent"),
         "retrieval_top3": _share(replies, "retrieval_hit"),
+        "story_fits": _share(replies, "story_fits"),
+        "teaching_fits": _share(replies, "teaching_fits"),
         "answer_facts": _mean(replies, "answer_facts"),
+        "keeps_task": _share(replies, "keeps_task"),
+        "self_consistent": _share(replies, "self_consistent"),
         "crisis": _crisis_summary(safety),
         "scope": (_scope_summary(declined, [q for q in asked if q.get("scope") == "out"], len(asked))
                   if embed is not None and persona.scope else None),
@@ -302,13 +323,17 @@ def _scope_cells(scope: dict[str, Any] | None) -> list[str]:
 
 def format_table(results: list[dict[str, Any]]) -> str:
     """A Markdown table, one row per model. Every column says what its percentage counts: replies that
-    met all rules, that ended, that leaked, that looped, that named the right label, the mean share of a
-    reference answer's facts the replies state (answer facts), the questions labelled outside the persona's scope
-    given its decline (outside caught), the others wrongly given it (inside refused), and each rule's pass rate."""
+    met all rules, that ended, that leaked, that looped, whose story card (and counsel's teaching) is one the
+    question is labelled with, that named the right label, the mean share of a reference answer's facts the
+    replies state (answer facts), whose rewrite keeps the user's task and states no two values for one thing
+    (keeps task, no contradiction: `rewrites.py`), the questions labelled outside the persona's scope given its
+    decline (outside caught), the others wrongly given it (inside refused), and each rule's pass rate."""
     rules = [r for r in dict.fromkeys(r for res in results for r in res["rules"])
              if r not in ("not_ended", "leaked", "looped")]
-    head = ["model", "n", "all rules met", "ended", "leaked", "looped", "faithful", "card in top 3", "accuracy",
-            "consistent", "answer facts", "outside caught", "inside refused",
+    head = ["model", "n", "all rules met", "ended", "leaked", "looped", "faithful", "card in top 3", "story fits",
+            "teaching fits", "accuracy",
+            "consistent", "answer facts", "keeps task",
+            "no contradiction", "outside caught", "inside refused",
             *(pass_label(r) for r in rules)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for res in results:
@@ -317,7 +342,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
         cells = [res["name"], str(res["n"]), pct("compliance"), pct("ended"),
                  pct("leaked"), pct("looped"), pct("faithful"), pct("retrieval_top3"),
-                 pct("accuracy"), pct("consistent"), pct("answer_facts"), *_scope_cells(res.get("scope")),
+                 pct("story_fits"), pct("teaching_fits"), pct("accuracy"), pct("consistent"), pct("answer_facts"),
+                 pct("keeps_task"), pct("self_consistent"), *_scope_cells(res.get("scope")),
                  *(f"{res['rules'][r]:.0%}" if r in res["rules"] else "–" for r in rules)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
