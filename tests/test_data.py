@@ -103,8 +103,8 @@ def test_the_counsel_training_set_applies_a_teaching_in_every_answer(tmp_path):
     assert [r["answer"].split("\n\n", 1)[1] for r in counsel] == [r["answer"].split("\n\n", 1)[1] for r in plain]
     gita = load_bank(k.counsel.bank)
     assert len({gita.card(r["teaching"]).id for r in counsel}) >= 25  # every answer applies one, of many
-    bad = [(r["question"], [str(v) for v in check_reply(r["answer"], k)]) for r in counsel]
-    assert not [b for b in bad if b[1]], [b for b in bad if b[1]][:3]
+    broken = {r["question"]: [str(v) for v in check_reply(r["answer"], k)] for r in counsel}
+    assert not any(broken.values()), [(q, v) for q, v in broken.items() if v][:3]
     assert record_teachings(k, counsel[0]) == [gita.card(counsel[0]["teaching"])]
     assert gita.card(counsel[0]["teaching"]).text in persona_conversations(k, counsel[:1])[0][0]["content"]
 

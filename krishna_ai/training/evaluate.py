@@ -157,10 +157,8 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
                     row["retrieved_top3"] = top3(persona, q["question"])
                     row["retrieval_hit"] = (any(c in row["retrieved_top3"] for c in q["cards"] if c)
                                             or (not any(q["cards"]) and not cards))
-                    if story and bank:  # the story told is of a card that fits the question
-                        row["story_fits"] = cards[0].id in q["cards"]
-                    elif bank and persona.style.story:  # no story told: right only when none was expected
-                        row["story_fits"] = not any(q["cards"])
+                    if story is not None:  # the story told fits the question; none told: right if none was expected
+                        row["story_fits"] = cards[0].id in q["cards"] if story else not any(q["cards"])
             if persona.labels and persona.label_terms:
                 row["consistent"], row["inconsistent"] = consistency(persona, done.text)
             if q.get("label") is not None:

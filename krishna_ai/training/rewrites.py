@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from typing import Any
 
 _NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
                  "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20, "thirty": 30,
@@ -58,10 +59,15 @@ def task_of(question: str) -> str:
 
 
 @cache
-def _stem(word: str) -> str:
+def _stemmer() -> Any:
     import Stemmer
 
-    return str(Stemmer.Stemmer("english").stemWord(word))
+    return Stemmer.Stemmer("english")
+
+
+@cache
+def _stem(word: str) -> str:
+    return str(_stemmer().stemWord(word))
 
 
 @cache
