@@ -5,8 +5,8 @@
 A block runs when the line before its ```bash fence is `<!-- ci: run -->`; the others are long (training,
 an hour on a CPU), need what this machine has not (a GPU, the hub, Ollama), or start a server, and say
 so with their measured duration where they are long. Each block runs with `bash -e -o pipefail` in one
-scratch copy of the tracked files (so a block may use what an earlier one made), with its own data folder,
-the test suite's model cache (.test-cache, warm after pytest) and the active virtual environment.
+scratch copy of the tracked files (so a block may use what an earlier one made; removed at the end), with its
+own data folder, the test suite's model cache (.test-cache, warm after pytest) and the active virtual environment.
 Exit status 1 names the first block that failed, with the end of its output.
 """
 
@@ -50,7 +50,12 @@ def main() -> int:
     if not found:
         print(f"no block marked {MARK} in {args.readme}", file=sys.stderr)
         return 1
-    work = Path(tempfile.mkdtemp(prefix="readme-blocks-"))
+    with tempfile.TemporaryDirectory(prefix="readme-blocks-") as scratch:  # 1.5 GB by the end: never left behind
+        return run_blocks(found, Path(scratch))
+
+
+def run_blocks(found: list[tuple[int, str]], work: Path) -> int:
+    """Run the blocks in order in `work`, a copy of the tracked files; 1 at the first that fails."""
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-c", "--null", "-T", "-", "-f", "-"], cwd=REPO, input=tracked, check=True,
                    stdout=open(work / "repo.tar", "wb"))  # noqa: SIM115 - closed with the process
