@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -163,7 +164,22 @@ def build(args: argparse.Namespace):
             studio.engine(args.model, studio.persona(args.persona))
         except KrishnaError as exc:  # keep serving: the UI can load another tier
             print(f"warning: could not preload {args.model!r}: {exc}", file=sys.stderr)
+        threading.Thread(target=warm_retrieval, args=(list(studio.personas.values()),), daemon=True,
+                         name="warm retrieval").start()
     return build_demo(studio, persona=args.persona), studio
+
+
+def warm_retrieval(personas: list) -> None:
+    """Load each bank and, where cards are ranked by meaning, the sentence model and the cards' vectors (about
+    8 s on 2 cores, most of it importing PyTorch), in the background: the first question does not wait for them.
+    A failure here is the first question's to report."""
+    from krishna_ai.core.knowledge import ground
+
+    for persona in personas:
+        try:
+            ground(persona, "warm up")
+        except KrishnaError:
+            continue
 
 
 def start_router(args: argparse.Namespace, personas):

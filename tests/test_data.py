@@ -94,7 +94,7 @@ def test_persona_source_errors(tmp_path):
 def test_the_counsel_training_set_applies_a_teaching_in_every_answer(tmp_path):
     """data/krishna/train-counsel.jsonl: the same questions and stories, each counsel rewritten to apply one
     teaching of the Gita bank, shown in its prompt (README "Grounded counsel, measured")."""
-    from krishna_ai.core.knowledge import record_teachings
+    from krishna_ai.core.records import record_teachings
 
     k = krishna_with_counsel(tmp_path)
     counsel = load_persona_source(REPO / "data/krishna/train-counsel.jsonl")
@@ -157,7 +157,7 @@ def test_shipped_small_sets(name):
     if name == "maize":
         assert {r["label"] for r in train} == set(persona.labels)
     if persona.knowledge:  # every fact a training answer states is in the card its prompt shows
-        from krishna_ai.core.knowledge import record_cards
+        from krishna_ai.core.records import record_cards
         from krishna_ai.training.evaluate import faithfulness
 
         unfaithful = [(r["question"], faithfulness(persona, r["question"], r["answer"], record_cards(persona, r)))

@@ -276,7 +276,7 @@ def test_each_kind_of_bad_card_file_gets_its_own_message(tmp_path):
 
 
 def test_a_records_named_cards_come_first_and_a_null_card_shows_none():
-    from krishna_ai.core.knowledge import record_cards
+    from krishna_ai.core.records import record_cards
 
     krishna = P["krishna"]
     question = "I failed my exam again. What should I do?"
@@ -293,7 +293,8 @@ def test_a_records_named_cards_come_first_and_a_null_card_shows_none():
 
 
 def test_a_records_teaching_is_the_one_its_prompt_shows(tmp_path):
-    from krishna_ai.core.knowledge import record_teachings, teachings_for
+    from krishna_ai.core.knowledge import teachings_for
+    from krishna_ai.core.records import record_teachings
     from krishna_ai.training.data import persona_conversations
 
     krishna = krishna_with_counsel(tmp_path)
@@ -357,7 +358,8 @@ source = "Encyclopaedia Britannica, 'Grace Hopper'"
 
 
 def test_a_records_person_and_the_retrieved_cards_after_the_named_one():
-    from krishna_ai.core.knowledge import record_cards, teachings_for
+    from krishna_ai.core.knowledge import teachings_for
+    from krishna_ai.core.records import record_cards
 
     aurora = P["aurora"]
     question = "Who built the fort at Raigad and how was Shivaji crowned there?"

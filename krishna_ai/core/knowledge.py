@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from krishna_ai.core.cache import atomic_dir, cache_root
 from krishna_ai.core.errors import PersonaError, problems
+from krishna_ai.core.vectors import card_matrix, card_texts, fuse, sentence_vectors
 
 INDEX_VERSION = "1"
 
@@ -113,6 +114,7 @@ class Bank:
         self._lock = threading.Lock()
         self._index: Any = None
         self._doc_terms: list[set[str]] | None = None
+        self._vectors: Any = None
 
     def __len__(self) -> int:
         return len(self.cards)
@@ -152,9 +154,11 @@ class Bank:
         return retriever
 
     def search(self, query: str, k: int = 3, person: str | None = None, min_score: float = 0.0,
-               min_coverage: float = 0.0) -> list[Hit]:
+               min_coverage: float = 0.0, vectors: bool = False) -> list[Hit]:
         """The `k` cards that fit `query` best (only `person`'s when given), scoring above `min_score` and
-        sharing at least `min_coverage` of the question's (stemmed, non-stop) words.
+        sharing at least `min_coverage` of the question's (stemmed, non-stop) words. With `vectors`, ranked
+        by BM25 and sentence vectors fused (core/vectors.py), and a card sharing no word may fit (unless
+        `min_score` is set); a hit's score is still its BM25 score.
 
         BM25 alone ranks well but cannot say "nothing fits": one shared word ("water") can score like a
         real match. The coverage floor is what turns away a question from outside the bank."""
@@ -164,19 +168,33 @@ class Bank:
         tokens = _tokenize([query])
         if not pool or not tokens[0]:
             return []
-        mask = np.zeros(len(self.cards), dtype=np.float32)
-        mask[pool] = 1.0
-        ids, scores = self.index().retrieve(tokens, k=min(k, len(self.cards)), show_progress=False,
-                                            weight_mask=mask, n_threads=1)
+        if vectors:
+            bm25 = np.asarray(self.index().get_scores(tokens[0]))[pool]
+            fused = fuse(bm25, (self.vectors() @ sentence_vectors([query])[0])[pool])
+            ranked = [(pool[j], float(bm25[j])) for j in np.argsort(-fused, kind="stable")[:k]]
+        else:
+            mask = np.zeros(len(self.cards), dtype=np.float32)
+            mask[pool] = 1.0
+            ids, scores = self.index().retrieve(tokens, k=min(k, len(self.cards)), show_progress=False,
+                                                weight_mask=mask, n_threads=1)
+            ranked = list(zip(ids[0], scores[0], strict=True))
         words = set(tokens[0])
         hits = []
-        for i, s in zip(ids[0], scores[0], strict=True):
-            if int(i) not in pool or float(s) <= min_score:
+        for i, s in ranked:
+            if int(i) not in pool or (float(s) <= min_score and (min_score > 0 or not vectors)):
                 continue
             if min_coverage and len(words & self._terms(int(i))) / len(words) < min_coverage:
                 continue
             hits.append(Hit(self.cards[int(i)], float(s)))
         return hits
+
+    def vectors(self) -> Any:
+        """One unit sentence vector per card (computed once per bank content, then cached)."""
+        with self._lock:
+            if self._vectors is None:
+                self._vectors = card_matrix(self.name, self.fingerprint, [
+                    card_texts(c.title, c.themes + c.keywords, c.text, c.person) for c in self.cards])
+            return self._vectors
 
     def _terms(self, i: int) -> set[str]:
         if self._doc_terms is None:
@@ -335,15 +353,27 @@ def ground(persona: Any, message: str, personality: str | None = None) -> Ground
     person = named_person(persona, bank, message, personality)
     k = persona.knowledge
     labels = {lab.casefold(): lab for lab in persona.labels} if k.one_label else {}
-    hits = bank.search(message, k=k.top_k * (3 if labels else 1), person=person, min_score=k.min_score,
-                       min_coverage=k.min_coverage)
+    query = message if person or not persona.personalities else without_names(message, bank.people())
+    hits = bank.search(query, k=k.top_k * (3 if labels else 1), person=person, min_score=k.min_score,
+                       min_coverage=k.min_coverage, vectors=k.vectors)
     if labels and hits:  # only the best card's label: the reply retells one condition's advice, not three
         best = card_label(hits[0].card, labels)
         hits = [h for h in hits if card_label(h.card, labels) == best][: k.top_k]
     if person and not hits and any(_same_person(c.person, person) for c in bank.cards):
-        hits = bank.search(person + " " + message, k=persona.knowledge.top_k, person=person)  # their best card
+        hits = bank.search(person + " " + message, k=k.top_k, person=person, vectors=k.vectors)  # their best card
     cards = [h.card for h in hits]
     return Grounding(cards, cards[0].person if cards and cards[0].person else person)
+
+
+_CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][\w-]*)(?:['’]s)?")
+"""A capitalised word that does not open a sentence, without its possessive."""
+
+
+def without_names(message: str, people: list[str]) -> str:
+    """`message` without the capitalised words (not opening a sentence) that are part of a bank person's name:
+    a name no one asked a story of ("my boss Mr Singh") must not choose the story (Milkha Singh's)."""
+    parts = {w.casefold() for p in people for w in p.split() if len(w) > 2}
+    return _CAPITALISED.sub(lambda m: "" if m.group(1).casefold() in parts else m.group(), message.strip())
 
 
 def card_label(card: Card, labels: dict[str, str]) -> str | None:
@@ -358,33 +388,3 @@ def teachings_for(persona: Any, message: str) -> list[Card]:
         return []
     bank = load_bank(counsel.bank)
     return [h.card for h in bank.search(message, k=counsel.top_k, min_score=counsel.min_score)]
-
-
-def record_teachings(persona: Any, record: dict[str, Any]) -> list[Card] | None:
-    """The teachings a training record's prompt shows: the one its answer applies (`"teaching": id`, or null
-    for an answer that applies none), else those the app would retrieve. None when the persona has no
-    counsel bank."""
-    if persona.counsel is None:
-        return None
-    if "teaching" not in record:
-        return teachings_for(persona, record["question"])
-    return [load_bank(persona.counsel.bank).card(record["teaching"])] if record["teaching"] else []
-
-
-def record_cards(persona: Any, record: dict[str, Any]) -> list[Card] | None:
-    """The cards a training record's prompt shows, as the app would retrieve them for its question.
-
-    A record may name its card (`"card": id`, or null for a question the bank does not cover) or cards
-    (`"cards": [ids]`): those are always among the cards shown. None when the persona has no bank."""
-    if persona.knowledge is None:
-        return None
-    named = record.get("cards") if "cards" in record else [record["card"]] if "card" in record else None
-    if named is not None and not any(named):
-        return []
-    grounding = ground(persona, record["question"], record.get("personality"))
-    cards = list(grounding.cards) if grounding else []
-    if named:
-        bank = load_bank(persona.knowledge.bank)
-        wanted = [bank.card(i) for i in named][: persona.knowledge.top_k]
-        cards = wanted + [c for c in cards if c not in wanted][: persona.knowledge.top_k - len(wanted)]
-    return cards

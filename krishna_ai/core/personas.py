@@ -117,6 +117,10 @@ class Knowledge(_Bank):
     unknown_person: str | None = None
     """A sentence the app adds after the reply when the user asked about a person the bank has no card of
     (`$person` is the name asked). The model is never asked to write it: it tells no story (`no_match`)."""
+    vectors: bool = False
+    """Rank cards by meaning too: BM25 and sentence vectors fused (core/vectors.py). For questions that rarely
+    share words with the card that fits (a trouble and a story); a bank of facts asked about by name keeps
+    BM25 alone."""
     checked: Literal["story", "reply"] = "reply"
     """The factual part `eval` checks against the cards: the story paragraphs, or the whole reply."""
     one_label: bool = False

@@ -188,7 +188,8 @@ def _turns(messages: list[StoredMessage]) -> list[tuple[list[Message], list[Stor
 def system_message(persona: Persona, reply: StoredMessage, question: str) -> Message:
     """The system part the reply was generated with: the persona's, with the cards its meta names (the
     prompt a fine-tune learns from is the prompt the app built)."""
-    from krishna_ai.core.knowledge import load_bank, record_cards
+    from krishna_ai.core.knowledge import load_bank
+    from krishna_ai.core.records import record_cards
 
     ids = [s["id"] for s in reply.meta.get("sources") or [] if isinstance(s, dict) and s.get("id")]
     teachings = None

@@ -15,9 +15,9 @@ from krishna_ai.core import schema
 from krishna_ai.core.cache import atomic_file
 from krishna_ai.core.errors import DataError, ImageError, problems
 from krishna_ai.core.images import load_image
-from krishna_ai.core.knowledge import record_cards, record_teachings
 from krishna_ai.core.personas import Persona
 from krishna_ai.core.prompting import Message, render_prompt, system_text
+from krishna_ai.core.records import record_cards, record_teachings
 
 ROLES = {"system", "user", "assistant"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -309,7 +309,7 @@ def top3(persona: Persona, question: str) -> list[str]:
     assert persona.knowledge is not None
     bank = load_bank(persona.knowledge.bank)
     person = named_person(persona, bank, question, None)
-    return [h.card.id for h in bank.search(question, k=3, person=person)]
+    return [h.card.id for h in bank.search(question, k=3, person=person, vectors=persona.knowledge.vectors)]
 
 
 def _scope_cells(scope: dict[str, Any] | None) -> list[str]:

