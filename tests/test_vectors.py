@@ -112,5 +112,6 @@ def test_a_name_nobody_asked_a_story_of_does_not_choose_it():
 
     people = ["Milkha Singh", "Steve Jobs", "Marie Curie"]
     assert without_names("My boss Mr Singh shouts at me", people) == "My boss Mr  shouts at me"
-    assert without_names("I admire Curie's calm. Jobs are scarce here.", people) == "I admire  calm. Jobs are scarce here."
+    kept = "I admire  calm. Jobs are scarce here."  # a sentence's first word may be a word ("Jobs are")
+    assert without_names("I admire Curie's calm. Jobs are scarce here.", people) == kept
     assert without_names("Singh is my boss; my singh-like jobs", people) == "Singh is my boss; my singh-like jobs"
