@@ -17,7 +17,6 @@ krishna_ai/core/vectors.py), both through `ground()`, as the app chooses the car
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,11 +35,11 @@ def main() -> int:
 
     from krishna_ai.core.knowledge import ground
     from krishna_ai.core.personas import load_personas
+    from krishna_ai.training.evaluate import load_questions
 
     persona = load_personas()["krishna"]
     assert persona.knowledge is not None
-    rows = {name: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            for name, path in SETS.items()}
+    rows = {name: load_questions(path) for name, path in SETS.items()}
     print(f"| ranking | {' | '.join(f'fits, {name}' for name in SETS)} | ms per question |")
     print(f"|---|{'---|' * len(SETS)}---|")
     misses = []

@@ -3,8 +3,6 @@ questions, and the parts around it (the fusion, the vector cache, a clear error 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -12,6 +10,7 @@ from krishna_ai.core import knowledge, vectors
 from krishna_ai.core.errors import ModelUnavailable
 from krishna_ai.core.knowledge import load_bank
 from krishna_ai.core.personas import load_personas
+from krishna_ai.training.evaluate import load_questions
 from tests.conftest import REPO
 
 GRIEF_AND_ROCKETS = '''[[cards]]
@@ -31,7 +30,7 @@ source = "A history of the space programme"
 
 
 def labelled(path: str) -> list[dict]:
-    return [json.loads(line) for line in (REPO / path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return load_questions(REPO / path)
 
 
 def fits(bank, rows: list[dict], use_vectors: bool) -> int:
@@ -115,3 +114,19 @@ def test_a_name_nobody_asked_a_story_of_does_not_choose_it():
     kept = "I admire  calm. Jobs are scarce here."  # a sentence's first word may be a word ("Jobs are")
     assert without_names("I admire Curie's calm. Jobs are scarce here.", people) == kept
     assert without_names("Singh is my boss; my singh-like jobs", people) == "Singh is my boss; my singh-like jobs"
+
+
+def test_a_cards_vector_text_leaves_out_its_persons_name_and_possessive():
+    about, whole = vectors.card_texts("Curie’s long nights", ["grit"], "Marie Curie's lab was a shed.", "Marie Curie")
+    assert about == "long nights. grit" and "Curie" not in whole and "’s" not in whole and "'s" not in whole
+
+
+def test_hit_at_3_searches_what_the_reply_is_grounded_on():
+    """`eval`'s hit@3 must rank the query `ground` uses: a bank person's name nobody asked a story of is out."""
+    from krishna_ai.core.knowledge import ground
+    from krishna_ai.training.evaluate import top3
+
+    krishna = load_personas()["krishna"]
+    question = "My boss Mr Singh shouts at me."  # the raw question ranks Milkha Singh first
+    assert ground(krishna, question).cards[0].id == top3(krishna, question)[0]
+    assert all(load_bank(krishna.knowledge.bank).card(c).person != "Milkha Singh" for c in top3(krishna, question))

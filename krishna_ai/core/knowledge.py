@@ -353,9 +353,8 @@ def ground(persona: Any, message: str, personality: str | None = None) -> Ground
     person = named_person(persona, bank, message, personality)
     k = persona.knowledge
     labels = {lab.casefold(): lab for lab in persona.labels} if k.one_label else {}
-    query = message if person or not persona.personalities else without_names(message, bank.people())
-    hits = bank.search(query, k=k.top_k * (3 if labels else 1), person=person, min_score=k.min_score,
-                       min_coverage=k.min_coverage, vectors=k.vectors)
+    hits = bank.search(search_query(persona, bank, message, person), k=k.top_k * (3 if labels else 1),
+                       person=person, min_score=k.min_score, min_coverage=k.min_coverage, vectors=k.vectors)
     if labels and hits:  # only the best card's label: the reply retells one condition's advice, not three
         best = card_label(hits[0].card, labels)
         hits = [h for h in hits if card_label(h.card, labels) == best][: k.top_k]
@@ -363,6 +362,12 @@ def ground(persona: Any, message: str, personality: str | None = None) -> Ground
         hits = bank.search(person + " " + message, k=k.top_k, person=person, vectors=k.vectors)  # their best card
     cards = [h.card for h in hits]
     return Grounding(cards, cards[0].person if cards and cards[0].person else person)
+
+
+def search_query(persona: Any, bank: Bank, message: str, person: str | None) -> str:
+    """What the bank is searched with: `message`, less the names of bank people nobody asked a story of when
+    the persona tells stories of people (`person` None)."""
+    return message if person or not persona.personalities else without_names(message, bank.people())
 
 
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][\w-]*)(?:['’]s)?")

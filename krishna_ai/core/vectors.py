@@ -31,7 +31,7 @@ from krishna_ai.core.cache import atomic_file, cache_root
 from krishna_ai.core.errors import ModelUnavailable
 
 MODEL_NAME = "all-MiniLM-L6-v2"
-TEXTS_VERSION = "2"
+TEXTS_VERSION = "3"
 """Part of the cache's file name: a change to what `card_texts` gives a card makes new vectors."""
 RRF_K = 5
 """Reciprocal rank fusion: a card's score is 1/(RRF_K + its BM25 rank) + 1/(RRF_K + its vector rank)."""
@@ -85,7 +85,7 @@ def card_texts(title: str, tags: list[str], text: str, person: str | None = None
     of someone asked for by name is chosen among their cards only: `knowledge.named_person`)."""
     about, whole = f"{title}. {', '.join(tags)}", f"{title}. {' '.join(tags)}. {text}"
     for name in (person or "").split():
-        about, whole = (re.sub(rf"\b{re.escape(name)}(?:'s)?\b", "", t) for t in (about, whole))
+        about, whole = (re.sub(rf"\b{re.escape(name)}(?:['’]s)?\b", "", t) for t in (about, whole))
     return " ".join(about.split()), " ".join(whole.split())
 
 

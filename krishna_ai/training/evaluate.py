@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from krishna_ai.core.cache import write_text
 from krishna_ai.core.errors import DataError, problems
 from krishna_ai.core.facts import unsupported
-from krishna_ai.core.knowledge import Card, load_bank, named_person
+from krishna_ai.core.knowledge import Card, load_bank, named_person, search_query
 from krishna_ai.core.personas import Persona
 from krishna_ai.core.prompting import build_turn
 from krishna_ai.core.safety import CRISES, Crisis, crisis, crisis_reply
@@ -309,7 +309,8 @@ def top3(persona: Persona, question: str) -> list[str]:
     assert persona.knowledge is not None
     bank = load_bank(persona.knowledge.bank)
     person = named_person(persona, bank, question, None)
-    return [h.card.id for h in bank.search(question, k=3, person=person, vectors=persona.knowledge.vectors)]
+    query = search_query(persona, bank, question, person)  # the query `ground` searches with
+    return [h.card.id for h in bank.search(query, k=3, person=person, vectors=persona.knowledge.vectors)]
 
 
 def _scope_cells(scope: dict[str, Any] | None) -> list[str]:
