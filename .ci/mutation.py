@@ -89,7 +89,9 @@ def main() -> int:
         subprocess.run(["rm", "-rf", str(ROOT / "mutants")], check=True)
         # the tests' model cache stays the checkout's (mutmut runs them from a copy in mutants/)
         cache = os.environ.get("KRISHNA_AI_TEST_CACHE", str(ROOT / ".test-cache"))
-        env = {**os.environ, "KRISHNA_AI_TEST_CACHE": cache}
+        # mutmut forks a child per mutant from a process whose tests ran llama.cpp: ggml's OpenMP team does not
+        # survive a fork (the child hangs in its next decode), and with one thread there is no team.
+        env = {**os.environ, "KRISHNA_AI_TEST_CACHE": cache, "KRISHNA_AI_LLAMA_THREADS": "1", "OMP_NUM_THREADS": "1"}
         names = [m.removesuffix(".py").replace("/", ".") + ".*" for m in args.only or []]
         run = subprocess.run(["mutmut", "run", "--max-children", "2", *names], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL)

@@ -112,7 +112,7 @@ def test_the_counsel_training_set_applies_a_teaching_in_every_answer(tmp_path):
 def test_the_pet_tasks_set_keeps_each_task_and_leaves_the_unknown_as_placeholders():
     """data/pet/train-tasks.jsonl (README "PET: does the rewrite keep the task?"): the same prompts as train.jsonl,
     every rewrite keeping the user's task, with [placeholders] where the old answers invented details."""
-    from krishna_ai.training.rewrites import contradictions, improved_part, keeps_task
+    from krishna_ai.core.rewrites import contradictions, improved_part, keeps_task
 
     pet = load_personas()["pet"]
     tasks = load_persona_source(REPO / "data/pet/train-tasks.jsonl")

@@ -249,7 +249,7 @@ def test_evaluate_reports_consistent_for_a_persona_with_labels(scripted):
 
 
 def test_a_rewrite_that_loses_the_task_or_contradicts_itself_is_counted():
-    from krishna_ai.training.rewrites import contradictions, keeps_task
+    from krishna_ai.core.rewrites import contradictions, keeps_task
 
     q = "Give me a 30-minute workout plan I can do at home without equipment"
     good = "Give me a 30-minute workout plan for [fitness level] that I can do at home without equipment, as a table."

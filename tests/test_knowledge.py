@@ -265,6 +265,9 @@ def test_each_kind_of_bad_card_file_gets_its_own_message(tmp_path):
         "table.toml": ("[cards]\nid = 'x'\n", "table.toml: a card file holds [[cards]] tables only"),
         "unnamed.toml": ("[[cards]]\ntitle = 'x'\n", "unnamed.toml: card #1: id: required field is missing"),
         "second.toml": (CARD + CARD.replace('"x-one"', "7"), "second.toml: card #2: id: "),
+        "themes.toml": (CARD.replace('themes = ["t"]', "themes = 5"),
+                        "themes.toml: card x-one: themes: Input should be a valid list"),
+        "numbers.toml": ("cards = [1]\n", "numbers.toml: card #1: (card): Input should be a valid dictionary"),
     }
     for name, (text, expected) in cases.items():
         bank = tmp_path / name.removesuffix(".toml")
@@ -391,3 +394,41 @@ def test_one_label_grounds_a_diagnosis_in_one_conditions_cards_only():
         assert len(one.cards) <= maize.knowledge.top_k
         was_mixed += len({card_label(c, labels) for c in before.cards}) > 1
     assert was_mixed >= 10
+
+
+def test_a_saved_index_is_loaded_not_rebuilt(tmp_path, monkeypatch):
+    import bm25s
+
+    from krishna_ai.core import knowledge
+
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "a.toml").write_text(CARD)
+    first = load_bank(tmp_path / "b")
+    assert first.search("Analytical Engine")[0].card.id == "x-one"
+    (saved,) = (tmp_path / "cache" / "bm25").iterdir()
+    assert saved.name == f"b-{first.fingerprint[:16]}" and (saved / "params.index.json").is_file()
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the index was rebuilt although a saved one was there")
+
+    monkeypatch.setattr(bm25s.BM25, "index", no_rebuild)
+    knowledge._BANKS.clear()
+    assert load_bank(tmp_path / "b").search("Analytical Engine")[0].card.id == "x-one"
+
+
+def test_a_card_about_no_label_has_none_and_a_teaching_below_the_floor_is_left_out(tmp_path):
+    card = load_bank(BANKS / "maize").cards[0]
+    labels = {lab.casefold(): lab for lab in P["maize"].labels}
+    assert card_label(card, labels) in P["maize"].labels
+    assert card_label(card.model_copy(update={"themes": ["weather"]}), labels) is None
+    from krishna_ai.core.knowledge import teachings_for
+
+    text = shipped_persona("krishna", adapters=False)
+    counsel = f'\n[counsel]\nbank = "{GITA}"\ninstruction = """Apply this teaching:\n$cards"""\n'
+    (tmp_path / "krishna.toml").write_text(text + counsel)
+    question = "I keep breaking my promise to quit smoking."
+    assert [c.id for c in teachings_for(load_persona(tmp_path / "krishna.toml"), question)] == ["gita-6-35-practice"]
+    (tmp_path / "high.toml").write_text((text + counsel + "min_score = 1000.0\n").replace('id = "krishna"',
+                                                                                         'id = "high"'))
+    assert teachings_for(load_persona(tmp_path / "high.toml"), question) == []

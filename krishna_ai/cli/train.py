@@ -55,13 +55,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from krishna_ai.runtime.embed import LightEmbedder
 
         embed = LightEmbedder()
+    if args.best_of < 1:
+        raise ValueError(f"--best-of must be 1 or more, not {args.best_of}")
+    vectors = None
+    if args.best_of > 1:
+        from krishna_ai.core.vectors import sentence_vectors as vectors
     results = []
     for spec, (model, adapter) in zip(args.model or ["light"], specs, strict=True):
         engine = load_engine(model, adapter)  # llama.cpp for GGUF tiers/files, else transformers
         name = spec if not args.adapter else f"{model}@{adapter}"
         for bank in banks:
             results.append(evaluate(engine, persona, questions, params, batch_size=args.batch_size,
-                                    name=name if bank else f"{name} without bank", bank=bank, embed=embed))
+                                    name=(name if bank else f"{name} without bank")
+                                    + (f" best of {args.best_of}" if args.best_of > 1 else ""),
+                                    bank=bank, embed=embed, n=args.best_of, vectors=vectors))
         del engine
     print(format_table(results))
     if args.json:
@@ -174,6 +181,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="override the persona's DRY repetition control (0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--best-of", dest="best_of", type=int, default=1, metavar="N",
+                   help="sample N replies per question and keep the one the checks rank best (core/rerank.py)")
     p.add_argument("--bank", choices=("on", "off", "both"), default="on",
                    help="the persona's knowledge bank: cards in the prompt (on, as the app serves it), none (off: "
                         "replies still checked against the cards retrieval picks), or both side by side")

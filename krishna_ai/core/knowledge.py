@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from krishna_ai.core.cache import atomic_dir, cache_root
 from krishna_ai.core.errors import PersonaError, problems
+from krishna_ai.core.evidence import Evidence, weigh
 from krishna_ai.core.vectors import card_matrix, card_texts, fuse, sentence_vectors
 
 INDEX_VERSION = "1"
@@ -309,6 +310,8 @@ class Grounding:
 
     cards: list[Card]
     person: str | None
+    evidence: Evidence | None = None
+    """With `one_label`: how clearly the question points to the best card's label (core/evidence.py)."""
 
 
 _ASKED_FOR = re.compile(
@@ -355,13 +358,14 @@ def ground(persona: Any, message: str, personality: str | None = None) -> Ground
     labels = {lab.casefold(): lab for lab in persona.labels} if k.one_label else {}
     hits = bank.search(search_query(persona, bank, message, person), k=k.top_k * (3 if labels else 1),
                        person=person, min_score=k.min_score, min_coverage=k.min_coverage, vectors=k.vectors)
+    evidence = weigh([(card_label(h.card, labels), h.score) for h in hits]) if labels else None
     if labels and hits:  # only the best card's label: the reply retells one condition's advice, not three
         best = card_label(hits[0].card, labels)
         hits = [h for h in hits if card_label(h.card, labels) == best][: k.top_k]
     if person and not hits and any(_same_person(c.person, person) for c in bank.cards):
         hits = bank.search(person + " " + message, k=k.top_k, person=person, vectors=k.vectors)  # their best card
     cards = [h.card for h in hits]
-    return Grounding(cards, cards[0].person if cards and cards[0].person else person)
+    return Grounding(cards, cards[0].person if cards and cards[0].person else person, evidence)
 
 
 def search_query(persona: Any, bank: Bank, message: str, person: str | None) -> str:

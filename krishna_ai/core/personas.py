@@ -126,6 +126,19 @@ class Knowledge(_Bank):
     one_label: bool = False
     """For a persona with `labels` whose cards each carry one as a theme (Maize: a condition per card): only
     cards of the best card's label go into the prompt, so the advice a reply retells is that condition's."""
+    confidence: dict[Literal["high", "medium"], Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
+    """With `one_label`: the highest confidence a reply may state, from how close the runner-up label's best
+    card came to the best one's (core/evidence.py): that ratio at most `high` allows "high", at most `medium`
+    allows "medium", else "low"."""
+
+    @model_validator(mode="after")
+    def _confidence_bounds(self) -> Knowledge:
+        if self.confidence is not None:
+            if set(self.confidence) != {"high", "medium"} or self.confidence["high"] > self.confidence["medium"]:
+                raise ValueError("confidence needs both bounds, high <= medium: { high = 0.75, medium = 0.9 }")
+            if not self.one_label:
+                raise ValueError("confidence follows one label's evidence, so it needs one_label = true")
+        return self
 
 
 class Counsel(_Bank):

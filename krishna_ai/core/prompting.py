@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from krishna_ai.core.errors import GenerationError
+from krishna_ai.core.evidence import LEVELS, allowed, cap
 from krishna_ai.core.personas import Persona
 
 Message = dict[str, Any]
@@ -136,10 +137,22 @@ class Turn:
     """The teachings the counsel applies (None: the persona has no counsel bank); [] when none fitted."""
     closing: str | None = None
     """A fixed sentence the app adds after the model's reply (a person asked about with no card of theirs)."""
+    confidence: tuple[str, str | None] | None = None
+    """The highest confidence the evidence allows, and the label that also fits (core/evidence.py)."""
 
     def finish(self, reply: str) -> str:
-        """The reply as the user gets it: the model's text, then the closing sentence if there is one."""
+        """The reply as the user gets it: the model's text with its stated confidence no higher than the evidence
+        allows, then the closing sentence if there is one."""
+        if self.confidence is not None:
+            reply = cap(reply, *self.confidence)
         return f"{reply.rstrip()}\n\n{self.closing}" if self.closing else reply
+
+    def streamed(self, partial: str) -> str:
+        """What to show of a reply still being written: with a confidence to cap, its complete lines only, capped
+        (so every text shown is the start of the next one and of `finish`'s: a stream only ever appends)."""
+        if self.confidence is None or self.confidence[0] == LEVELS[-1]:  # the highest allowed: nothing to lower
+            return partial
+        return cap(partial[:partial.rfind("\n") + 1], *self.confidence)
 
     @property
     def sources(self) -> list[Any]:
@@ -167,7 +180,10 @@ def build_turn(persona: Persona, history: list[Message], message: str, *, person
     k = persona.knowledge
     if k is not None and k.unknown_person and grounding and grounding.person and not cards and bank:
         closing = string.Template(k.unknown_person).safe_substitute(person=grounding.person)
-    return Turn(messages, who, cards, teachings, closing)
+    confidence = None
+    if k is not None and k.confidence and grounding and grounding.evidence and image is None and bank:
+        confidence = (allowed(grounding.evidence, k.confidence), grounding.evidence.runner_up)
+    return Turn(messages, who, cards, teachings, closing, confidence)
 
 
 def render_gemma_turns(messages: list[Message], add_generation_prompt: bool = True) -> str:

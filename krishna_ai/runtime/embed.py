@@ -45,11 +45,14 @@ class LightEmbedder:
             import llama_cpp
         except ImportError:
             return _TransformersEmbedder()
+        from krishna_ai.runtime.llamacpp import default_threads
+
         path = self._path or light_gguf()
+        threads = self._threads or default_threads()  # $KRISHNA_AI_LLAMA_THREADS, as the engine's
         try:
             return llama_cpp.Llama(model_path=str(path), embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                                   n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=self._threads,
-                                   verbose=False)
+                                   n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=threads,
+                                   n_threads_batch=threads, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelUnavailable(f"llama.cpp cannot load {path} for embeddings: {exc}") from None
 

@@ -363,7 +363,7 @@ class Studio:
             who, cards, sources = turn.personality, turn.cards or [], turn.sources
             with reply:
                 for _ in reply:
-                    yield Update(reply.text, personality=who, sources=sources)
+                    yield Update(turn.streamed(reply.text), personality=who, sources=sources)
             if started.scope is not None:
                 yield Update(reply.text, done=True, stats=reply.stats, violations=[], scope=started.scope)
                 return

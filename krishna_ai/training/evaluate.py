@@ -20,17 +20,19 @@ from tqdm.auto import tqdm
 
 from krishna_ai.core.cache import write_text
 from krishna_ai.core.errors import DataError, problems
+from krishna_ai.core.evidence import stated
 from krishna_ai.core.facts import unsupported
-from krishna_ai.core.knowledge import Card, load_bank, named_person, search_query
+from krishna_ai.core.knowledge import load_bank, named_person, search_query
 from krishna_ai.core.personas import Persona
 from krishna_ai.core.prompting import build_turn
+from krishna_ai.core.rerank import Vectors, best_of, faithfulness
+from krishna_ai.core.rewrites import contradictions, improved_part, keeps_task
 from krishna_ai.core.safety import CRISES, Crisis, crisis, crisis_reply
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.core.scope import Embed, judge
-from krishna_ai.core.style import check_reply, paragraphs, pass_label, rules_for
+from krishna_ai.core.style import check_reply, pass_label, rules_for
 from krishna_ai.runtime.engine import Engine
 from krishna_ai.training.data import read_jsonl
-from krishna_ai.training.rewrites import contradictions, improved_part, keeps_task
 
 
 def load_questions(path: str | Path) -> list[dict[str, Any]]:
@@ -110,13 +112,16 @@ def parse_label(reply: str, labels: list[str]) -> str | None:
 
 def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], params: SamplingParams,
              *, batch_size: int = 8, name: str = "", progress: bool = True, bank: bool = True,
-             embed: Embed | None = None) -> dict[str, Any]:
+             embed: Embed | None = None, n: int = 1, vectors: Vectors | None = None) -> dict[str, Any]:
     """Generate a reply per question and score it; returns the per-model result dict.
 
     `bank=False` asks as the persona did before it had a knowledge bank (its story instruction, no cards
     in the prompt) and still checks each reply against the cards retrieval picks: how much the bank
     changes what a model states. With `embed`, a question outside the persona's scope gets its decline, as
-    the app answers it (`scope`: outside questions caught, inside ones refused)."""
+    the app answers it (`scope`: outside questions caught, inside ones refused). `n` > 1: each reply is the
+    best of n sampled (`core/rerank.py`, ranked with `vectors`); with a seed, the first is the one n = 1 gives."""
+    if n < 1 or (n > 1 and vectors is None):
+        raise ValueError("best of n needs n >= 1, and sentence vectors to rank with when n > 1")
     rules = rules_for(persona)
     replies: list[dict[str, Any]] = []
     kinds = [crisis(q["question"]) for q in questions]
@@ -135,9 +140,13 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
         chunk = asked[start:start + batch_size]
         turns = [build_turn(persona, [], q["question"], rng=random.Random(start + i), bank=bank)
                  for i, q in enumerate(chunk)]
-        completions = engine.generate_batch([t.messages for t in turns], params)
-        for q, done, turn in zip(chunk, completions, turns, strict=True):
+        samples = [engine.generate_batch([t.messages for t in turns], _nth_sample(params, j)) for j in range(n)]
+        for i, (q, turn) in enumerate(zip(chunk, turns, strict=True)):
             cards = turn.cards
+            options = [sample[i] for sample in samples]
+            chosen, keys = best_of(persona, q["question"], [(c.text, c.finish_reason) for c in options],
+                                   cards if bank else None, vectors) if vectors is not None and n > 1 else (0, [])
+            done = options[chosen]
             story = bool(cards) if cards is not None and bank and persona.style.story else None
             violations = check_reply(done.text, persona, done.finish_reason, story=story)
             broken = {v.rule for v in violations}
@@ -145,6 +154,9 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
                 "question": q["question"], "reply": turn.finish(done.text), "finish_reason": done.finish_reason,
                 "ended": done.finish_reason == "end_of_turn", "leaked": "leaked" in broken,
                 "looped": "looped" in broken, "violations": [str(v) for v in violations], "ok": not violations}
+            if keys:
+                row["best_of"] = {"chosen": chosen, "candidates": [
+                    {**key, "reply": c.text} for key, c in zip(keys, options, strict=True)]}
             if turn.teachings is not None and bank:
                 row["teachings"] = [c.id for c in turn.teachings]
                 if q.get("teachings") is not None:  # the teaching the counsel applies is one a reader accepts
@@ -159,6 +171,9 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
                                             or (not any(q["cards"]) and not cards))
                     if story is not None:  # the story told fits the question; none told: right if none was expected
                         row["story_fits"] = cards[0].id in q["cards"] if story else not any(q["cards"])
+            if turn.confidence is not None:  # what the reply said against what the evidence allows (core/evidence.py)
+                row["confidence"] = {"stated": stated(done.text), "allowed": turn.confidence[0],
+                                     "also_fits": turn.confidence[1]}
             if persona.labels and persona.label_terms:
                 row["consistent"], row["inconsistent"] = consistency(persona, done.text)
             if q.get("label") is not None:
@@ -206,6 +221,11 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
         "crisis_replies": safety,
         "declined": declined,
     }
+
+
+def _nth_sample(params: SamplingParams, j: int) -> SamplingParams:
+    """The sampling of a question's j-th candidate: a seeded run's j-th seed after its own."""
+    return params if params.seed is None or j == 0 else params.model_copy(update={"seed": params.seed + j})
 
 
 def _crisis_row(q: dict[str, Any], kind: Crisis | None) -> dict[str, Any]:
@@ -281,27 +301,6 @@ def answer_recall(question: str, answer: str, reply: str) -> tuple[float | None,
         return None, []
     missing = unsupported(answer, [question, reply])
     return 1 - len(missing) / len(wanted), missing
-
-
-def faithfulness(persona: Persona, question: str, reply: str, cards: list[Card]) -> tuple[bool, list[str]]:
-    """(faithful, what is unsupported): every number and proper name in the factual part of `reply` (the
-    story, or the whole reply) is stated by a retrieved card (or the question, or the persona's own
-    prompt), and a story names its card's person. No card: a story-teller tells no story, and a reply
-    states nothing the question did not."""
-    assert persona.knowledge is not None
-    story_mode = persona.knowledge.checked == "story"
-    parts = paragraphs(reply)
-    part = "\n\n".join(parts[1:]) if story_mode else reply
-    allowed = [c.text for c in cards] + [question, persona.system_prompt, *persona.constraints, *persona.labels,
-                                         persona.style.address or "", persona.name, persona.description]
-    missing = unsupported(part, allowed)
-    if story_mode and cards and part.strip():
-        person = cards[0].person or ""
-        if person and person.split()[-1].casefold() not in part.casefold():
-            missing.append(f"the story never names {person}")
-    if story_mode and not cards and part.strip():
-        missing.append("a story although no card fitted")
-    return not missing, missing
 
 
 def top3(persona: Persona, question: str) -> list[str]:
