@@ -307,3 +307,65 @@ def test_story_and_teaching_fit_count_the_cards_a_question_is_labelled_with(scri
         fits.append((res["story_fits"], res["teaching_fits"]))
     assert fits == [(1.0, 1.0), (0.0, 0.0)]
     assert "| story fits | teaching fits |" in format_table([res]).splitlines()[0]
+
+
+def test_scope_counts_outside_caught_and_inside_refused():
+    from krishna_ai.training.evaluate import _scope_cells, _scope_summary
+
+    declined = [{"expected": "out"}, {"expected": "out"}, {"expected": "in"}]
+    summary = _scope_summary(declined, [{"question": "Who won the 2011 World Cup?"}], asked=5)
+    assert summary == {"outside": 3, "caught": pytest.approx(2 / 3), "inside": 5, "refused": pytest.approx(0.2),
+                       "missed": ["Who won the 2011 World Cup?"]}
+    assert _scope_summary([], [], 0) == {"outside": 0, "caught": None, "inside": 0, "refused": None, "missed": []}
+    assert _scope_cells(summary) == ["67%", "20%"]
+    assert _scope_cells({"caught": None, "refused": 0.0}) == ["–", "0%"] and _scope_cells(None) == ["–", "–"]
+
+
+def test_the_table_gives_ended_leaked_and_looped_one_column_each():
+    res = {"name": "m", "n": 1, "rules": {"not_ended": 1.0, "leaked": 1.0, "looped": 0.5, "missing_address": 1.0}}
+    head = format_table([res]).splitlines()[0].split(" | ")
+    assert [h for h in head if "ended" in h or "leak" in h or "loop" in h] == ["ended", "leaked", "looped"]
+    assert head[-1].rstrip(" |") == "addresses user" and format_table([res]).splitlines()[2].endswith("| 100% |")
+
+
+def test_the_json_is_indented_keeps_non_ascii_and_names_its_questions(tmp_path):
+    from krishna_ai.training.evaluate import write_json
+
+    out = write_json([{"name": "light", "replies": [{"reply": "Pārtha — “ok”"}]}], P["krishna"], "q.jsonl",
+                     tmp_path / "e.json")
+    text = out.read_text(encoding="utf-8")
+    assert json.loads(text) == {"persona": "krishna", "questions": "q.jsonl",
+                                "models": [{"name": "light", "replies": [{"reply": "Pārtha — “ok”"}]}]}
+    assert text.startswith('{\n  "persona": "krishna",\n  "questions"') and "Pārtha — “ok”" in text
+
+
+def test_at_none_is_the_bare_model_and_the_longer_label_wins_where_both_start():
+    assert split_spec("light-gguf@none") == ("light-gguf", None)
+    assert parse_label("It is Rust Belt blight.", ["Rust", "Rust Belt"]) == "Rust Belt"
+    assert parse_label("Healthy now; later Common Rust.", ["Common Rust", "Healthy"]) == "Healthy"
+
+
+def test_hit_at_3_of_a_named_person_ranks_only_their_cards():
+    from krishna_ai.core.knowledge import load_bank
+    from krishna_ai.training.evaluate import top3
+
+    krishna = P["krishna"]
+    bank = load_bank(krishna.knowledge.bank)
+    got = top3(krishna, "Tell me a story about Marie Curie and her long nights of work.")
+    assert len(got) == 3 and {bank.card(c).person for c in got} == {"Marie Curie"}
+
+
+def test_the_table_names_every_measure_and_fills_each_from_its_own_field():
+    res = {"name": "m@a", "n": 7, "compliance": 0.5, "ended": 0.91, "leaked": 0.02, "looped": 0.03, "faithful": 0.94,
+           "retrieval_top3": 0.95, "story_fits": 0.96, "teaching_fits": 0.97, "accuracy": 0.98, "consistent": 0.99,
+           "answer_facts": 0.11, "keeps_task": 0.12, "self_consistent": 0.13,
+           "scope": {"caught": 0.14, "refused": 0.15}, "rules": {"not_ended": 0.91, "missing_address": 0.16}}
+    other = {"name": "b", "n": 0, "rules": {"verse_quote": 0.17}}
+    assert format_table([res, other]).split("\n") == [
+        "| model | n | all rules met | ended | leaked | looped | faithful | card in top 3 | story fits | teaching fits "
+        "| accuracy | consistent | answer facts | keeps task | no contradiction | outside caught | inside refused "
+        "| addresses user | no verse quote |",
+        "|" + "---|" * 19,
+        "| m@a | 7 | 50% | 91% | 2% | 3% | 94% | 95% | 96% | 97% | 98% | 99% | 11% | 12% | 13% | 14% | 15% | 16% | – |",
+        "| b | 0 | – | – | – | – | – | – | – | – | – | – | – | – | – | – | – | – | 17% |",
+    ]

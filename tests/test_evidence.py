@@ -100,3 +100,8 @@ def test_a_capped_reply_streams_by_whole_lines_and_only_ever_appends(scripted):
     assert "high" not in "".join(texts) and texts[-1].count("also fits") == 1
     clear = [u.text for u in studio.chat("maize", [], "Long grey lesions with tapered ends, from 3 up to 15 cm.")]
     assert clear[0] == "Diagnosis: Gray" and clear[-1] == "".join(chunks)  # nothing to cap: streamed as written
+
+
+def test_small_scores_are_evidence_too():
+    assert weigh([("Healthy", 0.5)]) == Evidence("Healthy", None, 0.0)
+    assert weigh([("Healthy", 2.0), ("Common Rust", 0.5)]).ratio == pytest.approx(0.25)

@@ -85,3 +85,23 @@ def test_a_rewrite_that_keeps_the_task_and_its_numbers_wins():
     replies = [(text, "end_of_turn") for text in (lost, changed, kept)]
     chosen, keys = best_of(pet, question, replies, None, sentence_vectors)
     assert chosen == 2 and keys[2]["broken"] < min(keys[0]["broken"], keys[1]["broken"])
+
+
+def test_each_candidates_key_counts_its_own_faults():
+    from krishna_ai.core.knowledge import load_bank
+
+    card = next(c for c in load_bank(KRISHNA.knowledge.bank).cards if c.person == "Marie Curie")
+    retold = f"{ON_TOPIC}\n\n{card.text}"
+    invented = f"{ON_TOPIC}\n\nIn 1921 Marie Curie sailed to Boston with Albert Einstein and 40 students."
+    replies = [(retold, "end_of_turn"), (invented, "end_of_turn"), (ON_TOPIC, "end_of_turn")]
+    chosen, keys = best_of(KRISHNA, QUESTION, replies, [card], sentence_vectors)
+    assert chosen == 0 and keys[0]["unsupported"] == 0 and keys[1]["unsupported"] >= 2
+    assert keys[2]["broken"] >= 1 and keys[0]["broken"] == 0  # a card fitted: a reply without its story breaks a rule
+    assert all(k["relevance"] == round(k["relevance"], 4) for k in keys)
+    pet = load_personas()["pet"]
+    no_rewrite = [("Write it shorter.", "end_of_turn"), ("Improved prompt:\nWrite it.", "end_of_turn")]
+    _, pet_keys = best_of(pet, "Write a poem about rain.", no_rewrite, None, sentence_vectors)
+    assert pet_keys[0]["broken"] >= 2  # no "Improved prompt:" line (a style rule) and so no task kept
+    maize = load_personas()["maize"]
+    assert own_part(maize, "Diagnosis: Healthy\n\nWhat to do: nothing.") == "Diagnosis: Healthy\n\nWhat to do: nothing."
+    assert own_part(KRISHNA, "  ") == ""

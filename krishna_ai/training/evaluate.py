@@ -106,7 +106,7 @@ def parse_label(reply: str, labels: list[str]) -> str | None:
                 return named[0]
             continue  # a label line that names none: the reply may name it elsewhere
         if named:
-            return found[0][2] if found[0][2] in named else named[0]
+            return named[0]  # the first named, in the order found (a label inside a longer one named is not)
     return None
 
 
