@@ -369,3 +369,19 @@ def test_the_table_names_every_measure_and_fills_each_from_its_own_field():
         "| m@a | 7 | 50% | 91% | 2% | 3% | 94% | 95% | 96% | 97% | 98% | 99% | 11% | 12% | 13% | 14% | 15% | 16% | – |",
         "| b | 0 | – | – | – | – | – | – | – | – | – | – | – | – | – | – | – | – | 17% |",
     ]
+
+
+def test_eval_declines_outside_questions_as_the_app_does_and_counts_them(scripted):
+    from krishna_ai.runtime.embed import LightEmbedder
+
+    maize = P["maize"]
+    asked = [{"question": "My tomato leaves have brown spots, what is it?", "scope": "out"},
+             {"question": "Small cinnamon-brown powdery pustules on both sides of my maize leaves.", "scope": "out"},
+             {"question": "Long grey cigar-shaped lesions on the lower maize leaves.", "label": "Northern Leaf Blight"}]
+    engine = scripted(["Diagnosis: Northern Leaf Blight\nConfidence: high - x\nWhat to look for: y\nWhat to do: z"])
+    res = evaluate(engine, maize, asked, SamplingParams(temperature=0.0), progress=False, embed=LightEmbedder())
+    assert res["declined"] == [{"question": asked[0]["question"], "reply": maize.scope.decline, "reason": "word",
+                                "expected": "out"}]
+    assert [r["question"] for r in res["replies"]] == [asked[1]["question"], asked[2]["question"]]
+    assert res["scope"] == {"outside": 2, "caught": 0.5, "inside": 1, "refused": 0.0, "missed": [asked[1]["question"]]}
+    assert len(engine.calls) == 2  # the declined question never reached the model
