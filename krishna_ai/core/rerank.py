@@ -26,7 +26,7 @@ from krishna_ai.core.facts import unsupported
 from krishna_ai.core.knowledge import Card
 from krishna_ai.core.personas import Persona
 from krishna_ai.core.rewrites import contradictions, improved_part, keeps_task
-from krishna_ai.core.style import check_reply, paragraphs
+from krishna_ai.core.style import check_reply, paragraphs, story_due
 
 Vectors = Callable[[Sequence[str]], np.ndarray]
 """Unit sentence vectors of some texts (`core.vectors.sentence_vectors`)."""
@@ -64,8 +64,7 @@ def own_part(persona: Persona, reply: str) -> str:
 def rank_key(persona: Persona, reply: str, finish_reason: str | None, cards: list[Card] | None,
              question: str, relevance: float) -> tuple[int, int, int, float]:
     """Lower is better: (not ended, rules broken, unsupported facts, -relevance)."""
-    story = bool(cards) if cards is not None and persona.knowledge and persona.style.story else None
-    broken = len(check_reply(reply, persona, finish_reason, story=story))
+    broken = len(check_reply(reply, persona, finish_reason, story=story_due(persona, cards)))
     if persona.style.rewrite:
         rewrite = improved_part(reply, persona.style.rewrite) or ""
         broken += (not keeps_task(question, rewrite)[0]) + len(contradictions(question, rewrite))

@@ -301,6 +301,12 @@ def rules_for(persona: Persona | Style) -> list[str]:
     return names
 
 
+def story_due(persona: Persona, cards: list | None) -> bool | None:
+    """`check_reply`'s `story` for a reply grounded in `cards`: a story-telling persona with a bank owes one when a
+    card fitted and none when none did; None (no cards: no bank, or asked without it) leaves it to the style."""
+    return bool(cards) if cards is not None and persona.knowledge and persona.style.story else None
+
+
 def check_reply(reply: str, persona: Persona | Style, finish_reason: str | None = None,
                 story: bool | None = None) -> list[Violation]:
     """Check `reply` against the persona's style; an empty list means it complies.

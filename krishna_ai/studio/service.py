@@ -23,7 +23,7 @@ from krishna_ai.core.prompting import Message, Turn, build_turn, sanitize
 from krishna_ai.core.safety import crisis, crisis_reply
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.core.scope import Embed, Reason, judge
-from krishna_ai.core.style import check_reply
+from krishna_ai.core.style import check_reply, story_due
 from krishna_ai.history.store import HistoryStore
 from krishna_ai.runtime.engine import Engine, Reply, ReplyStats
 from krishna_ai.runtime.load import load_engine
@@ -360,7 +360,7 @@ class Studio:
         try:
             started = self.start_reply(persona_id, history, message, stop_event=stop_event, **kwargs)
             reply, persona, turn = started.reply, started.persona, started.turn
-            who, cards, sources = turn.personality, turn.cards or [], turn.sources
+            who, sources = turn.personality, turn.sources
             with reply:
                 for _ in reply:
                     yield Update(turn.streamed(reply.text), personality=who, sources=sources)
@@ -368,7 +368,7 @@ class Studio:
                 yield Update(reply.text, done=True, stats=reply.stats, violations=[], scope=started.scope)
                 return
             violations = check_reply(reply.text, persona, reply.stats.finish_reason,
-                                     story=bool(cards) if persona.knowledge and persona.style.story else None)
+                                     story=story_due(persona, turn.cards))
             yield Update(turn.finish(reply.text), done=True, stats=reply.stats, violations=violations, personality=who,
                          sources=sources)
         finally:

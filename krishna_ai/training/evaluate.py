@@ -30,7 +30,7 @@ from krishna_ai.core.rewrites import contradictions, improved_part, keeps_task
 from krishna_ai.core.safety import CRISES, Crisis, crisis, crisis_reply
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.core.scope import Embed, judge
-from krishna_ai.core.style import check_reply, pass_label, rules_for
+from krishna_ai.core.style import check_reply, pass_label, rules_for, story_due
 from krishna_ai.runtime.engine import Engine
 from krishna_ai.training.data import read_jsonl
 
@@ -147,7 +147,7 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
             chosen, keys = best_of(persona, q["question"], [(c.text, c.finish_reason) for c in options],
                                    cards if bank else None, vectors) if vectors is not None and n > 1 else (0, [])
             done = options[chosen]
-            story = bool(cards) if cards is not None and bank and persona.style.story else None
+            story = story_due(persona, cards if bank else None)
             violations = check_reply(done.text, persona, done.finish_reason, story=story)
             broken = {v.rule for v in violations}
             row: dict[str, Any] = {
