@@ -105,3 +105,12 @@ def test_each_candidates_key_counts_its_own_faults():
     maize = load_personas()["maize"]
     assert own_part(maize, "Diagnosis: Healthy\n\nWhat to do: nothing.") == "Diagnosis: Healthy\n\nWhat to do: nothing."
     assert own_part(KRISHNA, "  ") == ""
+
+
+@pytest.mark.parametrize("n", ["0", "-3", "17", "1000000000"])
+def test_eval_refuses_a_best_of_out_of_bounds_before_loading_a_model(n, capsys):
+    from krishna_ai.cli.main import main as cli
+
+    rc = cli(["eval", "--persona", "pet", "--questions", "data/pet/heldout.jsonl", "--model", "no-such-model",
+              "--best-of", n])
+    assert rc == 2 and f"--best-of must be between 1 and 16, not {n}" in capsys.readouterr().err

@@ -32,6 +32,10 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_BEST_OF = 16
+"""`eval --best-of`: replies sampled per question at most."""
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from krishna_ai.core.personas import get_persona, load_personas, persona_dirs
     from krishna_ai.core.sampling import SamplingParams
@@ -55,8 +59,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from krishna_ai.runtime.embed import LightEmbedder
 
         embed = LightEmbedder()
-    if args.best_of < 1:
-        raise ValueError(f"--best-of must be 1 or more, not {args.best_of}")
+    if not 1 <= args.best_of <= MAX_BEST_OF:  # each is a whole reply per question: a huge N never ends
+        raise ValueError(f"--best-of must be between 1 and {MAX_BEST_OF}, not {args.best_of}")
     vectors = None
     if args.best_of > 1:
         from krishna_ai.core.vectors import sentence_vectors as vectors
