@@ -9,6 +9,10 @@ import random
 import httpx
 import openai
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 import app
 from krishna_ai.core.personas import load_personas
@@ -124,6 +128,7 @@ BAD = [
     ({"model": "pet", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
     ({"model": "pet", "messages": [{"role": "user", "content": "hi"}], "temperature": 5}, 400, "temperature"),
     ({"model": "pet", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n: Input should be less"),
+    ({"model": "pet", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}, 400, "max_tokens"),
     ({"model": "pet", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      400, "image_url is not taken here"),
     ({"model": "pet", "messages": [{"role": "tool", "content": "42"}, {"role": "user", "content": "hi"}]}, 400,
@@ -150,6 +155,39 @@ def test_every_bad_body_is_a_clear_4xx_and_random_bodies_never_a_500(launched):
             resp = http.post("/v1/chat/completions", content=json.dumps(body),
                              headers={"Content-Type": "application/json"})
             assert resp.status_code < 500, (body, resp.text)
+
+
+@pytest.mark.parametrize("keys", [False, True], ids=["local", "keys"])
+def test_the_api_fuzzed_from_its_own_openapi_schema(launched, tmp_path, keys):
+    """schemathesis on the app's own /v1/openapi.json (a local app, and one with logins and API keys), both modes:
+    valid bodies and bodies that break the schema. Every check but one: no 5xx, only documented statuses and
+    content types, responses that match their schemas, invalid data refused with a 4xx, and with keys a missing
+    or wrong key refused. Left out: that every schema-valid body is accepted, because a schema cannot say "the
+    last message is the user's", which a valid body may break (a 400 naming it)."""
+    headers = {}
+    if keys:
+        (tmp_path / "keys.txt").write_text(f"asha:{KEY}\n")
+        base, _, _ = launched("--auth", "asha:pw", "--api-key-file", str(tmp_path / "keys.txt"))
+        assert httpx.get(f"{base}/v1/openapi.json").status_code == 401
+        headers = {"Authorization": f"Bearer {KEY}"}
+    else:
+        base, _, _ = launched()
+    schema = schemathesis.openapi.from_url(f"{base}/v1/openapi.json", headers=headers)
+    assert {op.ok().label for op in schema.get_all_operations()} == {
+        "GET /v1/models", "GET /v1/models/{model}", "POST /v1/chat/completions"}
+    seen: dict[str, set[int]] = {}
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(case=schema.as_strategy(mode))
+        def fuzz(case):
+            response = case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance])
+            seen.setdefault(f"{mode.value} {case.operation.label}", set()).add(response.status_code)
+
+        fuzz()
+    # every operation was reached in both modes where it has inputs: valid persona ids answered, invalid requests
+    # refused by name (a schema-valid chat body mostly ends in an assistant message or an empty one: a 400)
+    assert seen["positive GET /v1/models/{model}"] == {200} and seen["positive POST /v1/chat/completions"], seen
+    assert 400 in seen["negative POST /v1/chat/completions"], seen
 
 
 def test_a_bad_key_file_is_refused_at_start(tmp_path, capsys):

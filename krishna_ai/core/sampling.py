@@ -13,11 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from krishna_ai.core.errors import ConfigError, problems
 
+MAX_NEW_TOKENS = 4096
+"""The most new tokens one reply may ask for."""
+
 _MESSAGES = {  # one per field (a test keeps it so)
     "temperature": "temperature must be between 0 and 2",
     "top_p": "top_p must be in (0, 1]",
     "top_k": "top_k must be an integer from 0 to 1000",
-    "max_new_tokens": "max_new_tokens must be an integer from 1 to 4096",
+    "max_new_tokens": f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}",
     "repetition_penalty": "repetition_penalty must be between 1 and 2",
     "dry_multiplier": "dry_multiplier must be between 0 and 5",
     "seed": "seed must be an integer",
@@ -48,7 +51,7 @@ class SamplingParams(BaseModel):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
     top_k: Annotated[int, Field(ge=0, le=1000, strict=True)] = 64
     """0 disables top-k filtering."""
-    max_new_tokens: Annotated[int, Field(ge=1, le=4096, strict=True)] = 256
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS, strict=True)] = 256
     repetition_penalty: Annotated[float, Field(ge=1.0, le=2.0)] = 1.0
     """> 1 makes the reply's last REPETITION_WINDOW tokens less likely: repetition control for small models.
     Both in-process engines weigh the same tokens, so a persona's measured value means one thing there."""

@@ -13,7 +13,8 @@ Nothing is saved (clients such as Open WebUI keep their own history). `/metrics`
 
 Who may call: with API keys configured, a valid `Authorization: Bearer KEY` (its user's limits apply); with
 logins but no keys, nobody (401 says why); with neither (a local app), anyone on this machine's loopback.
-Every bad request gets an OpenAI-style error body with a 4xx status that names the problem.
+Every bad request gets an OpenAI-style error body with a 4xx status that names the problem. `/v1/openapi.json`
+describes all of it (OpenAPI 3.1; tests/test_openai_api.py fuzzes the API from it with schemathesis).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from krishna_ai.core.errors import GenerationError, ImageError, InputError, KrishnaError, ModelUnavailable
+from krishna_ai.core.errors import ConfigError, GenerationError, ImageError, InputError, KrishnaError, ModelUnavailable
+from krishna_ai.core.sampling import MAX_NEW_TOKENS, SamplingParams
 from krishna_ai.studio.access import ApiKeys, BusyError, client_address
 from krishna_ai.studio.metrics import CONTENT_TYPE
 from krishna_ai.studio.replies import Update, reply_facts
@@ -38,16 +40,16 @@ from krishna_ai.studio.service import Studio, updates
 MAX_BODY_BYTES = 1024 * 1024
 
 
-class _Part(BaseModel):
+class ContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: str
     text: str | None = None
 
 
-class _Message(BaseModel):
+class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[_Part] | None = None
+    content: str | list[ContentPart] | None = None
 
 
 class ChatBody(BaseModel):
@@ -55,13 +57,13 @@ class ChatBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1, max_length=200)
-    messages: list[_Message] = Field(min_length=1, max_length=1000)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
     stream: bool = False
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0, le=1000)] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=8192)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1, le=8192)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
     personality: str | None = Field(None, max_length=200)
     """An extension: whom a persona's closing story is about."""
@@ -85,7 +87,7 @@ def _from_domain(exc: KrishnaError) -> JSONResponse:
     return error(500, str(exc), "server_error")
 
 
-def _text(content: str | list[_Part] | None) -> str:
+def _text(content: str | list[ContentPart] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     kinds = {p.type for p in content} - {"text"}
@@ -111,6 +113,71 @@ def _usage(update: Update) -> dict[str, int]:
     s = update.stats
     prompt, completion = (s.prompt_tokens or 0, s.tokens or 0) if s else (0, 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _json(schema: dict[str, Any] | str, description: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+def openapi(personas: list[str], *, secured: bool) -> dict[str, Any]:
+    """This API as an OpenAPI 3.1 document: `model` is one of `personas`; with `secured`, a bearer key is needed."""
+    body = ChatBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas: dict[str, Any] = body.pop("$defs", {})
+    body["properties"]["model"] = {"type": "string", "enum": sorted(personas), "description": "a persona id"}
+    # what is answered, not only what is read: tool messages and non-text parts get a 400 naming them
+    schemas["ChatMessage"]["properties"]["role"]["enum"] = ["system", "developer", "user", "assistant"]
+    schemas["ContentPart"]["properties"]["type"] = {"const": "text"}
+    schemas["ChatBody"] = body
+    schemas["Error"] = {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["message", "type"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+    schemas["Model"] = {"type": "object", "required": ["id", "object"],
+                        "properties": {"id": {"type": "string"}, "object": {"const": "model"},
+                                       "name": {"type": "string"}, "owned_by": {"type": "string"}}}
+    schemas["ChatCompletion"] = {"type": "object", "required": ["id", "object", "model", "choices", "usage"],
+                                 "properties": {"object": {"const": "chat.completion"}, "model": {"type": "string"},
+                                                "choices": {"type": "array", "minItems": 1, "maxItems": 1},
+                                                "usage": {"type": "object"}, "krishna_ai": {"type": "object"}}}
+    errors = {"401": _json("Error", "no valid API key"), "429": _json("Error", "over this user's limits")}
+    if not secured:
+        errors.pop("401")
+    chat_ok = _json("ChatCompletion", "the reply (stream: false)")
+    chat_ok["content"]["text/event-stream"] = {"schema": {  # each event: a chunk (JSON) in `data`, then [DONE]
+        "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}}
+    chat_ok["description"] += ", or its chunks as server-sent events (stream: true)"
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "krishna_ai personas (OpenAI-compatible)", "version": "1"},
+        "paths": {
+            "/v1/models": {"get": {"operationId": "listModels", "responses": {
+                "200": _json({"type": "object", "required": ["data"], "properties": {
+                    "object": {"const": "list"}, "data": {"type": "array",
+                                                          "items": {"$ref": "#/components/schemas/Model"}}}},
+                             "the personas"), **errors}}},
+            "/v1/models/{model}": {"get": {
+                "operationId": "getModel",
+                "parameters": [{"name": "model", "in": "path", "required": True,
+                                "schema": {"type": "string", "enum": sorted(personas)}}],
+                "responses": {"200": _json("Model", "the persona"), "404": _json("Error", "no such persona"),
+                              **errors}}},
+            "/v1/chat/completions": {"post": {
+                "operationId": "createChatCompletion",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ChatBody"}}}},
+                "responses": {"200": chat_ok, "400": _json("Error", "a bad body, named"),
+                              "404": _json("Error", "no such persona"),
+                              "413": _json("Error", "the body is too large"), **errors,
+                              "502": _json("Error", "the model failed"),
+                              "503": _json("Error", "the model cannot be loaded")}}},
+        },
+        "components": {"schemas": schemas},
+    }
+    if secured:
+        doc["components"]["securitySchemes"] = {"key": {"type": "http", "scheme": "bearer"}}
+        doc["security"] = [{"key": []}]
+    return doc
 
 
 def routes(studio: Studio, keys: ApiKeys, *, logins: bool) -> list[Route]:
@@ -174,6 +241,10 @@ def routes(studio: Studio, keys: ApiKeys, *, logins: bool) -> list[Route]:
         history = [{"role": role, "content": text} for role, text in turns[:-1] if text]
         sampling = {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
                     "max_new_tokens": body.max_completion_tokens or body.max_tokens}
+        try:  # the client's sampling, checked here: a bad value is the request's fault (400), never a 500
+            SamplingParams.build(**sampling)
+        except ConfigError as exc:
+            return error(400, str(exc))
         stream = updates(studio, body.model, history, turns[-1][1], user=user, endpoint="openai",
                          personality=body.personality, session=f"openai-{uuid.uuid4().hex}", **sampling)
         try:  # the first update (or the refusal) before answering, so a refusal gets its status code
@@ -201,6 +272,12 @@ def routes(studio: Studio, keys: ApiKeys, *, logins: bool) -> list[Route]:
                          "finish_reason": _finish(last)}],
             "usage": _usage(last), "krishna_ai": _extra(last)})
 
+    async def schema(request: Request) -> Response:
+        _, refused = caller(request)
+        if refused is not None:
+            return refused
+        return JSONResponse(openapi(list(studio.personas), secured=bool(keys) or logins))
+
     async def metrics(request: Request) -> Response:
         _, refused = caller(request)
         if refused is not None:
@@ -211,6 +288,7 @@ def routes(studio: Studio, keys: ApiKeys, *, logins: bool) -> list[Route]:
 
     return [Route("/v1/models", models, methods=["GET"]), Route("/v1/models/{model}", model, methods=["GET"]),
             Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/v1/openapi.json", schema, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"])]
 
 

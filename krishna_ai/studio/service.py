@@ -128,9 +128,9 @@ class Studio:
         self.prompts_dir = prompts_dir
         """Where personas edited in the app are saved (None: saving is off)."""
         self.jobs = jobs
+        """The workbench's job runner (studio/jobs.py: JobRunner); None: no Train, Evaluate or Export jobs."""
         self.router: Any = None
         """The llama-server router replies go through (`app.py --server-slots`), None: engines in this process."""
-        """The workbench's job runner (studio/jobs.py: JobRunner); None: no Train, Evaluate or Export jobs."""
         self.trained: dict[str, str] = {}
         """Models trained in the app, offered in the model boxes: spec (`MODEL@ADAPTER`) -> label."""
 
