@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="serve light-gguf replies through one llama-server (router mode: every persona's model "
                          "behind it, N slots each, decoded in batches), started and restarted by the app "
                          "(needs requirements-server.txt; default 0: in this process)")
+    ap.add_argument("--max-loaded", dest="max_loaded", type=int, default=None, metavar="N",
+                    help="models kept loaded at once, least recently used unloaded first (default: one per persona "
+                         "and one more on the light tiers, whose models are small; else 3)")
     ap.add_argument("--concurrency", type=int, default=None, metavar="N",
                     help=f"replies generated at once (default: 1 in-process; {REMOTE_CONCURRENCY} for a model "
                          "server (--model openai:URL), which batches them)")
@@ -121,7 +124,7 @@ def build(args: argparse.Namespace):
     personas = load_personas(persona_dirs([*args.prompts, *([saved] if saved.is_dir() else [])]))
     if args.persona not in personas:
         raise SystemExit(f"unknown persona {args.persona!r}; available: {', '.join(sorted(personas))}")
-    from krishna_ai.runtime.tiers import default_tier, is_gguf_spec
+    from krishna_ai.runtime.tiers import GGUF_TIER, default_tier, is_gguf_spec
     from krishna_ai.studio.access import ModelPolicy
 
     args.model = args.model or default_tier()
@@ -153,9 +156,16 @@ def build(args: argparse.Namespace):
     store, history_error = open_history(args)
     from krishna_ai.studio.metrics import Metrics
 
+    # each persona's light model is its own file (its adapter merged): with fewer kept than personas in use, replies
+    # across personas unload one another ("unloaded to make room ... ask again" under load)
+    max_loaded = args.max_loaded if args.max_loaded is not None else (
+        len(personas) + 1 if args.model in ("light", GGUF_TIER) else 3)
+    if max_loaded < 1:
+        raise SystemExit(f"--max-loaded {max_loaded}: give 1 or more")
     studio = Studio(personas, default_model=args.model, adapters=adapters, policy=policy, concurrency=concurrency,
                     store=store, history_error=history_error, limits=limits, metrics=Metrics(),
-                    admins=admins(args), prompts_dir=saved, loader=router.load if router else None)
+                    admins=admins(args), prompts_dir=saved, loader=router.load if router else None,
+                    max_loaded=max_loaded)
     studio.router = router
     studio.jobs = start_jobs(studio, args, [*args.prompts, str(saved)])
     if args.preload:  # the engine the first persona's first reply uses (its adapter merged), not the bare base

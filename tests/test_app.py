@@ -157,6 +157,19 @@ def test_a_model_server_gets_concurrent_replies_and_in_process_models_one():
         app.build(app.parse_args(["--model", "light", "--no-preload", "--concurrency", "0"]))
 
 
+def test_every_persona_keeps_its_light_model_loaded():
+    """Each persona's light model is its own (its adapter merged): the app keeps one per persona and one more, so
+    replies across personas never unload one another; larger tiers keep 3; --max-loaded sets it."""
+    _, studio = app.build(app.parse_args(["--model", "light", "--no-preload"]))
+    assert studio._max_loaded == len(studio.personas) + 1 >= 5
+    _, studio = app.build(app.parse_args(["--model", "openai:http://127.0.0.1:9/v1#m", "--no-preload"]))
+    assert studio._max_loaded == 3
+    _, studio = app.build(app.parse_args(["--model", "light", "--no-preload", "--max-loaded", "2"]))
+    assert studio._max_loaded == 2
+    with pytest.raises(SystemExit, match="--max-loaded 0"):
+        app.build(app.parse_args(["--model", "light", "--no-preload", "--max-loaded", "0"]))
+
+
 def test_persona_adapter_is_used_on_its_tier_only(scripted):
     seen = []
 

@@ -52,6 +52,12 @@ def test_ttft_counts_from_the_request_on_llamacpp(monkeypatch):
 
     with pytest.raises(GenerationError, match="unloaded to make room"):
         waiting.read()  # never touches the freed model
+    # a reply asked of an engine the Studio unloaded a moment earlier: a clear error, not a read of freed memory
+    # (tokenising the prompt did that, and under 16 clients across four personas the app died with SIGSEGV)
+    with pytest.raises(GenerationError, match="unloaded to make room"):
+        engine.stream(ASK, SamplingParams(temperature=0, max_new_tokens=3))
+    with pytest.raises(GenerationError, match="unloaded to make room"):
+        engine.complete("Once upon a time")
 
 
 def test_ttft_counts_from_the_request_on_the_scripted_engine(scripted):

@@ -178,6 +178,10 @@ class LlamaCppEngine:
         self.source = source
         self._info = info
         self._lock = threading.Lock()
+        """Held by the reply being generated: replies take turns."""
+        self._alive = threading.Lock()
+        """Held while the model is read outside a reply (tokenising a prompt) and while it is freed, so a model
+        unloaded to make room for another is never read after `close()` (that was a segfault under load)."""
         self._closed = False
 
         def lookup(token: str) -> int | None:
@@ -195,11 +199,20 @@ class LlamaCppEngine:
     def close(self) -> None:
         """Free the model and its KV cache once the reply in flight (which holds the lock) has ended; a reply
         that was waiting for the lock then fails with a clear error instead of touching freed memory."""
-        with self._lock:
+        with self._lock, self._alive:
             self._closed = True
             close = getattr(self.llm, "close", None)
             if close is not None:
                 close()
+
+    def _unloaded(self) -> GenerationError:
+        return GenerationError(f"{self.name!r} was unloaded to make room for another model: ask again")
+
+    def _tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        with self._alive:
+            if self._closed:
+                raise self._unloaded()
+            return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
 
     @property
     def name(self) -> str:
@@ -208,7 +221,7 @@ class LlamaCppEngine:
     # -- prompt -----------------------------------------------------------------------------
     def tokenize(self, messages: list[Message]) -> list[int]:
         """BOS + Gemma's turn format, control tokens parsed (message text is sanitised upstream)."""
-        return list(self.llm.tokenize(render_gemma_turns(messages).encode("utf-8"), add_bos=True, special=True))
+        return self._tokenize(render_gemma_turns(messages), add_bos=True, special=True)
 
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self.tokenize(messages))
@@ -231,7 +244,7 @@ class LlamaCppEngine:
         """A raw continuation of `prompt` (BOS added, no chat turns): tests and benchmarks."""
         started = time.perf_counter()
         params = (params or SamplingParams()).validated()
-        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        tokens = self._tokenize(prompt, add_bos=True, special=False)
         if len(tokens) + params.max_new_tokens > self._info.context_length:
             raise GenerationError(f"the prompt needs {len(tokens)} tokens; the context leaves "
                                   f"{self._info.context_length - params.max_new_tokens}")
@@ -290,7 +303,7 @@ class LlamaCppEngine:
             if stop_event.is_set():
                 return
             if self._closed:
-                raise GenerationError(f"{self.name!r} was unloaded to make room for another model: ask again")
+                raise self._unloaded()
             llm.set_seed(params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
             if params.seed is not None:
                 llm.reset()  # a seeded reply starts from an empty cache (module docstring)
