@@ -3,6 +3,7 @@
     python bench/history_soak.py                                  # 32 clients × 120 s, kill at 60 s
     python bench/history_soak.py --clients 4 --seconds 20 --kill-at 8 --max-new-tokens 8
     python bench/history_soak.py --db postgresql+psycopg://user@127.0.0.1:5432/db
+    python bench/history_soak.py --server-slots 4                 # replies through the app's llama-server router
 
 `python app.py` runs as a child process on the light tier (llama.cpp when installed) with its own SQLite
 file (or --db). Every client makes a chat (/reply chat_id="new") and keeps sending numbered messages
@@ -14,7 +15,8 @@ Checks (printed, and the exit code), from the database itself after the run:
 - each chat's messages are in the order sent (positions 1..n, no gaps, no duplicates);
 - at most the reply in flight is lost: per chat, at most one question without its reply, and only
   one sent around the kill;
-- no chat holds another client's message; the database passes its integrity check.
+- no chat holds another client's message; the database passes its integrity check;
+- with --server-slots, no llama-server the killed app started is left running (the router dies with it).
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ class Client:
 class App:
     """`python app.py` as a child process on a fixed port and database."""
 
-    def __init__(self, port: int, db: str, data: Path, model: str):
-        self.port, self.db, self.data, self.model = port, db, data, model
+    def __init__(self, port: int, db: str, data: Path, model: str, extra: list[str] | None = None):
+        self.port, self.db, self.data, self.model, self.extra = port, db, data, model, extra or []
         self.proc: subprocess.Popen | None = None
         self.log = data / "app.log"
 
@@ -65,6 +67,7 @@ class App:
                "--user-replies", "1000"]
         if self.model:
             cmd += ["--model", self.model]
+        cmd += self.extra
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
@@ -77,10 +80,16 @@ class App:
             time.sleep(0.5)
         raise RuntimeError(f"the app did not listen within {timeout:.0f} s")
 
-    def kill(self) -> None:
+    def kill(self) -> tuple[list[int], list[int]]:
+        """SIGKILL the app: (the llama-server processes it had started, those still alive 5 s later)."""
         assert self.proc is not None
+        servers = llama_servers(self.proc.pid)
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        deadline = time.time() + 5
+        while time.time() < deadline and any(alive(p) for p in servers):
+            time.sleep(0.1)
+        return servers, [p for p in servers if alive(p)]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -91,13 +100,63 @@ class App:
                 self.proc.kill()
 
 
+def llama_servers(pid: int) -> list[int]:
+    """The llama-server processes under `pid` (the router and the model processes it starts)."""
+    found, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            if p != pid and Path(f"/proc/{p}/comm").read_text().strip().startswith("llama-server"):
+                found.append(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+_GATE: list = []
+_GATE_LOCK = threading.Lock()
+
+
+def numbered(client: int, n: int, rng: random.Random) -> str:
+    """Client `client`'s message number `n`: one of QUESTIONS with a tag ("#3.12") that names both, and one that
+    Krishna answers: the tag alone can move the persona's scope gate to a decline, and a soak of declines would
+    never run the model, so each candidate is judged by the app's own gate first (the next question if not)."""
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.scope import judge
+    from krishna_ai.runtime.embed import LightEmbedder
+
+    with _GATE_LOCK:
+        if not _GATE:
+            _GATE.append((load_personas()["krishna"], LightEmbedder()))
+    persona, embed = _GATE[0]
+    start = rng.randrange(len(QUESTIONS))
+    candidates = [f"{QUESTIONS[(start + k) % len(QUESTIONS)]} #{client}.{n}" for k in range(len(QUESTIONS))]
+    return next((q for q in candidates if judge(persona, q, embed, follow_up=n > 0) is None), candidates[0])
+
+
+def tag(question: str) -> tuple[int, int]:
+    """(client, number) from a question `numbered` made."""
+    client, n = question.rsplit("#", 1)[1].split(".")
+    return int(client), int(n)
+
+
 def client_loop(url: str, c: Client, until: float, max_new: int, rng: random.Random) -> None:
     from gradio_client import Client as GradioClient
 
     api = None
     n = 0
     while time.time() < until:
-        question = f"[client {c.idx} #{n}] {rng.choice(QUESTIONS)}"
+        question = numbered(c.idx, n, rng)
         n += 1
         try:
             if api is None:
@@ -112,7 +171,8 @@ def client_loop(url: str, c: Client, until: float, max_new: int, rng: random.Ran
             time.sleep(1.0)
 
 
-def check(store, clients: list[Client], kill_window: tuple[float, float] | None) -> dict:
+def check(store, clients: list[Client], kill_window: tuple[float, float] | None,
+          orphans: list[int] | None = None) -> dict:
     """The pass criteria, read from the database."""
     from krishna_ai.history.schema import LOCAL_USER
 
@@ -126,11 +186,11 @@ def check(store, clients: list[Client], kill_window: tuple[float, float] | None)
         if [m.seq for m in msgs] != list(range(1, len(msgs) + 1)):
             problems.append(f"client {c.idx}: positions are not 1..{len(msgs)}")
         questions = [m.content for m in msgs if m.role == "user"]
-        if any(not q.startswith(f"[client {c.idx} #") for q in questions):
+        if any(tag(q)[0] != c.idx for q in questions):
             problems.append(f"client {c.idx}: holds another client's message")
         if len(set(questions)) != len(questions):
             problems.append(f"client {c.idx}: a message is saved twice")
-        numbers = [int(q.split("#")[1].split("]")[0]) for q in questions]
+        numbers = [tag(q)[1] for q in questions]
         if numbers != sorted(numbers):
             problems.append(f"client {c.idx}: messages out of order")
         pairs = {}
@@ -150,14 +210,18 @@ def check(store, clients: list[Client], kill_window: tuple[float, float] | None)
             problems.append(f"client {c.idx}: {len(unanswered)} questions without a reply (at most 1 allowed)")
         lost_replies += len(unanswered)
     integrity = store.check()
-    return {"problems": problems, "integrity": integrity, "lost_replies": lost_replies,
-            "checks": {"every acknowledged message saved once, in order, with its reply": not problems,
-                       "at most the reply in flight lost": not any("reply" in p for p in problems),
-                       "database integrity check": not integrity}}
+    checks = {"every acknowledged message saved once, in order, with its reply": not problems,
+              "at most the reply in flight lost": not any("reply" in p for p in problems),
+              "database integrity check": not integrity}
+    if orphans is not None:
+        checks["no llama-server left by the killed app"] = not orphans
+        problems += [f"llama-server {pid} outlived the killed app" for pid in orphans]
+    return {"problems": problems, "integrity": integrity, "lost_replies": lost_replies, "checks": checks}
 
 
 def run(clients: int = 32, seconds: float = 120.0, kill_at: float | None = 60.0, max_new: int = 16,
-        db: str | None = None, data: Path | None = None, model: str = "", seed: int = 0) -> dict:
+        db: str | None = None, data: Path | None = None, model: str = "", seed: int = 0,
+        server_slots: int = 0) -> dict:
     import tempfile
 
     from krishna_ai.history.store import HistoryStore
@@ -168,7 +232,7 @@ def run(clients: int = 32, seconds: float = 120.0, kill_at: float | None = 60.0,
     port = random.Random(seed).randint(20000, 40000)
     while not port_free("127.0.0.1", port):
         port += 1
-    app = App(port, db, data, model)
+    app = App(port, db, data, model, ["--server-slots", str(server_slots)] if server_slots else [])
     app.start()
     url = f"http://127.0.0.1:{port}/"
     rng = random.Random(seed)
@@ -179,12 +243,12 @@ def run(clients: int = 32, seconds: float = 120.0, kill_at: float | None = 60.0,
                                 daemon=True) for c in cs]
     for t in threads:
         t.start()
-    window = None
+    window, servers, orphans = None, [], None
     try:
         if kill_at is not None:
             time.sleep(max(0.0, started + kill_at - time.time()))
             killed = time.time()
-            app.kill()
+            servers, orphans = app.kill()
             app.start()
             window = (killed, time.time())
         for t in threads:
@@ -192,8 +256,12 @@ def run(clients: int = 32, seconds: float = 120.0, kill_at: float | None = 60.0,
     finally:
         app.stop()
     store = HistoryStore(db, data_dir=data)
-    out = check(store, cs, window)
-    out.update(clients=clients, seconds=round(time.time() - started, 1),
+    out = check(store, cs, window, orphans if server_slots else None)
+    from krishna_ai.core.personas import load_personas
+
+    decline = load_personas()["krishna"].scope.decline
+    out.update(declined=sum(r.startswith(decline[:40]) for c in cs for _, r in c.acked), llama_servers=len(servers),
+               clients=clients, seconds=round(time.time() - started, 1),
                replies=sum(len(c.acked) for c in cs), failed_requests=sum(len(c.failed) for c in cs),
                restart_s=round(window[1] - window[0], 1) if window else None, db=store.where)
     store.close()
@@ -209,12 +277,15 @@ def main() -> int:
     ap.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite in a fresh folder)")
     ap.add_argument("--model", default="", help="the app's --model (default: its own default tier)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--server-slots", dest="server_slots", type=int, default=0,
+                    help="the app's --server-slots: replies through its llama-server router (default 0: in-process)")
     args = ap.parse_args()
     out = run(args.clients, args.seconds, args.kill_at if args.kill_at >= 0 else None, args.max_new_tokens,
-              args.db, model=args.model, seed=args.seed)
-    print(f"{args.clients} clients × {args.seconds:.0f} s, SIGKILL at {args.kill_at:.0f} s, {out['db']}")
+              args.db, model=args.model, seed=args.seed, server_slots=args.server_slots)
+    print(f"{args.clients} clients × {args.seconds:.0f} s, SIGKILL at {args.kill_at:.0f} s, {out['db']}"
+          + (f", --server-slots {args.server_slots}" if args.server_slots else ""))
     print("| measure | value |\n|---|---|")
-    for key in ("replies", "failed_requests", "lost_replies", "restart_s", "seconds"):
+    for key in ("replies", "declined", "failed_requests", "lost_replies", "restart_s", "llama_servers", "seconds"):
         print(f"| {key} | {out[key]} |")
     for name, ok in out["checks"].items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")

@@ -20,6 +20,8 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import report, table
@@ -51,8 +53,27 @@ def rss_tree(pid: int) -> int:
     return total
 
 
-def load(targets: list[tuple[str, str, str]], clients: int, seconds: float, max_new: int) -> dict:
-    """targets[i % len]: (chat-completions URL, model, system prompt). Returns the arm's numbers."""
+@dataclass
+class Target:
+    """Where a client sends, and what: client i asks `questions` in turn from the i-th."""
+
+    url: str
+    """A /v1/chat/completions address."""
+    model: str
+    messages: Callable[[str], list[dict]]
+    """question -> the request's messages."""
+    questions: list[str]
+    extra: dict = field(default_factory=dict)
+    """More body fields (sampling extras)."""
+
+
+def plain(system: str) -> Callable[[str], list[dict]]:
+    """The persona's system prompt and the question: what a client that knows the prompt sends."""
+    return lambda question: [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
+def load(targets: list[Target], clients: int, seconds: float, max_new: int) -> dict:
+    """Client i sends to targets[i % len] until `seconds` are up. Returns the arm's numbers."""
     import httpx
 
     ttft: list[float] = []
@@ -62,31 +83,33 @@ def load(targets: list[tuple[str, str, str]], clients: int, seconds: float, max_
     stop_at = time.monotonic() + seconds
 
     def client(i: int) -> None:
-        url, model, system = targets[i % len(targets)]
+        t = targets[i % len(targets)]
         n = 0
         # A new connection per request, as the app's remote engine makes them: llama-server may close a kept-alive
         # connection just as the next request goes out on it ("Server disconnected without sending a response").
         with httpx.Client(timeout=300, limits=httpx.Limits(max_keepalive_connections=0)) as http:
             while time.monotonic() < stop_at:
-                body = {"model": model, "stream": True, "temperature": 0, "max_tokens": max_new,
+                body = {**t.extra, "model": t.model, "stream": True, "temperature": 0, "max_tokens": max_new,
                         "stream_options": {"include_usage": True},
-                        "messages": [{"role": "system", "content": system},
-                                     {"role": "user", "content": QUESTIONS[(i + n) % len(QUESTIONS)]}]}
+                        "messages": t.messages(t.questions[(i + n) % len(t.questions)])}
                 n += 1
                 t0, first, used = time.perf_counter(), None, 0
                 try:
-                    with http.stream("POST", url, json=body) as resp:
+                    with http.stream("POST", t.url, json=body) as resp:
                         resp.raise_for_status()
                         for line in resp.iter_lines():
                             if not line.startswith("data: ") or line == "data: [DONE]":
                                 continue
                             chunk = json.loads(line[6:])
+                            if "error" in chunk:  # an error after the headers (the app's API sends one so)
+                                raise ValueError(chunk["error"].get("message"))
                             if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
                                 first = time.perf_counter() - t0
                             used = (chunk.get("usage") or {}).get("completion_tokens", used)
                 except (httpx.HTTPError, ValueError) as exc:
                     with lock:
-                        failures.append(f"{model}: {type(exc).__name__}: {exc}"[:200])
+                        failures.append(f"{t.model}: {type(exc).__name__}: {exc}"[:200])
+                    time.sleep(0.5)  # a server that is down is not asked again at once
                     continue
                 with lock:
                     if first is not None:
@@ -104,7 +127,8 @@ def load(targets: list[tuple[str, str, str]], clients: int, seconds: float, max_
     for failure in failures:
         print("failed:", failure, file=sys.stderr)
     return {"requests": len(ttft), "failures": len(failures), "tok_s": tokens[0] / wall,
-            "ttft_p50": statistics.median(ttft), "ttft_p95": ttft[max(0, int(len(ttft) * 0.95) - 1)]}
+            "ttft_p50": statistics.median(ttft) if ttft else float("nan"),
+            "ttft_p95": ttft[max(0, int(len(ttft) * 0.95) - 1)] if ttft else float("nan")}
 
 
 def main() -> int:
@@ -129,7 +153,7 @@ def main() -> int:
     try:
         router.start()
         url = f"{router.url}/chat/completions"
-        targets = [(url, aliases[p], systems[p]) for p in personas]
+        targets = [Target(url, aliases[p], plain(systems[p]), QUESTIONS) for p in personas]
         load(targets, len(targets), 3, 8)  # every model's process started and warm
         arm = load(targets, args.clients, args.seconds, args.max_new)
         rows.append(("one router, 4 models", arm, rss_tree(router.process.pid)))
@@ -140,7 +164,7 @@ def main() -> int:
     try:
         for s in servers:
             s.start()
-        targets = [(f"{s.config.url}/chat/completions", s.config.alias, systems[p])
+        targets = [Target(f"{s.config.url}/chat/completions", s.config.alias, plain(systems[p]), QUESTIONS)
                    for s, p in zip(servers, personas, strict=True)]
         load(targets, len(targets), 3, 8)
         arm = load(targets, args.clients, args.seconds, args.max_new)

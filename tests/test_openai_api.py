@@ -181,7 +181,8 @@ def test_the_api_fuzzed_from_its_own_openapi_schema(launched, tmp_path, keys):
         @given(case=schema.as_strategy(mode))
         def fuzz(case):
             response = case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance])
-            seen.setdefault(f"{mode.value} {case.operation.label}", set()).add(response.status_code)
+            label = f"{case.meta.generation.mode.value} {case.operation.label}"
+            seen.setdefault(label, set()).add(response.status_code)
 
         fuzz()
     # every operation was reached in both modes where it has inputs: valid persona ids answered, invalid requests
