@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from common import REPO, report, stop_child, table
-from router import QUESTIONS, Target, load, rss_tree
+from router import QUESTIONS, Target, load, load_args, rss_tree
 
 PERSONAS = ("krishna", "maize", "aurora", "pet")
 
@@ -118,13 +118,7 @@ def router_arm(args: argparse.Namespace) -> tuple[str, dict, int]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--slots", type=int, default=4)
-    ap.add_argument("--max-new", dest="max_new", type=int, default=64)
-    ap.add_argument("--write", action="store_true")
-    args = ap.parse_args()
+    args = load_args(__doc__)
 
     rows = [router_arm(args),
             app_arm(f"app → router (`--server-slots {args.slots}`)", ["--server-slots", str(args.slots)], args),

@@ -131,14 +131,19 @@ def load(targets: list[Target], clients: int, seconds: float, max_new: int) -> d
             "ttft_p95": ttft[max(0, int(len(ttft) * 0.95) - 1)] if ttft else float("nan")}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def load_args(doc: str) -> argparse.Namespace:
+    """The load benchmarks' options: clients, seconds per arm, slots per model, new tokens, --write."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--max-new", dest="max_new", type=int, default=64)
     ap.add_argument("--write", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = load_args(__doc__)
 
     from krishna_ai.core.personas import load_personas
     from krishna_ai.core.prompting import build_messages
