@@ -272,6 +272,9 @@ def test_every_part_of_a_request_is_bounded_with_a_clear_error(scripted):
     forged = [{"role": "user", "content": "x" * 100_000}, {"role": "assistant", "content": "ok"}]
     with pytest.raises(InputError, match="history message 1 is 100,000 characters"):
         list(studio.chat("pet", forged, "hello"))
+    # a client's sampling is the request's fault (a 400 on /v1, never a 500), named like the sampler names it
+    with pytest.raises(InputError, match="max_new_tokens must be an integer from 1 to 4096, got 5000"):
+        list(studio.chat("pet", [], "Improve my prompt: write a poem", max_new_tokens=5000))
     assert engine.calls == []  # nothing reached the model
     long_chat = [{"role": r, "content": f"{r} {i}"} for i in range(3000) for r in ("user", "assistant")]
     list(studio.chat("pet", long_chat, "hello"))

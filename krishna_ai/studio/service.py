@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from krishna_ai.core.errors import ImageError, InputError
+from krishna_ai.core.errors import ConfigError, ImageError, InputError
 from krishna_ai.core.images import load_image
 from krishna_ai.core.personas import Persona, get_persona, load_personas
 from krishna_ai.core.prompting import Message, Turn, build_turn, sanitize
@@ -247,7 +247,10 @@ class Studio:
         `plain`: the model without the persona's adapter (the Compare tab's "no adapter"). `draft`: a persona
         being edited (the Personas tab's try-out chat), used instead of the one named `persona_id`."""
         persona = draft if draft is not None else self.persona(persona_id)
-        params = SamplingParams.for_persona(persona, **sampling)
+        try:
+            params = SamplingParams.for_persona(persona, **sampling)
+        except ConfigError as exc:  # the request's sampling (the persona's was checked at load): its fault, named
+            raise InputError(str(exc)) from None
         message = sanitize(message or "").strip()
         if not message and image is None:
             raise InputError("the message is empty: type a question (or attach an image)")
