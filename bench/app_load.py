@@ -30,10 +30,9 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import REPO, report, stop_child, table
+from common import REPO, report, stop_child, table, wait_http
 from router import QUESTIONS, Target, load, load_args, rss_tree
 
 PERSONAS = ("krishna", "maize", "aurora", "pet")
@@ -45,29 +44,21 @@ def own_questions(k: int) -> list[str]:
 
 
 def start_app(extra: list[str], data: Path) -> tuple[subprocess.Popen, str]:
-    import httpx
-
     from krishna_ai.ship.serve import free_port
 
     port = free_port()
     env = {**os.environ, "KRISHNA_AI_DATA": str(data)}
-    log = (data / "app.log").open("ab")
+    log = data / "app.log"
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--no-history", "--user-rate", "off",
-                             "--user-replies", "1000", *extra], cwd=REPO, env=env, stdout=log,
+                             "--user-replies", "1000", *extra], cwd=REPO, env=env, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the app exited with {proc.returncode}: {(data / 'app.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_child(proc, 30)
-    raise SystemExit("the app did not answer /v1/models within 600 s")
+    try:
+        wait_http(f"{base}/v1/models", proc, log, 600)
+    except SystemExit:
+        stop_child(proc, 30)
+        raise
+    return proc, base
 
 
 def app_arm(name: str, extra: list[str], args: argparse.Namespace) -> tuple[str, dict, int]:
@@ -89,7 +80,7 @@ def router_arm(args: argparse.Namespace) -> tuple[str, dict, int]:
     from krishna_ai.core.sampling import SamplingParams
     from krishna_ai.runtime.remote import request_body, to_openai
     from krishna_ai.runtime.tiers import GGUF_TIER
-    from krishna_ai.ship.router import Router
+    from krishna_ai.ship.router import Router, alias_for
 
     personas = {p: load_personas()[p] for p in PERSONAS}
     router = Router.for_personas(personas, slots=args.slots)
@@ -99,16 +90,14 @@ def router_arm(args: argparse.Namespace) -> tuple[str, dict, int]:
         built = {q: to_openai(build_turn(persona, [], q, rng=rng).messages) for q in questions}
         return built.__getitem__
 
-    def alias(persona) -> str:  # the router's name of the persona's model (Router.for_personas)
-        return Path(persona.adapter_for(GGUF_TIER) or GGUF_TIER).name
-
     def extra(persona) -> dict:
         standard, more = request_body(SamplingParams.for_persona(persona, temperature=0))
         return {**more, "stop": standard["stop"]}
 
     try:
         router.start()
-        targets = [Target(f"{router.url}/chat/completions", alias(persona), messages(persona, own_questions(k)),
+        url = f"{router.url}/chat/completions"
+        targets = [Target(url, alias_for(persona.adapter_for(GGUF_TIER)), messages(persona, own_questions(k)),
                           own_questions(k), extra(persona)) for k, persona in enumerate(personas.values())]
         load(targets, len(targets), 3, 8)
         arm = load(targets, args.clients, args.seconds, args.max_new)

@@ -161,6 +161,38 @@ def stop_child(process: subprocess.Popen, grace: float) -> None:
         process.wait(10)
 
 
+def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float,
+              headers: dict[str, str] | None = None) -> float:
+    """Seconds until `url` answers 200; SystemExit with the log's tail if `process` exits or time runs out."""
+    import httpx
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if process.poll() is not None:
+            raise SystemExit(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=5, headers=headers).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process under it (/proc's children lists, all threads)."""
+    found, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        found.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def peak_rss_self() -> int:
     """This process's own resident-memory high-water mark in bytes (VmHWM), 0 where /proc is missing.
 

@@ -102,14 +102,13 @@ class App:
 
 def llama_servers(pid: int) -> list[int]:
     """The llama-server processes under `pid` (the router and the model processes it starts)."""
-    found, stack = [], [pid]
-    while stack:
-        p = stack.pop()
+    from bench.common import process_tree
+
+    found = []
+    for p in process_tree(pid)[1:]:
         try:
-            if p != pid and Path(f"/proc/{p}/comm").read_text().strip().startswith("llama-server"):
+            if Path(f"/proc/{p}/comm").read_text().strip().startswith("llama-server"):
                 found.append(p)
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
     return found

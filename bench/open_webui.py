@@ -29,26 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, stop_child, table
+from common import REPO, stop_child, table, wait_http
 
 from krishna_ai.ship.serve import free_port
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, headers: dict | None = None) -> float:
-    """Seconds until `url` answers 200 (the process must stay up)."""
-    import httpx
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=5, headers=headers).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"{url} did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def main() -> int:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import report, table
+from common import process_tree, report, table
 
 QUESTIONS = [
     "I failed my exam again. What should I do?", "My maize leaves have grey lesions. What is it?",
@@ -39,16 +39,12 @@ QUESTIONS = [
 
 def rss_tree(pid: int) -> int:
     """Resident bytes of `pid` and every process under it."""
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
+    total = 0
+    for p in process_tree(pid):
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
+            total += next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{p}/status").read_text().splitlines()
+                          if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
             continue
     return total
 
@@ -147,13 +143,14 @@ def main() -> int:
 
     from krishna_ai.core.personas import load_personas
     from krishna_ai.core.prompting import build_messages
-    from krishna_ai.ship.router import Router
+    from krishna_ai.runtime.tiers import GGUF_TIER
+    from krishna_ai.ship.router import Router, alias_for
     from krishna_ai.ship.serve import CTX_PER_SLOT, LlamaServer, ServerConfig, free_port
 
     personas = {p: load_personas()[p] for p in ("krishna", "maize", "aurora", "pet")}
     router = Router.for_personas(personas, slots=args.slots)
     systems = {p: build_messages(persona, [], "x")[0]["content"] for p, persona in personas.items()}
-    aliases = {p: Path(persona.adapter_for("light-gguf") or "").name for p, persona in personas.items()}
+    aliases = {p: alias_for(persona.adapter_for(GGUF_TIER)) for p, persona in personas.items()}
     rows = []
     try:
         router.start()

@@ -44,6 +44,12 @@ def die_with_parent() -> None:
         pass
 
 
+def alias_for(adapter: str | Path | None) -> str:
+    """The router's model name for the light GGUF with `adapter` merged (the adapter folder's name), or for the
+    light GGUF itself (`light-gguf`)."""
+    return Path(adapter).name if adapter else GGUF_TIER
+
+
 class Router:
     """llama-server in router mode over `models` ({alias: GGUF file}), on 127.0.0.1, restarted when it dies."""
 
@@ -76,9 +82,9 @@ class Router:
         models, sources = {GGUF_TIER: light_gguf()}, {}
         for persona in personas.values():
             adapter = persona.adapter_for(GGUF_TIER)
-            if adapter and Path(adapter).name not in models:
-                models[Path(adapter).name] = adapted_gguf(GGUF_TIER, adapter)
-                sources[Path(adapter).name] = Path(adapter)
+            if adapter and alias_for(adapter) not in models:
+                models[alias_for(adapter)] = adapted_gguf(GGUF_TIER, adapter)
+                sources[alias_for(adapter)] = Path(adapter)
         return cls(models, sources=sources, **options)
 
     @property
@@ -95,7 +101,7 @@ class Router:
         from krishna_ai.runtime.load import load_engine
         from krishna_ai.runtime.remote import load_remote
 
-        alias = (Path(adapter).name if adapter else GGUF_TIER) if spec == GGUF_TIER else None
+        alias = alias_for(adapter) if spec == GGUF_TIER else None
         if alias in self.models and (adapter is None or self.sources.get(alias) == Path(adapter).resolve()):
             return load_remote(self.spec(alias))
         return load_engine(spec, adapter)
