@@ -183,7 +183,7 @@ def warm_retrieval(personas: list) -> None:
     """Load each bank and, where cards are ranked by meaning, the sentence model and the cards' vectors (about
     8 s on 2 cores, most of it importing PyTorch), in the background: the first question does not wait for them.
     A failure here is the first question's to report."""
-    from krishna_ai.core.knowledge import ground
+    from krishna_ai.core.grounding import ground
 
     for persona in personas:
         try:

@@ -26,7 +26,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from krishna_ai.core.evidence import allowed
-    from krishna_ai.core.knowledge import ground
+    from krishna_ai.core.grounding import ground
     from krishna_ai.core.personas import load_personas
     from krishna_ai.training.evaluate import load_questions
 

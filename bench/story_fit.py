@@ -33,7 +33,7 @@ def main() -> int:
     ap.add_argument("--misses", action="store_true", help="list the questions whose card does not fit")
     args = ap.parse_args()
 
-    from krishna_ai.core.knowledge import ground
+    from krishna_ai.core.grounding import ground
     from krishna_ai.core.personas import load_personas
     from krishna_ai.training.evaluate import load_questions
 

@@ -28,23 +28,35 @@ Kept between runs of one checkout, so the light model is converted once per chec
 os.environ["KRISHNA_AI_CACHE"] = str(TEST_CACHE)  # before any session fixture loads a model
 
 
-def shipped_persona(persona_id: str, *, adapters: bool = True) -> str:
+def shipped_persona(persona_id: str, *, adapters: bool = True, counsel: bool = True) -> str:
     """A shipped persona file's text with every path in it made absolute (banks, verses, the scope gate and its
-    data, adapters), so it can be written into any folder; `adapters=False` drops its adapters line."""
+    data, adapters), so it can be written into any folder; `adapters=False` drops its adapters line,
+    `counsel=False` its [counsel] table (for a test that writes its own)."""
     prompts = REPO / "prompts"
     text = (prompts / f"{persona_id}.toml").read_text(encoding="utf-8")
     if not adapters:
         text = re.sub(r"(?m)^adapters = .*\n", "", text)
+    if not counsel:
+        text = re.sub(r"(?ms)^\[counsel\]\n.*?(?=^\[)", "", text)
     text = re.sub(r'"\.\./', f'"{REPO.as_posix()}/', text)
     return re.sub(r'"(knowledge|scope)/', lambda m: f'"{prompts.as_posix()}/{m.group(1)}/', text)
+
+
+def served(persona_id: str, message: str, model_text: str, history: list | None = None) -> str:
+    """A reply as the app serves it when the model writes `model_text`: Krishna's written counsel first (`Turn`)."""
+    from krishna_ai.core.personas import load_personas
+    from krishna_ai.core.prompting import build_turn
+
+    return build_turn(load_personas()[persona_id], list(history or []), message).finish(model_text)
 
 
 COUNSEL_INSTRUCTION = ("Your counsel applies this teaching: say it in your own words, then what it asks of Partha in "
                        "this trouble:\n$cards")
 COUNSEL = (f'\n[counsel]\nbank = "{(REPO / "prompts" / "knowledge" / "gita").as_posix()}"\ntop_k = 1\n'
            f"instruction = {json.dumps(COUNSEL_INSTRUCTION)}\n")
-"""Krishna's counsel bank as it was trained and graded (data/krishna/train-counsel.jsonl, README "Grounded counsel,
-measured"); the shipped persona does not use it."""
+"""Krishna's counsel bank as it was trained and graded (data/krishna/train-counsel.jsonl, README "Tried first: the
+model applying a teaching"); the shipped persona's counsel is written instead (its [counsel] section, which this
+replaces)."""
 
 
 def krishna_with_counsel(folder: Path):
@@ -52,7 +64,7 @@ def krishna_with_counsel(folder: Path):
     from krishna_ai.core.personas import load_persona
 
     path = folder / "krishna.toml"
-    path.write_text(shipped_persona("krishna", adapters=False) + COUNSEL, encoding="utf-8")
+    path.write_text(shipped_persona("krishna", adapters=False, counsel=False) + COUNSEL, encoding="utf-8")
     return load_persona(path)
 
 

@@ -148,11 +148,12 @@ def test_stream_stop_retry_persona_and_image(page, tmp_path):
     if os.environ.get("KRISHNA_AI_UPDATE_SCREENSHOT") == "1":  # the README's picture comes from this page
         shutil.copy(ARTIFACTS / "screenshot.png", REPO / "docs" / "screenshot.png")
 
-    whole = last_bot(pg)
+    whole, stats = last_bot(pg), pg.locator("#reply-stats").inner_text()
     pg.get_by_role("button", name="Retry", exact=True).click()
-    # the retried reply's own first words (until it starts, the reply on screen is still the whole one above)
-    wait_until(lambda: last_bot(pg) not in (stopped_at, whole) and len(last_bot(pg).strip()) > 0, 60,
-               "a retried reply")
+    # the retried reply under way or done (until it starts, the reply on screen is still the whole one above; its
+    # written counsel is the same, and a story retold from the same card may be too, so the stats tell)
+    wait_until(lambda: stop.is_enabled() or pg.locator("#reply-stats").inner_text() != stats
+               or last_bot(pg) not in (stopped_at, whole), 60, "a retried reply")
     pg.get_by_role("button", name="Stop", exact=True).click()
     time.sleep(1.0)
 

@@ -14,7 +14,7 @@ from krishna_ai.history.store import HistoryStore
 from krishna_ai.studio.access import ModelPolicy
 from krishna_ai.studio.service import Studio
 from krishna_ai.studio.ui import build_demo
-from tests.conftest import free_port
+from tests.conftest import free_port, served
 
 
 @pytest.fixture
@@ -44,11 +44,11 @@ def test_api_saves_continues_rates_exports_and_imports_a_chat(launched, tmp_path
     client = Client(url, verbose=False)
     first = client.predict("How do I stay calm?", "krishna", 0.0, api_name="/reply", chat_id="new")
     cid, mid = first["chat_id"], first["message_id"]
-    assert first["reply"] == "Partha, be still." and mid.startswith("m")
+    assert first["reply"] == served("krishna", "How do I stay calm?", "Partha, be still.") and mid.startswith("m")
     second = client.predict("And tomorrow?", "aurora", api_name="/reply", chat_id=cid)  # the chat's persona wins
     assert second["chat_id"] == cid
     sent = engine.calls[-1][0]
-    assert [m["role"] for m in sent[-3:]] == ["user", "assistant", "user"]
+    assert [m["role"] for m in sent[-4:]] == ["user", "assistant", "user", "assistant"]  # last: the written counsel
     system = json.dumps(sent[0]["content"])
     assert studio.persona("krishna").system_prompt.strip()[:40] in system  # Krishna's, not aurora's
     assert studio.persona("aurora").system_prompt.strip()[:40] not in system
@@ -57,9 +57,11 @@ def test_api_saves_continues_rates_exports_and_imports_a_chat(launched, tmp_path
 
     client.predict(mid, 1, api_name="/chat_feedback")
     saved = client.predict(cid, api_name="/chat_history")
+    calm = served("krishna", "How do I stay calm?", "Partha, be still.")
+    history = [{"role": "user", "content": "How do I stay calm?"}, {"role": "assistant", "content": calm}]
     assert [(m["role"], m["content"]) for m in saved["messages"]] == [
-        ("user", "How do I stay calm?"), ("assistant", "Partha, be still."), ("user", "And tomorrow?"),
-        ("assistant", "Partha, be still.")]
+        ("user", "How do I stay calm?"), ("assistant", calm), ("user", "And tomorrow?"),
+        ("assistant", served("krishna", "And tomorrow?", "Partha, be still.", history))]
     reply = saved["messages"][1]
     assert reply["feedback"] == 1 and reply["meta"]["model"] == "light"
     assert reply["meta"]["stats"]["finish_reason"] == "end_of_turn" and reply["meta"]["sampling"]["temperature"] == 0.0
@@ -76,7 +78,7 @@ def test_api_saves_continues_rates_exports_and_imports_a_chat(launched, tmp_path
 
     # streaming /chat continues the chat too, and saves the reply
     chunks = list(client.submit("One more?", api_name="/chat", chat_id=cid))
-    assert chunks[-1] == "Partha, be still."
+    assert chunks[-1].endswith("\n\nPartha, be still.")  # after the written counsel
     assert len(client.predict(cid, api_name="/chat_history")["messages"]) == 6
 
 
@@ -135,7 +137,8 @@ def test_a_broken_database_leaves_the_app_chatting_without_history(launched, tmp
     assert studio.store is None and "not a SQLite database" in studio.history_error
     assert "chats will not be saved" in capsys.readouterr().err
     client = Client(url, verbose=False)
-    assert client.predict("Still there?", api_name="/reply")["reply"] == "Partha, be still."
+    assert client.predict("Still there?", api_name="/reply")["reply"] == served("krishna", "Still there?",
+                                                                                "Partha, be still.")
     with pytest.raises(Exception, match="history is off.*not a SQLite database"):
         client.predict(api_name="/chats")
     with pytest.raises(Exception, match="history is off"):

@@ -19,7 +19,7 @@ from krishna_ai.studio.compare import Contestant, contestant_choices
 from krishna_ai.studio.service import Studio
 from krishna_ai.studio.ui import build_demo
 from krishna_ai.training.dpo import load_preferences
-from tests.conftest import free_port
+from tests.conftest import free_port, served
 
 P = load_personas()
 ENDED = {"stats": {"finish_reason": "end_of_turn"}}
@@ -144,7 +144,9 @@ def test_compare_streams_both_saves_the_pair_and_a_vote_moves_the_leaderboard(la
     job.result()
     seen = job.outputs()
     final = seen[-1]
-    assert final["done"] and final["a"] == "Partha, rise and study." and final["b"] == "Exams exams exams."
+    question = "I failed my exam. What now?"  # both sides Krishna: her written counsel, then each model's text
+    assert final["done"] and final["a"] == served("krishna", question, "Partha, rise and study.")
+    assert final["b"] == served("krishna", question, "Exams exams exams.")
     assert final["models"] == {"a": "light · krishna-light", "b": "light · no adapter"}
     assert final["facts"]["a"]["finish_reason"] == "end_of_turn"
     # both streamed at once: some update shows both replies under way
@@ -164,7 +166,9 @@ def test_compare_streams_both_saves_the_pair_and_a_vote_moves_the_leaderboard(la
 
     counts = export_feedback(studio.store, tmp_path / "out", personas=P)
     row = json.loads((tmp_path / "out" / "dpo-krishna.jsonl").read_text().splitlines()[0])
-    assert counts["krishna"]["dpo"] == 1 and row["chosen"][0]["content"] == "Partha, rise and study."
+    # the pair as shown: both open with the same written counsel, whose tokens cancel in DPO's loss
+    assert counts["krishna"]["dpo"] == 1 and row["chosen"][0]["content"] == final["a"]
+    assert row["rejected"][0]["content"] == final["b"]
 
 
 def test_closing_a_comparison_stops_both_generations(scripted):

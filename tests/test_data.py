@@ -93,7 +93,7 @@ def test_persona_source_errors(tmp_path):
 
 def test_the_counsel_training_set_applies_a_teaching_in_every_answer(tmp_path):
     """data/krishna/train-counsel.jsonl: the same questions and stories, each counsel rewritten to apply one
-    teaching of the Gita bank, shown in its prompt (README "Grounded counsel, measured")."""
+    teaching of the Gita bank, shown in its prompt (README "Tried first: the model applying a teaching")."""
     from krishna_ai.core.records import record_teachings
 
     k = krishna_with_counsel(tmp_path)

@@ -8,7 +8,7 @@ import pytest
 
 from krishna_ai.cli.main import main as cli
 from krishna_ai.core.errors import DataError
-from krishna_ai.core.knowledge import ground
+from krishna_ai.core.grounding import ground
 from krishna_ai.core.personas import load_personas
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.training.evaluate import (
@@ -292,7 +292,7 @@ def test_evaluate_reports_keeps_task_for_a_persona_that_rewrites(scripted):
 
 
 def test_story_and_teaching_fit_count_the_cards_a_question_is_labelled_with(scripted, tmp_path):
-    from krishna_ai.core.knowledge import teachings_for
+    from krishna_ai.core.grounding import teachings_for
 
     question = "I failed my exam again. What should I do?"
     krishna = krishna_with_counsel(tmp_path)

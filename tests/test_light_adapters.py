@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 
+from krishna_ai.core.knowledge import load_bank
 from krishna_ai.core.personas import load_personas
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.runtime.load import load_engine
@@ -51,3 +52,8 @@ def test_tuned_replies_end_cleanly(name):
         (r["finish_reason"], r["violations"], r["reply"][-200:]) for r in res["replies"]]
     if persona.knowledge is not None and persona.knowledge.checked == "story":
         assert res["faithful"] >= 2 / 3, [(r["unsupported"], r["reply"]) for r in res["replies"]]
+    if persona.counsel is not None and persona.counsel.written:  # the written counsel, then the model's story
+        bank = load_bank(persona.counsel.bank)
+        for r in res["replies"]:
+            counsel = bank.card(r["teachings"][0]).text
+            assert r["reply"].startswith(counsel + "\n\n") and len(r["reply"]) > len(counsel) + 100, r["reply"]

@@ -341,7 +341,7 @@ def krishna_gguf():
 
 
 def test_light_gguf_serves_a_persona_with_its_adapter(krishna_gguf):
-    from krishna_ai.core.knowledge import ground
+    from krishna_ai.core.grounding import ground
     from krishna_ai.core.personas import load_personas
     from krishna_ai.core.prompting import build_messages
 

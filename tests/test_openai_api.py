@@ -67,7 +67,8 @@ def test_the_official_client_lists_personas_and_gets_a_persona_reply(launched):
     assert reply.choices[0].message.content == expected.text and reply.choices[0].finish_reason == "stop"
     sent = engine.calls[0][0]
     assert "pirate" not in json.dumps(sent) and studio.persona("krishna").system_prompt.strip()[:40] in json.dumps(sent)
-    assert [m["role"] for m in sent[-3:]] == ["user", "assistant", "user"]
+    assert [m["role"] for m in sent[-4:]] == ["user", "assistant", "user", "assistant"]  # the last: written counsel
+    assert reply.choices[0].message.content.startswith(sent[-1]["content"].strip())
     assert reply.usage.completion_tokens == 3 and reply.usage.total_tokens > 3
     extra = reply.model_extra["krishna_ai"]
     assert {"sources", "style", "safety", "personality", "finish_reason", "stats"} <= set(extra)

@@ -104,7 +104,7 @@ def test_an_outside_question_gets_the_decline_and_no_model_runs(embed, persona, 
 def test_an_inside_question_reaches_the_model(embed, scripted, persona, question):
     studio = Studio(P, loader=lambda spec, adapter: scripted(["Partha, an answer."]), embed=embed)
     final = list(studio.chat(persona, [], question))[-1]
-    assert final.scope is None and final.text.startswith("Partha, an answer.")
+    assert final.scope is None and "Partha, an answer." in final.text  # (after Krishna's written counsel)
 
 
 def test_declines_state_no_facts():

@@ -18,7 +18,7 @@ import pytest
 
 from krishna_ai.core.errors import ConfigError, GenerationError, ImageError, ModelUnavailable
 from krishna_ai.core.personas import load_personas
-from krishna_ai.core.prompting import build_messages, render_gemma_turns
+from krishna_ai.core.prompting import build_messages, build_turn, render_gemma_turns
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.runtime.load import load_engine
 from krishna_ai.runtime.probe import parse_spec
@@ -183,6 +183,24 @@ def test_server_renders_exactly_the_in_process_prompt(server):
                       json={"messages": to_openai(messages)}, timeout=10)
     assert resp.status_code == 200
     assert resp.json()["prompt"] == render_gemma_turns(messages)
+
+
+@needs_server
+def test_the_server_continues_the_written_opening_as_the_app_renders_it(server):
+    """Krishna's written counsel opens the model's turn. llama-server's chat endpoint, under the built-in `gemma`
+    template `serve` runs, closes a last assistant message and starts a new turn; so the engine sends the prompt it
+    renders, with the opening left open, to `/completions`, and the reply is the in-process one, token for token."""
+    turn = build_turn(load_personas()["krishna"], [], "I failed my driving test for the third time.")
+    assert turn.opening and turn.messages[-1]["role"] == "assistant"
+    resp = httpx.post(f"http://127.0.0.1:{server.config.port}/apply-template",
+                      json={"messages": to_openai(turn.messages)}, timeout=10)
+    assert resp.json()["prompt"].endswith(f"{turn.opening}<end_of_turn>\n")  # why the chat endpoint is not used
+    engine = load_engine(server.config.spec)
+    assert engine.continues_by_prompt
+    greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
+    reply = engine.stream(turn.messages, greedy).completion()
+    local = load_engine("light-gguf").stream(turn.messages, greedy).completion()
+    assert reply.text == local.text and reply.text.strip()
 
 
 @needs_server

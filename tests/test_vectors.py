@@ -107,7 +107,7 @@ def test_without_the_model_package_the_error_says_what_to_install(monkeypatch):
 
 
 def test_a_name_nobody_asked_a_story_of_does_not_choose_it():
-    from krishna_ai.core.knowledge import without_names
+    from krishna_ai.core.grounding import without_names
 
     people = ["Milkha Singh", "Steve Jobs", "Marie Curie"]
     assert without_names("My boss Mr Singh shouts at me", people) == "My boss Mr  shouts at me"
@@ -123,7 +123,7 @@ def test_a_cards_vector_text_leaves_out_its_persons_name_and_possessive():
 
 def test_hit_at_3_searches_what_the_reply_is_grounded_on():
     """`eval`'s hit@3 must rank the query `ground` uses: a bank person's name nobody asked a story of is out."""
-    from krishna_ai.core.knowledge import ground
+    from krishna_ai.core.grounding import ground
     from krishna_ai.training.evaluate import top3
 
     krishna = load_personas()["krishna"]

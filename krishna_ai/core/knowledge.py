@@ -14,7 +14,6 @@ any card file changes the fingerprint and rebuilds it.
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 import time
 import tomllib
@@ -27,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from krishna_ai.core.cache import atomic_dir, cache_root
 from krishna_ai.core.errors import PersonaError, problems
-from krishna_ai.core.evidence import Evidence, weigh
 from krishna_ai.core.vectors import card_matrix, card_texts, fuse, sentence_vectors
 
 INDEX_VERSION = "1"
@@ -48,6 +46,10 @@ class Card(BaseModel):
     """The facts, 2–5 sentences: every name, year and number a reply may state."""
     source: Annotated[str, Field(min_length=3)]
     """A standard reference work, by title and (where it has one) section."""
+    teaching: str | None = None
+    """A counsel card: the id of the teaching (in the persona's teachings bank) its advice applies."""
+    examples: list[str] = []
+    """A counsel card: troubles it answers, in a person's words (training questions), matched by meaning."""
 
     @field_validator("text", "title", "source")
     @classmethod
@@ -100,7 +102,8 @@ def _tokenize(texts: list[str]) -> list[list[str]]:
 def _document(card: Card) -> str:
     # Themes and keywords are what a question shares with a card most often: counted twice.
     tags = " ".join(card.themes + card.keywords)
-    return f"{card.title}. {card.person or ''}. {tags}. {tags}. {card.text}"
+    examples = "".join(f" {e}" for e in card.examples)
+    return f"{card.title}. {card.person or ''}. {tags}. {tags}. {card.text}{examples}"
 
 
 class Bank:
@@ -116,6 +119,7 @@ class Bank:
         self._index: Any = None
         self._doc_terms: list[set[str]] | None = None
         self._vectors: Any = None
+        self._examples: tuple[Any, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.cards)
@@ -165,13 +169,13 @@ class Bank:
         real match. The coverage floor is what turns away a question from outside the bank."""
         import numpy as np
 
-        pool = [i for i, c in enumerate(self.cards) if person is None or _same_person(c.person, person)]
+        pool = [i for i, c in enumerate(self.cards) if person is None or same_person(c.person, person)]
         tokens = _tokenize([query])
         if not pool or not tokens[0]:
             return []
         if vectors:
             bm25 = np.asarray(self.index().get_scores(tokens[0]))[pool]
-            fused = fuse(bm25, (self.vectors() @ sentence_vectors([query])[0])[pool])
+            fused = fuse(bm25, self.similarity(query)[pool])
             ranked = [(pool[j], float(bm25[j])) for j in np.argsort(-fused, kind="stable")[:k]]
         else:
             mask = np.zeros(len(self.cards), dtype=np.float32)
@@ -179,12 +183,12 @@ class Bank:
             ids, scores = self.index().retrieve(tokens, k=min(k, len(self.cards)), show_progress=False,
                                                 weight_mask=mask, n_threads=1)
             ranked = list(zip(ids[0], scores[0], strict=True))
-        words = set(tokens[0])
+        asked = set(tokens[0])
         hits = []
         for i, s in ranked:
             if int(i) not in pool or (float(s) <= min_score and (min_score > 0 or not vectors)):
                 continue
-            if min_coverage and len(words & self._terms(int(i))) / len(words) < min_coverage:
+            if min_coverage and len(asked & self._terms(int(i))) / len(asked) < min_coverage:
                 continue
             hits.append(Hit(self.cards[int(i)], float(s)))
         return hits
@@ -197,13 +201,43 @@ class Bank:
                     card_texts(c.title, c.themes + c.keywords, c.text, c.person) for c in self.cards])
             return self._vectors
 
+    def similarity(self, query: str) -> Any:
+        """Each card's cosine to `query`; for a card with `examples` (the troubles a counsel card was written for),
+        its own cosine plus its nearest example's, so a card is found by what it says and by whom it answers.
+        (Krishna's counsel cards: `python bench/counsel_fit.py`.)"""
+        import numpy as np
+
+        q = sentence_vectors([query])[0]
+        own = self.vectors() @ q
+        owners, examples = self.example_vectors()
+        if not len(owners):
+            return own
+        nearest = own.copy()  # a card without examples counts its own cosine twice, on the same scale
+        has = np.zeros(len(own), dtype=bool)
+        has[owners] = True
+        nearest[has] = -1.0
+        np.maximum.at(nearest, owners, examples @ q)
+        return own + nearest
+
+    def example_vectors(self) -> tuple[Any, Any]:
+        """(the card index of each example, the examples' unit vectors), cached per bank content."""
+        import numpy as np
+
+        with self._lock:
+            if self._examples is None:
+                owners = np.asarray([i for i, c in enumerate(self.cards) for _ in c.examples], dtype=np.int64)
+                texts = [(e, e) for c in self.cards for e in c.examples]
+                matrix = card_matrix(f"{self.name}-examples", self.fingerprint, texts) if texts else np.zeros((0, 1))
+                self._examples = (owners, matrix)
+            return self._examples
+
     def _terms(self, i: int) -> set[str]:
         if self._doc_terms is None:
             self._doc_terms = [set(t) for t in _tokenize([_document(c) for c in self.cards])]
         return self._doc_terms[i]
 
 
-def _same_person(card_person: str | None, wanted: str) -> bool:
+def same_person(card_person: str | None, wanted: str) -> bool:
     return card_person is not None and card_person.casefold() == wanted.strip().casefold()
 
 
@@ -300,100 +334,3 @@ def load_bank(folder: str | Path) -> Bank:
 def cards_block(cards: list[Card]) -> str:
     """The retrieved cards as the prompt shows them: the facts only (sources are shown to the user)."""
     return "\n".join(f"- {c.text}" for c in cards)
-
-
-# -- per question --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Grounding:
-    """What a reply is grounded in: the cards put in its prompt and whom its story is about."""
-
-    cards: list[Card]
-    person: str | None
-    evidence: Evidence | None = None
-    """With `one_label`: how clearly the question points to the best card's label (core/evidence.py)."""
-
-
-_ASKED_FOR = re.compile(
-    r"\b(?:stor(?:y|ies)|tale|example|lesson|life|tell me)\s+(?:\w+\s+){0,2}(?:of|about|from)\s+"
-    r"((?:[A-Z][\w’'.-]*)(?:\s+(?:[A-Z][\w’'.-]*|van|von|de|da|bin|ibn)){0,3})")
-"""A person the user asks a story about by name ("a story about Serena Williams", "the life of Lincoln")."""
-
-
-def named_person(persona: Any, bank: Bank, message: str, requested: str | None) -> str | None:
-    """The person the user asked about: typed in the personality box, or named in the message. A name asked
-    for ("a story about ...") that is a known person's surname ("Lincoln") is that person; one of two or more
-    words that the bank has no card of is returned as asked, so that no other person's story is told as
-    theirs; a single unknown word ("the story of Diwali") is not taken for a person. Only for personas that
-    tell stories about people (a `personalities` list); a tutor's cards are never narrowed."""
-    if not persona.personalities:
-        return None
-    if requested and requested.strip():
-        return requested.strip()
-    lowered = message.casefold()
-    known = sorted(set(persona.personalities) | set(bank.people()), key=len, reverse=True)
-    for person in known:
-        if person.casefold() in lowered:
-            return person
-    asked = _ASKED_FOR.search(message)
-    if not asked:
-        return None
-    name = asked.group(1).strip(" .'’")
-    by_surname = [p for p in known if p.split()[-1].casefold() == name.casefold()]
-    if len(by_surname) == 1:
-        return by_surname[0]
-    return name if len(name.split()) >= 2 else None
-
-
-def ground(persona: Any, message: str, personality: str | None = None) -> Grounding | None:
-    """Retrieve the cards for `message` (None when the persona has no bank).
-
-    A person the user names restricts the cards to that person's (none of theirs → no card: never a
-    story about someone else presented as theirs, never an invented one)."""
-    if persona.knowledge is None:
-        return None
-    bank = load_bank(persona.knowledge.bank)
-    person = named_person(persona, bank, message, personality)
-    k = persona.knowledge
-    labels = {lab.casefold(): lab for lab in persona.labels} if k.one_label else {}
-    hits = bank.search(search_query(persona, bank, message, person), k=k.top_k * (3 if labels else 1),
-                       person=person, min_score=k.min_score, min_coverage=k.min_coverage, vectors=k.vectors)
-    evidence = weigh([(card_label(h.card, labels), h.score) for h in hits]) if labels else None
-    if labels and hits:  # only the best card's label: the reply retells one condition's advice, not three
-        best = card_label(hits[0].card, labels)
-        hits = [h for h in hits if card_label(h.card, labels) == best][: k.top_k]
-    if person and not hits and any(_same_person(c.person, person) for c in bank.cards):
-        hits = bank.search(person + " " + message, k=k.top_k, person=person, vectors=k.vectors)  # their best card
-    cards = [h.card for h in hits]
-    return Grounding(cards, cards[0].person if cards and cards[0].person else person, evidence)
-
-
-def search_query(persona: Any, bank: Bank, message: str, person: str | None) -> str:
-    """What the bank is searched with: `message`, less the names of bank people nobody asked a story of when
-    the persona tells stories of people (`person` None)."""
-    return message if person or not persona.personalities else without_names(message, bank.people())
-
-
-_CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][\w-]*)(?:['’]s)?")
-"""A capitalised word that does not open a sentence, without its possessive."""
-
-
-def without_names(message: str, people: list[str]) -> str:
-    """`message` without the capitalised words (not opening a sentence) that are part of a bank person's name:
-    a name no one asked a story of ("my boss Mr Singh") must not choose the story (Milkha Singh's)."""
-    parts = {w.casefold() for p in people for w in p.split() if len(w) > 2}
-    return _CAPITALISED.sub(lambda m: "" if m.group(1).casefold() in parts else m.group(), message.strip())
-
-
-def card_label(card: Card, labels: dict[str, str]) -> str | None:
-    """The label a card is about: its first theme that is one of `labels` (casefolded → label)."""
-    return next((labels[t.casefold()] for t in card.themes if t.casefold() in labels), None)
-
-
-def teachings_for(persona: Any, message: str) -> list[Card]:
-    """The teachings of the persona's counsel bank that fit `message` (best first; [] when none does)."""
-    counsel = persona.counsel
-    if counsel is None or not message.strip():
-        return []
-    bank = load_bank(counsel.bank)
-    return [h.card for h in bank.search(message, k=counsel.top_k, min_score=counsel.min_score)]

@@ -14,10 +14,11 @@ import string
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from krishna_ai.core.banks import Counsel, Knowledge, checked_teachings
 from krishna_ai.core.errors import PersonaError, problems
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.core.schema import Strict
@@ -84,68 +85,6 @@ class Style(_Strict):
         if value is not None and not (1 <= value[0] <= value[1]):
             raise ValueError(f"must be [min, max] with 1 <= min <= max, got {list(value)}")
         return value
-
-
-class _Bank(_Strict):
-    """A folder of cards retrieved per question and put in the prompt through `instruction`."""
-
-    bank: str
-    """Folder of card files, relative to the persona file (e.g. "knowledge/krishna")."""
-    min_score: Annotated[float, Field(ge=0.0)] = 0.0
-    """A card must score above this (BM25) to count as fitting the question."""
-    instruction: str
-    """How to use the cards; `$cards` is replaced by their text."""
-
-    @field_validator("instruction")
-    @classmethod
-    def _has_cards(cls, value: str) -> str:
-        if "$cards" not in value:
-            raise ValueError("must contain $cards (where the retrieved facts go)")
-        return value
-
-
-class Knowledge(_Bank):
-    """A knowledge bank the persona's replies are grounded in (see krishna_ai/core/knowledge.py).
-    In `instruction`, `$person` is replaced by the first card's person."""
-
-    top_k: Annotated[int, Field(ge=1, le=5)] = 1
-    """Cards put in the prompt."""
-    min_coverage: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    """...and share at least this share of the question's content words (0.25: one word in four)."""
-    no_match: str | None = None
-    """Instruction when no card fits (None: the persona's plain prompt)."""
-    unknown_person: str | None = None
-    """A sentence the app adds after the reply when the user asked about a person the bank has no card of
-    (`$person` is the name asked). The model is never asked to write it: it tells no story (`no_match`)."""
-    vectors: bool = False
-    """Rank cards by meaning too: BM25 and sentence vectors fused (core/vectors.py). For questions that rarely
-    share words with the card that fits (a trouble and a story); a bank of facts asked about by name keeps
-    BM25 alone."""
-    checked: Literal["story", "reply"] = "reply"
-    """The factual part `eval` checks against the cards: the story paragraphs, or the whole reply."""
-    one_label: bool = False
-    """For a persona with `labels` whose cards each carry one as a theme (Maize: a condition per card): only
-    cards of the best card's label go into the prompt, so the advice a reply retells is that condition's."""
-    confidence: dict[Literal["high", "medium"], Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
-    """With `one_label`: the highest confidence a reply may state, from how close the runner-up label's best
-    card came to the best one's (core/evidence.py): that ratio at most `high` allows "high", at most `medium`
-    allows "medium", else "low"."""
-
-    @model_validator(mode="after")
-    def _confidence_bounds(self) -> Knowledge:
-        if self.confidence is not None:
-            if set(self.confidence) != {"high", "medium"} or self.confidence["high"] > self.confidence["medium"]:
-                raise ValueError("confidence needs both bounds, high <= medium: { high = 0.75, medium = 0.9 }")
-            if not self.one_label:
-                raise ValueError("confidence follows one label's evidence, so it needs one_label = true")
-        return self
-
-
-class Counsel(_Bank):
-    """A bank of teachings the persona's own advice applies (Krishna: the Gita's), retrieved per question and
-    put in the prompt, so the counsel paraphrases a teaching that fits instead of inventing one."""
-
-    top_k: Annotated[int, Field(ge=1, le=3)] = 1
 
 
 class Scope(_Strict):
@@ -319,6 +258,8 @@ def load_persona(path: str | Path, *, check_gate: bool = True) -> Persona:
         except PersonaError as exc:
             raise PersonaError(f"{path.name}: {field}.bank: {exc}") from None
         persona = persona.model_copy(update={field: table.model_copy(update={"bank": str(folder)})})
+    if persona.counsel is not None and persona.counsel.teachings is not None:
+        persona = persona.model_copy(update={"counsel": checked_teachings(path, persona.counsel)})
     return persona
 
 

@@ -43,10 +43,11 @@ def system_text(persona: Persona, personality: str | None = None, cards: list[An
     parts = [persona.system_prompt.strip()]
     if persona.constraints:
         parts.append("Rules:\n" + "\n".join(f"- {c}" for c in persona.constraints))
-    if persona.counsel is not None and teachings:
+    counsel = persona.counsel
+    if counsel is not None and counsel.instruction is not None and not counsel.written and teachings:
         from krishna_ai.core.knowledge import cards_block
 
-        parts.append(string.Template(persona.counsel.instruction).safe_substitute(cards=cards_block(teachings)))
+        parts.append(string.Template(counsel.instruction).safe_substitute(cards=cards_block(teachings)))
     if persona.knowledge is not None:
         from krishna_ai.core.knowledge import cards_block
 
@@ -139,10 +140,23 @@ class Turn:
     """A fixed sentence the app adds after the model's reply (a person asked about with no card of theirs)."""
     confidence: tuple[str, str | None] | None = None
     """The highest confidence the evidence allows, and the label that also fits (core/evidence.py)."""
+    opening: str | None = None
+    """Text the reply opens with that the app wrote, not the model (written counsel, `[counsel] written`): the
+    last message starts the model's turn with it, and the model continues from there."""
+    complete: bool = False
+    """The opening is the whole reply (written counsel, no story due): no model runs."""
 
-    def finish(self, reply: str) -> str:
-        """The reply as the user gets it: the model's text with its stated confidence no higher than the evidence
-        allows, then the closing sentence if there is one."""
+    def written(self, reply: str) -> str:
+        """The whole reply as written: the opening, then what the model wrote (what the style rules check)."""
+        if self.opening is None:
+            return reply
+        return f"{self.opening}\n\n{reply.lstrip()}".rstrip() if reply.strip() else self.opening
+
+    def finish(self, reply: str, *, written: bool = False) -> str:
+        """The reply as the user gets it: the opening and the model's text with its stated confidence no higher
+        than the evidence allows, then the closing sentence if there is one. `written`: `reply` already opens
+        with the opening (`written()`)."""
+        reply = reply if written else self.written(reply)
         if self.confidence is not None:
             reply = cap(reply, *self.confidence)
         return f"{reply.rstrip()}\n\n{self.closing}" if self.closing else reply
@@ -150,6 +164,8 @@ class Turn:
     def streamed(self, partial: str) -> str:
         """What to show of a reply still being written: with a confidence to cap, its complete lines only, capped
         (so every text shown is the start of the next one and of `finish`'s: a stream only ever appends)."""
+        if self.opening is not None:
+            return f"{self.opening}\n\n{partial.lstrip()}" if partial.strip() else self.opening
         if self.confidence is None or self.confidence[0] == LEVELS[-1]:  # the highest allowed: nothing to lower
             return partial
         return cap(partial[:partial.rfind("\n") + 1], *self.confidence)
@@ -167,12 +183,13 @@ def build_turn(persona: Persona, history: list[Message], message: str, *, person
 
     `bank=False` asks as the persona did before it had a knowledge bank (its story instruction, no cards in
     the prompt); the cards retrieval picks are still returned, to check the reply against."""
-    from krishna_ai.core.knowledge import ground, teachings_for
+    from krishna_ai.core.grounding import ground, teachings_for
 
     grounding = ground(persona, message, personality) if message else None
     who = grounding.person if grounding else persona.pick_personality(message, personality, rng)
     cards = grounding.cards if grounding else ([] if persona.knowledge else None)
-    teachings = teachings_for(persona, message) if persona.counsel else None
+    before = " ".join([text_of(m["content"]) for m in history if m.get("role") == "user"][-3:])  # a follow-up's
+    teachings = teachings_for(persona, message, before) if persona.counsel else None
     asked = persona if bank or persona.knowledge is None else persona.model_copy(update={"knowledge": None})
     messages = build_messages(asked, history, message or IMAGE_ONLY_QUESTION, personality=who, image=image,
                               cards=cards if bank else None, teachings=teachings if bank else None)
@@ -183,20 +200,35 @@ def build_turn(persona: Persona, history: list[Message], message: str, *, person
     confidence = None
     if k is not None and k.confidence and grounding and grounding.evidence and image is None and bank:
         confidence = (allowed(grounding.evidence, k.confidence), grounding.evidence.runner_up)
-    return Turn(messages, who, cards, teachings, closing, confidence)
+    opening, complete = None, False
+    if persona.counsel is not None and persona.counsel.written and teachings and bank:
+        opening = teachings[0].text
+        complete = persona.knowledge is not None and not cards  # a story-teller with no story to tell: done
+        messages = [*messages, {"role": "assistant", "content": f"{opening}\n\n"}]
+    return Turn(messages, who, cards, teachings, closing, confidence, opening, complete)
+
+
+def opened(messages: list[Message]) -> bool:
+    """Whether the last message is the start of the model's own turn (`Turn.opening`), which the model continues."""
+    return len(messages) > 1 and messages[-1]["role"] == "assistant"
 
 
 def render_gemma_turns(messages: list[Message], add_generation_prompt: bool = True) -> str:
-    """Gemma's turn format, for Gemma 3 checkpoints without a chat template (no BOS: the tokenizer adds it)."""
+    """Gemma's turn format, for Gemma 3 checkpoints without a chat template (no BOS: the tokenizer adds it).
+    Asked for a generation prompt, a last assistant message (`opened`) is left open, verbatim, for the model to
+    continue; without one (training), every turn is closed."""
     system = ""
     out = []
-    for msg in messages:
+    for n, msg in enumerate(messages):
         role, text = msg["role"], text_of(msg["content"]).strip()
         if role == "system":
             system = text
             continue
         if role == "user" and system:
             text, system = f"{system}\n\n{text}", ""
+        if n == len(messages) - 1 and add_generation_prompt and opened(messages):
+            out.append(f"<start_of_turn>model\n{text_of(msg['content'])}")
+            return "".join(out)
         out.append(f"<start_of_turn>{'model' if role == 'assistant' else 'user'}\n{text}<end_of_turn>\n")
     if add_generation_prompt:
         out.append("<start_of_turn>model\n")
@@ -210,7 +242,9 @@ def render_prompt(messages: list[Message], tokenizer: Any, processor: Any | None
     Training (`data.ConversationEncoder`) and every transformers engine render through this one function."""
     owner = processor if processor is not None else tokenizer
     if processor is not None or getattr(tokenizer, "chat_template", None):
-        text = owner.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        go_on = add_generation_prompt and opened(messages)  # the model continues its reply's opening
+        text = owner.apply_chat_template(messages, add_generation_prompt=add_generation_prompt and not go_on,
+                                         continue_final_message=go_on, tokenize=False)
     else:
         text = render_gemma_turns(messages, add_generation_prompt=add_generation_prompt)
     bos = getattr(tokenizer, "bos_token", None) or ""
@@ -224,17 +258,19 @@ def fit_history(
 ) -> list[Message]:
     """Drop the oldest history turns (a user/assistant pair at a time) until the prompt fits `budget` tokens.
 
-    `messages` is [system, *history, new user message] (the system part optional); the system part and the
-    new message are never cut. The work is linear in the chat's length: the whole prompt is counted once, each
+    `messages` is [system, *history, new user message] (the system part optional), or ends with the opening of the
+    model's reply after that message (`opened`); the system part, the new message and the opening are never cut.
+    The work is linear in the chat's length: the whole prompt is counted once, each
     pair once on its own, and from those counts (calibrated so the two ends are exact) the number of pairs to
     drop is estimated, then confirmed by counting the fitted prompt, which is about `budget` long — so a 5 MB
     chat costs two passes over its text, not one per dropped pair or per bisection step.
     """
     head = messages[:1] if len(messages) > 1 and messages[0]["role"] == "system" else []
-    history, last = list(messages[len(head):-1]), messages[-1]
+    tail = 2 if opened(messages) and len(messages) > len(head) + 1 else 1  # the question, and the reply's opening
+    history, last = list(messages[len(head):-tail]), messages[-tail:]
 
     def fitted(drop: int) -> list[Message]:
-        return [*head, *history[2 * drop:], last]
+        return [*head, *history[2 * drop:], *last]
 
     total = count_tokens(fitted(0))
     if total <= budget:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from krishna_ai.core.knowledge import Card, ground, load_bank, teachings_for
+from krishna_ai.core.grounding import ground, teachings_for
+from krishna_ai.core.knowledge import Card, load_bank
 
 
 def record_teachings(persona: Any, record: dict[str, Any]) -> list[Card] | None:

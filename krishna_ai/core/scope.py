@@ -91,7 +91,7 @@ def judge(persona: Persona, message: str, embed: Embed | None, *, follow_up: boo
         if p >= gate.threshold:
             return Verdict("gate", p)
     if scope.without_cards:
-        from krishna_ai.core.knowledge import ground
+        from krishna_ai.core.grounding import ground
 
         grounding = ground(persona, text)
         if grounding is not None and not grounding.cards:

@@ -102,7 +102,7 @@ def instruction_echo(reply: str, persona: Persona) -> str | None:
     if persona.knowledge is not None:
         texts += [persona.knowledge.instruction, persona.knowledge.no_match or ""]
     if persona.counsel is not None:
-        texts.append(persona.counsel.instruction)
+        texts.append(persona.counsel.instruction or "")
     instructed = {gram for text in texts for gram in _runs(_norm_words(text), _ECHO_NGRAM)}
     for gram in _runs(_norm_words(reply), _ECHO_NGRAM):
         if gram in instructed:

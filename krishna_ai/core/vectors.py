@@ -82,7 +82,7 @@ def sentence_vectors(texts: Sequence[str]) -> np.ndarray:
 def card_texts(title: str, tags: list[str], text: str, person: str | None = None) -> tuple[str, str]:
     """The two texts a card's vector is the mean of: what it is about, and all of it. The person's name is left
     out: to sentence vectors a name weighs like a topic, so "my boss Mr Singh" drew Milkha Singh's story (a story
-    of someone asked for by name is chosen among their cards only: `knowledge.named_person`)."""
+    of someone asked for by name is chosen among their cards only: `grounding.named_person`)."""
     about, whole = f"{title}. {', '.join(tags)}", f"{title}. {' '.join(tags)}. {text}"
     for name in (person or "").split():
         about, whole = (re.sub(rf"\b{re.escape(name)}(?:['’]s)?\b", "", t) for t in (about, whole))

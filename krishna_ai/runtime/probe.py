@@ -73,6 +73,8 @@ class ServerInfo:
     slots: int | None = None
     vision: bool | None = None
     """None: the server does not say (images are sent, and a refusal is reported as such)."""
+    template: str | None = None
+    """llama-server's chat template: a built-in one's name ("gemma", as `serve` runs it) or the template's text."""
 
 
 def _server_root(url: str) -> str:
@@ -139,8 +141,10 @@ def _llama_server(http: Any, root: str, info: ServerInfo) -> ServerInfo | None:
     slots = _int(props.get("total_slots"))
     n_ctx = _int((props.get("default_generation_settings") or {}).get("n_ctx"))
     vision = (props.get("modalities") or {}).get("vision")
+    template = props.get("chat_template")
     return ServerInfo("llama.cpp server", info.models, context_length=n_ctx, slots=slots,
-                      vision=vision if isinstance(vision, bool) else None)
+                      vision=vision if isinstance(vision, bool) else None,
+                      template=template if isinstance(template, str) else None)
 
 
 def _ollama(http: Any, root: str, model: str, info: ServerInfo) -> ServerInfo | None:

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from krishna_ai.core.errors import ConfigError, GenerationError
-from krishna_ai.core.prompting import Message, text_of
+from krishna_ai.core.prompting import Message, opened, render_gemma_turns, text_of
 from krishna_ai.core.sampling import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS, REPETITION_WINDOW, SamplingParams
 from krishna_ai.runtime.engine import (
     TURN_MARKERS,
@@ -189,6 +189,13 @@ class RemoteEngine:
         return self._info.name
 
     @property
+    def continues_by_prompt(self) -> bool:
+        """A reply's written opening (`Turn.opening`) is continued through `/completions` with the prompt rendered
+        here: llama-server's chat endpoint closes a last assistant message under its built-in `gemma` template
+        (which `serve` runs) instead of continuing it, and that template is `render_gemma_turns` exactly."""
+        return self.server is not None and self.server.kind == "llama.cpp server" and self.server.template == "gemma"
+
+    @property
     def parallel(self) -> int:
         """Requests worth sending at once: the server's slot count (4 when it does not say)."""
         return (self.server.slots if self.server and self.server.slots else None) or 4
@@ -226,6 +233,12 @@ class RemoteEngine:
         standard, extra = request_body(params)
         body = {"model": self.model, "messages": messages, "stream": True,
                 "stream_options": {"include_usage": True}, **standard, **extra}
+        path, prompted = "/chat/completions", opened(messages) and self.continues_by_prompt
+        if prompted:  # llama-server with Gemma's template: the opening continued in a prompt rendered here
+            body = {k: v for k, v in body.items() if k != "messages"} | {"prompt": render_gemma_turns(messages)}
+            path = "/completions"
+        elif opened(messages):  # vLLM and SGLang are told to continue the opening (Ollama does on its own)
+            body |= {"continue_final_message": True, "add_generation_prompt": False}
         ended = failed = False
         conn, done = _Connection(), threading.Event()
         watcher = threading.Thread(target=_shut_on_stop, args=(conn, stop_event, done), daemon=True)
@@ -233,7 +246,7 @@ class RemoteEngine:
             if stop_event.is_set():
                 return
             watcher.start()
-            with connect_sse(self.http, "POST", f"{self.url}/chat/completions", json=body,
+            with connect_sse(self.http, "POST", f"{self.url}{path}", json=body,
                              extensions={"trace": conn.trace}) as source:
                 if source.response.status_code != 200:
                     source.response.read()
@@ -250,7 +263,7 @@ class RemoteEngine:
                         stats.prompt_tokens = usage.get("prompt_tokens") or stats.prompt_tokens
                         stats.tokens = usage.get("completion_tokens") or stats.tokens
                     for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content")
+                        text = choice.get("text") if prompted else (choice.get("delta") or {}).get("content")
                         if text:
                             stats.token()
                             yield text

@@ -282,8 +282,12 @@ class Studio:
             decline = Reply(iter([persona.scope.decline]), stop_event or threading.Event(),
                             ReplyStats(ttft_s=0.0, finish_reason="end_of_turn"))
             return Started(decline, persona, Turn([], None, None, None, None), scope=reason)
-        engine = engine or self.client_engine(model, persona, plain=plain)  # loaded only for a reply it writes
         turn = build_turn(persona, history, message, personality=personality, image=image, rng=rng)
+        if turn.complete:  # the written counsel is the whole reply: no model is loaded or run
+            written = Reply(iter([""]), stop_event or threading.Event(),
+                            ReplyStats(ttft_s=0.0, finish_reason="end_of_turn"))
+            return Started(written, persona, turn)
+        engine = engine or self.client_engine(model, persona, plain=plain)  # loaded only for a reply it writes
         return Started(engine.stream(turn.messages, params, stop_event, slice=slice or None), persona, turn)
 
     def image_personas(self) -> list[str]:
@@ -370,7 +374,7 @@ class Studio:
             if started.scope is not None:
                 yield Update(reply.text, done=True, stats=reply.stats, violations=[], scope=started.scope)
                 return
-            violations = check_reply(reply.text, persona, reply.stats.finish_reason,
+            violations = check_reply(turn.written(reply.text), persona, reply.stats.finish_reason,
                                      story=story_due(persona, turn.cards))
             yield Update(turn.finish(reply.text), done=True, stats=reply.stats, violations=violations, personality=who,
                          sources=sources)

@@ -22,16 +22,17 @@ from krishna_ai.core.cache import write_text
 from krishna_ai.core.errors import DataError, problems
 from krishna_ai.core.evidence import stated
 from krishna_ai.core.facts import unsupported
-from krishna_ai.core.knowledge import load_bank, named_person, search_query
+from krishna_ai.core.grounding import named_person, search_query
+from krishna_ai.core.knowledge import load_bank
 from krishna_ai.core.personas import Persona
-from krishna_ai.core.prompting import build_turn
+from krishna_ai.core.prompting import Turn, build_turn
 from krishna_ai.core.rerank import Vectors, best_of, faithfulness
 from krishna_ai.core.rewrites import contradictions, improved_part, keeps_task
 from krishna_ai.core.safety import CRISES, Crisis, crisis, crisis_reply
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.core.scope import Embed, judge
 from krishna_ai.core.style import check_reply, pass_label, rules_for, story_due
-from krishna_ai.runtime.engine import Engine
+from krishna_ai.runtime.engine import Completion, Engine
 from krishna_ai.training.data import read_jsonl
 
 
@@ -110,6 +111,19 @@ def parse_label(reply: str, labels: list[str]) -> str | None:
     return None
 
 
+def _generated(engine: Engine, turns: list[Turn], params: SamplingParams) -> list[Completion]:
+    """The model's replies to `turns`; a turn whose written opening is the whole reply (`Turn.complete`) runs no
+    model and gets an empty completion."""
+    asked = [t for t in turns if not t.complete]
+    done = iter(engine.generate_batch([t.messages for t in asked], params) if asked else [])
+    return [Completion("", "end_of_turn") if t.complete else next(done) for t in turns]
+
+
+def _whole(turn: Turn, completion: Completion) -> Completion:
+    """`completion` with the turn's written opening before it: every check reads the reply as the user gets it."""
+    return Completion(turn.written(completion.text), completion.finish_reason, completion.tokens)
+
+
 def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], params: SamplingParams,
              *, batch_size: int = 8, name: str = "", progress: bool = True, bank: bool = True,
              embed: Embed | None = None, n: int = 1, vectors: Vectors | None = None) -> dict[str, Any]:
@@ -140,10 +154,10 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
         chunk = asked[start:start + batch_size]
         turns = [build_turn(persona, [], q["question"], rng=random.Random(start + i), bank=bank)
                  for i, q in enumerate(chunk)]
-        samples = [engine.generate_batch([t.messages for t in turns], _nth_sample(params, j)) for j in range(n)]
+        samples = [_generated(engine, turns, _nth_sample(params, j)) for j in range(n)]
         for i, (q, turn) in enumerate(zip(chunk, turns, strict=True)):
             cards = turn.cards
-            options = [sample[i] for sample in samples]
+            options = [_whole(turn, sample[i]) for sample in samples]
             chosen, keys = best_of(persona, q["question"], [(c.text, c.finish_reason) for c in options],
                                    cards if bank else None, vectors) if vectors is not None and n > 1 else (0, [])
             done = options[chosen]
@@ -151,7 +165,8 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
             violations = check_reply(done.text, persona, done.finish_reason, story=story)
             broken = {v.rule for v in violations}
             row: dict[str, Any] = {
-                "question": q["question"], "reply": turn.finish(done.text), "finish_reason": done.finish_reason,
+                "question": q["question"], "reply": turn.finish(done.text, written=True),
+                "finish_reason": done.finish_reason,
                 "ended": done.finish_reason == "end_of_turn", "leaked": "leaked" in broken,
                 "looped": "looped" in broken, "violations": [str(v) for v in violations], "ok": not violations}
             if keys:
@@ -160,7 +175,8 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
             if turn.teachings is not None and bank:
                 row["teachings"] = [c.id for c in turn.teachings]
                 if q.get("teachings") is not None:  # the teaching the counsel applies is one a reader accepts
-                    row["teaching_fits"] = bool(row["teachings"]) and row["teachings"][0] in q["teachings"]
+                    row["teaching_fits"] = bool(turn.teachings) and (
+                        turn.teachings[0].teaching or turn.teachings[0].id) in q["teachings"]
             if cards is not None:
                 row["sources" if bank else "checked_against"] = [c.id for c in cards]
                 row["faithful"], row["unsupported"] = faithfulness(persona, q["question"], done.text, cards)
