@@ -79,6 +79,17 @@ def test_the_counsel_that_fits_opens_the_reply_and_the_model_continues_from_it()
     assert fitted[-2:] == turn.messages[-2:] and fitted[0] == turn.messages[0] and len(fitted) < len(messages)
 
 
+def test_the_written_counsel_is_shown_before_the_model_has_read_the_prompt(scripted):
+    engine = scripted(["In 1990", " she wrote."], delay=0.05)
+    message = "I failed my driving test for the third time and my friends laugh at me."
+    updates = list(Studio(P, loader=lambda spec, adapter: engine).chat("krishna", [], message))
+    opening = build_turn(KRISHNA, [], message).opening
+    assert updates[0].text == opening and not updates[0].done and updates[0].sources  # at once, with its source
+    assert all(b.text.startswith(a.text) for a, b in zip(updates, updates[1:], strict=False))  # only appends
+    assert updates[-1].text == f"{opening}\n\nIn 1990 she wrote."
+    assert [v.rule for v in updates[-1].violations] == ["missing_story"]  # the rules read the whole: 4 words, no story
+
+
 def test_with_no_story_to_tell_the_written_counsel_is_the_reply_and_no_model_runs():
     def loader(spec, adapter):
         raise AssertionError("no model may be loaded when the written counsel is the whole reply")
@@ -138,3 +149,6 @@ def test_a_story_asked_for_tells_no_trouble_and_a_follow_up_keeps_the_chats():
     first = build_turn(KRISHNA, [], history[0]["content"]).teachings
     assert build_turn(KRISHNA, history, "And what about tomorrow?").teachings == first
     assert build_turn(KRISHNA, history, "Please tell me another story.").teachings == first
+    # a new trouble told in full stands alone
+    dog = "Also our family dog died yesterday and I cannot stop crying."
+    assert build_turn(KRISHNA, history, dog).teachings == build_turn(KRISHNA, [], dog).teachings != first

@@ -102,17 +102,23 @@ def card_label(card: Card, labels: dict[str, str]) -> str | None:
 def teachings_for(persona: Any, message: str, before: str | None = None) -> list[Card]:
     """The cards of the persona's counsel bank (teachings, or written counsel) that fit the trouble in `message`
     (best first; [] when none does, or when no trouble is told: "Tell me a story about Lincoln"). `before` is the
-    chat's earlier questions (the last three): a follow-up ("and tomorrow?") is counselled on the trouble it
-    follows too."""
+    chat's earlier questions (the last three): a follow-up of few words ("and tomorrow?") is counselled on the
+    trouble it follows; a new trouble told in full stands alone."""
     counsel = persona.counsel
     if counsel is None or not message.strip():
         return []
-    query = " ".join(t for t in (trouble_in(persona, before or ""), trouble_in(persona, message)) if t)
+    trouble = trouble_in(persona, message)
+    if len(_tokenize([trouble])[0]) < FOLLOW_UP_WORDS:
+        trouble = " ".join(t for t in (trouble_in(persona, before or ""), trouble) if t)
+    query = trouble
     if not query:
         return []
     return [h.card for h in load_bank(counsel.bank).search(query, k=counsel.top_k, min_score=counsel.min_score,
                                                            vectors=counsel.vectors)]
 
+
+FOLLOW_UP_WORDS = 5
+"""A message of fewer words than this (stop words left out) is a follow-up: its chat's trouble is searched too."""
 
 _REQUEST_WORDS = {"tell", "me", "us", "you", "share", "give", "want", "like", "hear", "pleas", "anoth", "one", "more",
                   "els", "again", "true", "famous", "short", "someon", "person", "stori", "tale", "exampl", "lesson",

@@ -369,6 +369,8 @@ class Studio:
             reply, persona, turn = started.reply, started.persona, started.turn
             who, sources = turn.personality, turn.sources
             with reply:
+                if turn.opening is not None and not turn.complete:  # the written counsel, before the prompt is read
+                    yield Update(turn.opening, personality=who, sources=sources)
                 for _ in reply:
                     yield Update(turn.streamed(reply.text), personality=who, sources=sources)
             if started.scope is not None:
