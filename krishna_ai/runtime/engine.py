@@ -127,6 +127,11 @@ class Reply:
         self.stats = stats
         self.text = ""
 
+    @classmethod
+    def fixed(cls, text: str, stop_event: threading.Event | None = None) -> Reply:
+        """A reply no model writes (a decline; written counsel that is the whole reply): one chunk, ended."""
+        return cls(iter([text]), stop_event or threading.Event(), ReplyStats(ttft_s=0.0, finish_reason="end_of_turn"))
+
     def __iter__(self) -> Reply:
         return self
 

@@ -279,14 +279,11 @@ class Studio:
             image = load_image(image)
         reason = self.outside_scope(persona, history, message, image)
         if reason is not None and persona.scope is not None:  # the request was valid: the decline, not the model
-            decline = Reply(iter([persona.scope.decline]), stop_event or threading.Event(),
-                            ReplyStats(ttft_s=0.0, finish_reason="end_of_turn"))
+            decline = Reply.fixed(persona.scope.decline, stop_event)
             return Started(decline, persona, Turn([], None, None, None, None), scope=reason)
         turn = build_turn(persona, history, message, personality=personality, image=image, rng=rng)
         if turn.complete:  # the written counsel is the whole reply: no model is loaded or run
-            written = Reply(iter([""]), stop_event or threading.Event(),
-                            ReplyStats(ttft_s=0.0, finish_reason="end_of_turn"))
-            return Started(written, persona, turn)
+            return Started(Reply.fixed("", stop_event), persona, turn)
         engine = engine or self.client_engine(model, persona, plain=plain)  # loaded only for a reply it writes
         return Started(engine.stream(turn.messages, params, stop_event, slice=slice or None), persona, turn)
 
