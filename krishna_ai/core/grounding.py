@@ -110,10 +110,9 @@ def teachings_for(persona: Any, message: str, before: str | None = None) -> list
     trouble = trouble_in(persona, message)
     if len(_tokenize([trouble])[0]) < FOLLOW_UP_WORDS:
         trouble = " ".join(t for t in (trouble_in(persona, before or ""), trouble) if t)
-    query = trouble
-    if not query:
+    if not trouble:
         return []
-    return [h.card for h in load_bank(counsel.bank).search(query, k=counsel.top_k, min_score=counsel.min_score,
+    return [h.card for h in load_bank(counsel.bank).search(trouble, k=counsel.top_k, min_score=counsel.min_score,
                                                            vectors=counsel.vectors)]
 
 

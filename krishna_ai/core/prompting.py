@@ -165,7 +165,7 @@ class Turn:
         """What to show of a reply still being written: with a confidence to cap, its complete lines only, capped
         (so every text shown is the start of the next one and of `finish`'s: a stream only ever appends)."""
         if self.opening is not None:
-            return f"{self.opening}\n\n{partial.lstrip()}" if partial.strip() else self.opening
+            return self.written(partial)
         if self.confidence is None or self.confidence[0] == LEVELS[-1]:  # the highest allowed: nothing to lower
             return partial
         return cap(partial[:partial.rfind("\n") + 1], *self.confidence)
