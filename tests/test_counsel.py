@@ -147,8 +147,44 @@ def test_a_story_asked_for_tells_no_trouble_and_a_follow_up_keeps_the_chats():
     history = [{"role": "user", "content": "I failed my exam again. What should I do?"},
                {"role": "assistant", "content": "Partha, ..."}]
     first = build_turn(KRISHNA, [], history[0]["content"]).teachings
-    assert build_turn(KRISHNA, history, "And what about tomorrow?").teachings == first
-    assert build_turn(KRISHNA, history, "Please tell me another story.").teachings == first
+    assert first and first[0].themes[0] in {"exams", "failure"}
+    follow_up = build_turn(KRISHNA, history, "And what about tomorrow?").teachings
+    assert follow_up and follow_up[0].themes[0] in {"exams", "failure"}  # the chat's trouble (a card may weigh
+    assert build_turn(KRISHNA, history, "Please tell me another story.").teachings == first  # "tomorrow" too)
     # a new trouble told in full stands alone
     dog = "Also our family dog died yesterday and I cannot stop crying."
     assert build_turn(KRISHNA, history, dog).teachings == build_turn(KRISHNA, [], dog).teachings != first
+
+
+def test_retry_moves_on_to_the_next_counsel_card_that_fits_and_comes_back_to_the_best(tmp_path):
+    from krishna_ai.core.prompting import RETRY_CHOICES
+    from krishna_ai.history.store import HistoryStore
+    from krishna_ai.studio.saving import retried_replies
+
+    message = "Tell me a story about Serena Williams. I lost the final of my club tournament."
+    ranked = teachings_for(KRISHNA, message, k=RETRY_CHOICES)
+    assert len(ranked) == RETRY_CHOICES and len({c.id for c in ranked}) == RETRY_CHOICES
+    rejected: list[str] = []
+    for card in ranked:  # each Retry: the best card that opened none of the replies hidden so far
+        turn = build_turn(KRISHNA, [], message, rejected=rejected)
+        assert turn.teachings == [card] and turn.opening == card.text and turn.sources == [card]
+        rejected.append(f"{card.text}\n\nI have no true story of Serena Williams in my notes to tell you, Partha.")
+    assert build_turn(KRISHNA, [], message, rejected=rejected).teachings == ranked[:1]  # all seen: the best again
+    assert build_turn(KRISHNA, [], message, rejected=["Partha, something else entirely."]).teachings == ranked[:1]
+    # through the studio: the reply is the next card's (and no model runs, as no story is due)
+    final = list(Studio(P).chat("krishna", [], message, rejected=rejected[:1]))[-1]
+    assert final.done and final.text.startswith(ranked[1].text) and final.sources == [ranked[1]]
+
+    # the app reads the replies Retry hid from the saved chat: those to the last question only
+    store = HistoryStore(f"sqlite:///{tmp_path / 'h.db'}", data_dir=tmp_path / "data")
+    chat = store.new_chat("u", "krishna")
+    store.add_message("u", chat.id, "user", "An earlier question")
+    store.add_message("u", chat.id, "assistant", "An earlier reply, retried")
+    store.retry("u", chat.id)
+    store.add_message("u", chat.id, "user", message)
+    assert retried_replies(store.chat("u", chat.id)) == []  # a new question: nothing to move on from
+    for reply in rejected[:2]:
+        store.add_message("u", chat.id, "assistant", reply)
+        store.retry("u", chat.id)
+    assert retried_replies(store.chat("u", chat.id)) == rejected[:2]
+    store.close()

@@ -72,6 +72,18 @@ def test_a_card_that_shares_no_word_is_found_by_meaning(tmp_path, monkeypatch):
     assert [h.card.id for h in bank.search("the rocket fell into the sea", k=1, vectors=True)] == ["launch"]
 
 
+def test_a_tie_of_ranks_goes_to_the_card_closer_in_meaning_not_to_the_one_loaded_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "cards.toml").write_text(GRIEF_AND_ROCKETS)
+    bank = load_bank(tmp_path / "b")
+    words = type("Index", (), {"get_scores": lambda self, tokens: np.array([2.0, 1.0])})()
+    monkeypatch.setattr(bank, "index", lambda: words)
+    for meaning, best in (([0.2, 0.7], "launch"), ([0.7, 0.2], "mourning")):  # (1st, 2nd) against (2nd, 1st)
+        monkeypatch.setattr(bank, "similarity", lambda query, m=meaning: np.array(m))
+        assert [h.card.id for h in bank.search("any words at all", k=2, vectors=True)][0] == best
+
+
 def test_card_vectors_are_cached_and_a_damaged_cache_is_computed_again(tmp_path, monkeypatch):
     monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
     (tmp_path / "b").mkdir()

@@ -99,11 +99,11 @@ def card_label(card: Card, labels: dict[str, str]) -> str | None:
     return next((labels[t.casefold()] for t in card.themes if t.casefold() in labels), None)
 
 
-def teachings_for(persona: Any, message: str, before: str | None = None) -> list[Card]:
+def teachings_for(persona: Any, message: str, before: str | None = None, k: int | None = None) -> list[Card]:
     """The cards of the persona's counsel bank (teachings, or written counsel) that fit the trouble in `message`
-    (best first; [] when none does, or when no trouble is told: "Tell me a story about Lincoln"). `before` is the
-    chat's earlier questions (the last three): a follow-up of few words ("and tomorrow?") is counselled on the
-    trouble it follows; a new trouble told in full stands alone."""
+    (best first, `k` of them or the bank's `top_k`; [] when none does, or when no trouble is told: "Tell me a
+    story about Lincoln"). `before` is the chat's earlier questions (the last three): a follow-up of few words
+    ("and tomorrow?") is counselled on the trouble it follows; a new trouble told in full stands alone."""
     counsel = persona.counsel
     if counsel is None or not message.strip():
         return []
@@ -112,7 +112,7 @@ def teachings_for(persona: Any, message: str, before: str | None = None) -> list
         trouble = " ".join(t for t in (trouble_in(persona, before or ""), trouble) if t)
     if not trouble:
         return []
-    return [h.card for h in load_bank(counsel.bank).search(trouble, k=counsel.top_k, min_score=counsel.min_score,
+    return [h.card for h in load_bank(counsel.bank).search(trouble, k=k or counsel.top_k, min_score=counsel.min_score,
                                                            vectors=counsel.vectors)]
 
 

@@ -175,8 +175,9 @@ class Bank:
             return []
         if vectors:
             bm25 = np.asarray(self.index().get_scores(tokens[0]))[pool]
-            fused = fuse(bm25, self.similarity(query)[pool])
-            ranked = [(pool[j], float(bm25[j])) for j in np.argsort(-fused, kind="stable")[:k]]
+            meaning = self.similarity(query)[pool]
+            fused = fuse(bm25, meaning)  # a tie of ranks ((1, 3) against (3, 1)) goes to the closer in meaning
+            ranked = [(pool[j], float(bm25[j])) for j in np.lexsort((-meaning, -fused))[:k]]
         else:
             mask = np.zeros(len(self.cards), dtype=np.float32)
             mask[pool] = 1.0

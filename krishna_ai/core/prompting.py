@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,19 +177,26 @@ class Turn:
 
 
 def build_turn(persona: Persona, history: list[Message], message: str, *, personality: str | None = None,
-               image: Any | None = None, rng: random.Random | None = None, bank: bool = True) -> Turn:
+               image: Any | None = None, rng: random.Random | None = None, bank: bool = True,
+               rejected: Sequence[str] = ()) -> Turn:
     """The one way a question becomes the model's prompt, for the app, the API, the CLI and `eval`:
     retrieve the cards (a person the user names picks whose), choose the personality, build the messages.
 
     `bank=False` asks as the persona did before it had a knowledge bank (its story instruction, no cards in
-    the prompt); the cards retrieval picks are still returned, to check the reply against."""
+    the prompt); the cards retrieval picks are still returned, to check the reply against. `rejected`: the
+    replies to this question that the user retried away from (Retry); written counsel is then the next best card
+    that opened none of them (`RETRY_CHOICES` in all, then the best again)."""
     from krishna_ai.core.grounding import ground, teachings_for
 
     grounding = ground(persona, message, personality) if message else None
     who = grounding.person if grounding else persona.pick_personality(message, personality, rng)
     cards = grounding.cards if grounding else ([] if persona.knowledge else None)
     before = " ".join([text_of(m["content"]) for m in history if m.get("role") == "user"][-3:])  # a follow-up's
-    teachings = teachings_for(persona, message, before) if persona.counsel else None
+    written = persona.counsel is not None and persona.counsel.written and bank
+    teachings = teachings_for(persona, message, before, RETRY_CHOICES if rejected and written else None
+                              ) if persona.counsel else None
+    if written and teachings:  # on Retry, the best card no rejected reply opened with
+        teachings = ([c for c in teachings if not any(r.startswith(c.text) for r in rejected)] or teachings)[:1]
     asked = persona if bank or persona.knowledge is None else persona.model_copy(update={"knowledge": None})
     messages = build_messages(asked, history, message or IMAGE_ONLY_QUESTION, personality=who, image=image,
                               cards=cards if bank else None, teachings=teachings if bank else None)
@@ -201,11 +208,15 @@ def build_turn(persona: Persona, history: list[Message], message: str, *, person
     if k is not None and k.confidence and grounding and grounding.evidence and image is None and bank:
         confidence = (allowed(grounding.evidence, k.confidence), grounding.evidence.runner_up)
     opening, complete = None, False
-    if persona.counsel is not None and persona.counsel.written and teachings and bank:
+    if written and teachings:
         opening = teachings[0].text
         complete = persona.knowledge is not None and not cards  # a story-teller with no story to tell: done
         messages = [*messages, {"role": "assistant", "content": f"{opening}\n\n"}]
     return Turn(messages, who, cards, teachings, closing, confidence, opening, complete)
+
+
+RETRY_CHOICES = 3
+"""Written counsel cards a question's Retries go through (best first) before the best comes again."""
 
 
 def opened(messages: list[Message]) -> bool:

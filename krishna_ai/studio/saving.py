@@ -201,6 +201,13 @@ def saved_context(chat: ChatInfo, history: list[dict]) -> list[dict]:
     return [{"role": m.role, "content": m.content} for m in chat.visible if f"m{m.id}" not in pending and m.content]
 
 
+def retried_replies(chat: ChatInfo) -> list[str]:
+    """The replies to the chat's last question that Retry hid, oldest first: the next reply moves on from them
+    (written counsel goes to the next card that fits)."""
+    last = max((i for i, m in enumerate(chat.messages) if m.role == "user"), default=-1)
+    return [m.content for m in chat.messages[last + 1:] if m.role == "assistant" and m.superseded and m.content]
+
+
 def unsave_question(store: HistoryStore, user: str, chat_id: str, history: list[dict]
                     ) -> tuple[str | None, list[dict], Any]:
     """Take back a question the studio refused (nothing was generated): it leaves the database (and an

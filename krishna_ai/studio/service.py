@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,13 +239,15 @@ class Studio:
         slice: str | None = None,
         plain: bool = False,
         draft: Persona | None = None,
+        rejected: Sequence[str] = (),
         **sampling: Any,
     ) -> Started:
         """Validate the request, retrieve its cards and start generating. Raises domain errors before any
         generation (a bad knowledge bank too: the persona fails, the app keeps serving). A valid request whose
         message is outside the persona's scope gets its decline as the reply (`Started.scope`; nothing generated).
         `plain`: the model without the persona's adapter (the Compare tab's "no adapter"). `draft`: a persona
-        being edited (the Personas tab's try-out chat), used instead of the one named `persona_id`."""
+        being edited (the Personas tab's try-out chat), used instead of the one named `persona_id`. `rejected`: the
+        replies to this question that Retry hid (written counsel then moves on to the next card that fits)."""
         persona = draft if draft is not None else self.persona(persona_id)
         try:
             params = SamplingParams.for_persona(persona, **sampling)
@@ -281,7 +283,8 @@ class Studio:
         if reason is not None and persona.scope is not None:  # the request was valid: the decline, not the model
             decline = Reply.fixed(persona.scope.decline, stop_event)
             return Started(decline, persona, Turn([], None, None, None, None), scope=reason)
-        turn = build_turn(persona, history, message, personality=personality, image=image, rng=rng)
+        turn = build_turn(persona, history, message, personality=personality, image=image, rng=rng,
+                          rejected=rejected)
         if turn.complete:  # the written counsel is the whole reply: no model is loaded or run
             return Started(Reply.fixed("", stop_event), persona, turn)
         engine = engine or self.client_engine(model, persona, plain=plain)  # loaded only for a reply it writes
@@ -315,11 +318,8 @@ class Studio:
                     outcome = "crisis" if update.safety else "outside" if update.scope else "ok"
                     stats = update.stats
                 yield update
-        except BusyError:
-            outcome = "busy"
-            raise
-        except InputError:
-            outcome = "refused"
+        except (BusyError, InputError) as exc:
+            outcome = "busy" if isinstance(exc, BusyError) else "refused"
             raise
         except Exception:
             outcome = "error"

@@ -34,6 +34,7 @@ from krishna_ai.studio.saving import (
     message_id,
     pending_start,
     quota_key,
+    retried_replies,
     save_question,
     save_reply,
     saved_context,
@@ -207,7 +208,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
             user = user_of(request)
             listed: Any = gr.skip()
             title: Any = gr.skip()
-            saved_question = False
+            saved_question, rejected = False, []
             if store is not None:
                 try:  # the question is saved before the model runs: a crash loses at most the reply
                     new = not cid
@@ -220,7 +221,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                     # The model's context is the saved chat, not what the browser sent: what is exported for
                     # training (a liked reply, a DPO pair) is exactly what the model saw.
                     chat = await anyio.to_thread.run_sync(store.chat, user, cid)
-                    earlier = saved_context(chat, history)
+                    earlier, rejected = saved_context(chat, history), retried_replies(chat)
                     if new:
                         listed = gr.Radio(choices=await anyio.to_thread.run_sync(choices, store, user), value=cid)
                         title = chat.title
@@ -235,7 +236,7 @@ def build_demo(studio: Studio, *, persona: str = "krishna") -> gr.Blocks:
                 try:
                     async for update in updates(studio, persona_id, earlier, text, session=session,
                                                  user=quota_key(request), endpoint="ui", image=image,
-                                                 model=model, personality=who or None,
+                                                 model=model, personality=who or None, rejected=rejected,
                                                  slice=None if size == "full" else size, **sampling):
                         partial.seen(update)
                         history[-1] = {"role": "assistant", "content": update.text}
