@@ -123,6 +123,18 @@ def test_a_written_counsel_section_is_checked_at_load(tmp_path):
     (tmp_path / "krishna.toml").write_text(wrong)
     with pytest.raises(PersonaError, match=f"card {card.id}: teaching: 'gita-99-1-nowhere' is not a card of"):
         load_persona(tmp_path / "krishna.toml")
+    # the teachings bank is resolved against the persona file, and one that is not a bank names the key
+    assert KRISHNA.counsel.teachings == str((BANKS / "gita").resolve())
+    (tmp_path / "krishna.toml").write_text(text + f'\n[counsel]\nbank = "{(BANKS / "counsel").as_posix()}"\n'
+                                           'written = true\nteachings = "no-such-folder"\n')
+    with pytest.raises(PersonaError, match="^krishna.toml: counsel.teachings: .*no-such-folder"):
+        load_persona(tmp_path / "krishna.toml")
+    # teachings the model applies need the place their text goes
+    (tmp_path / "krishna.toml").write_text(text + f'\n[counsel]\nbank = "{(BANKS / "gita").as_posix()}"\n'
+                                           'instruction = "Apply these teachings."\n')
+    needs_cards = r"counsel.instruction: Value error, must contain \$cards \(where the retrieved facts go\)$"
+    with pytest.raises(PersonaError, match=needs_cards):
+        load_persona(tmp_path / "krishna.toml")
 
 
 def test_counsel_is_chosen_by_meaning_without_the_names_of_story_people():
@@ -151,6 +163,11 @@ def test_a_story_asked_for_tells_no_trouble_and_a_follow_up_keeps_the_chats():
     follow_up = build_turn(KRISHNA, history, "And what about tomorrow?").teachings
     assert follow_up and follow_up[0].themes[0] in {"exams", "failure"}  # the chat's trouble (a card may weigh
     assert build_turn(KRISHNA, history, "Please tell me another story.").teachings == first  # "tomorrow" too)
+    # five words that tell a trouble are not a follow-up: the chat's earlier questions do not move them
+    from krishna_ai.core.grounding import FOLLOW_UP_WORDS
+    five = "My dog died, grieving deeply."
+    assert FOLLOW_UP_WORDS == 5
+    assert build_turn(KRISHNA, history, five).teachings == build_turn(KRISHNA, [], five).teachings
     # a new trouble told in full stands alone
     dog = "Also our family dog died yesterday and I cannot stop crying."
     assert build_turn(KRISHNA, history, dog).teachings == build_turn(KRISHNA, [], dog).teachings != first

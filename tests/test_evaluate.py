@@ -385,3 +385,26 @@ def test_eval_declines_outside_questions_as_the_app_does_and_counts_them(scripte
     assert [r["question"] for r in res["replies"]] == [asked[1]["question"], asked[2]["question"]]
     assert res["scope"] == {"outside": 2, "caught": 0.5, "inside": 1, "refused": 0.0, "missed": [asked[1]["question"]]}
     assert len(engine.calls) == 2  # the declined question never reached the model
+
+
+def test_written_counsel_with_no_story_due_runs_no_model_and_is_scored_as_the_user_gets_it(scripted):
+    from krishna_ai.core.prompting import build_turn
+
+    krishna = P["krishna"]
+    complete = "Tell me a story about Serena Williams. I lost the final of my club tournament."
+    story_due = "I failed my exam again. What should I do?"
+    engine = scripted(["In 1990 she wrote."])
+    batches: list[int] = []
+    generate = engine.generate_batch
+    engine.generate_batch = lambda conversations, params=None: batches.append(len(conversations)) or generate(
+        conversations, params)
+    params = SamplingParams(temperature=0.0)
+    first, second = evaluate(engine, krishna, [{"question": complete}, {"question": story_due}], params,
+                             progress=False)["replies"]
+    alone = evaluate(engine, krishna, [{"question": complete}], params, progress=False)["replies"]
+    assert batches == [1]  # only the question with a story due reached the model; alone, none did
+    opening = build_turn(krishna, [], complete).opening
+    assert first["reply"] == alone[0]["reply"] == (
+        f"{opening}\n\nI have no true story of Serena Williams in my notes to tell you, Partha.")
+    assert first["finish_reason"] == "end_of_turn" and first["ended"] and first["ok"] and first["violations"] == []
+    assert second["reply"] == f"{build_turn(krishna, [], story_due).opening}\n\nIn 1990 she wrote."

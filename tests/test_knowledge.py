@@ -64,6 +64,19 @@ def test_a_named_person_restricts_the_story_to_their_cards():
     assert nobody.cards == [] and nobody.person == "Serena Williams"  # never someone else's story as hers
 
 
+def test_a_named_person_whose_cards_all_fall_below_the_floor_still_gets_their_best_card():
+    k = P["krishna"]
+    floored = k.model_copy(update={"knowledge": k.knowledge.model_copy(update={"min_score": 1000.0})})
+    message = "I am afraid of speaking in public."
+    assert ground(floored, message).cards == []  # nobody named: nothing passes the floor
+    bank = load_bank(k.knowledge.bank)
+    for person in ("Nelson Mandela", "Marie Curie"):
+        g = ground(floored, message, personality=person)
+        best = bank.search(f"{person} {message}", k=1, person=person, vectors=True)
+        assert g.person == person and len(g.cards) == k.knowledge.top_k == 1 and g.cards == [best[0].card]
+        assert g.cards[0].person == person
+
+
 def test_a_question_the_bank_does_not_cover_gets_no_card():
     assert ground(P["aurora"], "What is the boiling point of water in kelvin?").cards == []
     assert ground(P["aurora"], "Where was Shivaji Maharaj born?").cards[0].id.startswith("shivaji")

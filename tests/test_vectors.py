@@ -126,6 +126,8 @@ def test_a_name_nobody_asked_a_story_of_does_not_choose_it():
     kept = "I admire  calm. Jobs are scarce here."  # a sentence's first word may be a word ("Jobs are")
     assert without_names("I admire Curie's calm. Jobs are scarce here.", people) == kept
     assert without_names("Singh is my boss; my singh-like jobs", people) == "Singh is my boss; my singh-like jobs"
+    # a part of three letters is a name ("Ali"); one of two is not ("Xi", "de")
+    assert without_names("My friend Ali came and Xi left", ["Ali Khan", "Xi Jinping"]) == "My friend  came and Xi left"
 
 
 def test_a_cards_vector_text_leaves_out_its_persons_name_and_possessive():
