@@ -64,6 +64,20 @@ def test_a_named_person_restricts_the_story_to_their_cards():
     assert nobody.cards == [] and nobody.person == "Serena Williams"  # never someone else's story as hers
 
 
+def test_who_the_story_is_about_from_the_message_the_card_or_the_personas_list():
+    k = P["krishna"]
+    unnamed = ground(k, "I am afraid of speaking in public.")
+    assert unnamed.cards and unnamed.person == unnamed.cards[0].person is not None  # the card's person
+    for message in ("Tell me a story about Kalam.", "Tell me the life of Kalam. I failed."):  # a surname, a full stop
+        assert ground(k, message).person == "A P J Abdul Kalam", message
+    # a person the persona lists but holds no card of gets no one else's story; the longest name named wins
+    listed = k.model_copy(update={"personalities": [*k.personalities, "Serena Williams", "Van Beethoven"]})
+    serena = ground(listed, "Serena Williams inspires me, but I lost my final.")
+    assert serena.person == "Serena Williams" and serena.cards == []
+    ludwig = ground(listed, "Like Ludwig van Beethoven, I am losing my hearing.")
+    assert ludwig.person == "Ludwig van Beethoven" and ludwig.cards[0].person == "Ludwig van Beethoven"
+
+
 def test_a_named_person_whose_cards_all_fall_below_the_floor_still_gets_their_best_card():
     k = P["krishna"]
     floored = k.model_copy(update={"knowledge": k.knowledge.model_copy(update={"min_score": 1000.0})})
