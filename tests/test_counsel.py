@@ -124,7 +124,7 @@ def test_a_written_counsel_section_is_checked_at_load(tmp_path):
     with pytest.raises(PersonaError, match=f"card {card.id}: teaching: 'gita-99-1-nowhere' is not a card of"):
         load_persona(tmp_path / "krishna.toml")
     # the teachings bank is resolved against the persona file, and one that is not a bank names the key
-    assert KRISHNA.counsel.teachings == str((BANKS / "gita").resolve())
+    assert load_persona(REPO / "prompts" / "krishna.toml").counsel.teachings == str((BANKS / "gita").resolve())
     (tmp_path / "krishna.toml").write_text(text + f'\n[counsel]\nbank = "{(BANKS / "counsel").as_posix()}"\n'
                                            'written = true\nteachings = "no-such-folder"\n')
     with pytest.raises(PersonaError, match="^krishna.toml: counsel.teachings: .*no-such-folder"):
