@@ -144,3 +144,21 @@ def test_hit_at_3_searches_what_the_reply_is_grounded_on():
     question = "My boss Mr Singh shouts at me."  # the raw question ranks Milkha Singh first
     assert ground(krishna, question).cards[0].id == top3(krishna, question)[0]
     assert all(load_bank(krishna.knowledge.bank).card(c).person != "Milkha Singh" for c in top3(krishna, question))
+
+
+def test_a_card_with_examples_scores_its_own_cosine_plus_its_nearest_examples():
+    from krishna_ai.core.vectors import sentence_vectors
+
+    bank = load_bank(REPO / "prompts" / "knowledge" / "counsel")
+    question = "Our old cat passed away and the house feels empty."
+    q = sentence_vectors([question])[0]
+    owners, examples = bank.example_vectors()
+    nearest = [max(float(examples[j] @ q) for j in np.flatnonzero(owners == i)) for i in range(len(bank.cards))]
+    expected = np.asarray(bank.vectors()) @ q + np.asarray(nearest)
+    assert np.allclose(bank.similarity(question), expected, atol=1e-5)
+    assert len(owners) == sum(len(c.examples) for c in bank.cards) and owners.dtype == np.int64
+    # a word only in a card's examples finds it by BM25 too (the examples are part of its document)
+    card = next(c for c in bank.cards if c.id == "grief-pet")
+    word = next(w for e in card.examples for w in e.split() if w.isalpha() and len(w) > 5
+                and w.casefold() not in f"{card.title} {card.text} {' '.join(card.keywords + card.themes)}".casefold())
+    assert card.id in [h.card.id for h in bank.search(word, k=len(bank.cards))]
