@@ -162,3 +162,9 @@ def test_a_card_with_examples_scores_its_own_cosine_plus_its_nearest_examples():
     word = next(w for e in card.examples for w in e.split() if w.isalpha() and len(w) > 5
                 and w.casefold() not in f"{card.title} {card.text} {' '.join(card.keywords + card.themes)}".casefold())
     assert card.id in [h.card.id for h in bank.search(word, k=len(bank.cards))]
+
+
+def test_a_query_of_stop_words_alone_finds_no_card_either_way():
+    bank = load_bank(REPO / "prompts" / "knowledge" / "counsel")
+    for by_meaning in (False, True):
+        assert bank.search("and the of it was", k=3, vectors=by_meaning) == []
