@@ -461,3 +461,81 @@ def test_a_card_about_no_label_has_none_and_a_teaching_below_the_floor_is_left_o
     (tmp_path / "high.toml").write_text((text + counsel + "min_score = 1000.0\n").replace('id = "krishna"',
                                                                                          'id = "high"'))
     assert teachings_for(load_persona(tmp_path / "high.toml"), question) == []
+
+
+def test_every_bad_file_of_a_bank_is_named_and_a_repeated_card_id_is_counted(tmp_path):
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    (bank / "a.toml").write_bytes(b"\xff\xfe not text")
+    (bank / "b.toml").write_text("[[cards]\nbroken")
+    (bank / "c.toml").write_text(CARD.replace('themes = ["t"]', 'themes = ["t"]\nexamples = ["fine", 7]'))
+    (bank / "d.toml").write_text(CARD + CARD.replace('"x-one"', '"x-two"'))
+    (bank / "e.toml").write_text(CARD.replace('"x-one"', '"x-two"') + CARD.replace('"x-one"', '"x-three"'))
+    with pytest.raises(PersonaError) as exc:
+        load_bank(bank)
+    msg = str(exc.value)
+    assert "a.toml: not UTF-8 text" in msg and "b.toml: not valid TOML" in msg  # one bad file does not hide the next
+    assert "c.toml: card x-one: examples.1: Input should be a valid string" in msg
+    assert "card id 'x-two' is used 2 times" in msg and "x-three" not in msg and "'x-one' is used" not in msg
+
+
+def test_an_edit_is_read_even_when_its_modification_time_is_old(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
+    bank_dir = tmp_path / "b"
+    bank_dir.mkdir()
+    card = bank_dir / "a.toml"
+    card.write_text(CARD)
+    assert load_bank(bank_dir).cards[0].id == "x-one"
+    card.write_text(CARD.replace("x-one", "x-edited"))  # a file restored from a backup keeps its old time
+    settled = time.time() - 600
+    os.utime(card, (settled, settled))
+    assert load_bank(bank_dir).cards[0].id == "x-edited"
+
+
+def coverage_bank(tmp_path):
+    cards = {"rare": "Zanzibar Zanzibar Zanzibar Zanzibar wrote.", "common": "Lovelace met Babbage.",
+             **{f"filler-{i}": f"Filler card number {i}: Lovelace and Babbage." for i in range(3)}}
+    (tmp_path / "cov").mkdir()
+    (tmp_path / "cov" / "a.toml").write_text("".join(
+        CARD.replace('"x-one"', f'"{cid}"').replace(
+            "Ada Lovelace wrote about the Analytical Engine in 1843.", text)
+        .replace('title = "One"', 'title = "Card"') for cid, text in cards.items()))
+    return load_bank(tmp_path / "cov")
+
+
+def test_coverage_keeps_a_card_at_exactly_the_share_and_goes_on_past_one_below_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
+    bank = coverage_bank(tmp_path)
+    query = "Zanzibar Lovelace Babbage"
+    assert bank.search(query, k=5)[0].card.id == "rare"  # the rare word outscores two common ones
+    # "rare" shares 1 of the 3 words, the others 2 of 3: a coverage of 1/2 skips it and goes on to the rest
+    covered = [h.card.id for h in bank.search(query, k=5, min_coverage=0.5)]
+    assert "rare" not in covered and "common" in covered and len(covered) == 4
+    assert [h.card.id for h in bank.search("Zanzibar Menabrea", min_coverage=0.5)] == ["rare"]  # 1 of 2: kept
+    assert len(bank.search("Lovelace")) == 3  # three by default, of the four that share the word
+
+
+def test_a_persons_cards_are_ranked_among_their_own_with_their_own_scores(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "people"
+    folder.mkdir()
+    others = "".join(CARD.replace('"x-one"', f'"other-{i}"').replace(
+        'title = "One"', 'title = "Engine"\nperson = "Charles Babbage"').replace(
+        "Ada Lovelace wrote about", "The Analytical Engine Engine Engine and") for i in range(4))
+    mine = CARD.replace('title = "One"', 'title = "Ada"\nperson = "Ada Lovelace"')
+    (folder / "a.toml").write_text(others + mine)
+    bank = load_bank(folder)
+    everyone = {h.card.id: h.score for h in bank.search("Analytical Engine", k=5)}
+    assert "x-one" not in list(everyone)[:1]  # the other person's cards rank first for everyone...
+    hers = bank.search("Analytical Engine", k=1, person="Ada Lovelace")
+    assert [h.card.id for h in hers] == ["x-one"]  # ...but among hers, hers is found
+    assert hers[0].score == pytest.approx(everyone["x-one"])  # and scored as it is among all
+
+
+def test_the_prompts_cards_block_is_one_line_per_card():
+    from krishna_ai.core.knowledge import cards_block
+
+    cards = load_bank(BANKS / "aurora").cards[:2]
+    assert cards_block(cards) == f"- {cards[0].text}\n- {cards[1].text}"

@@ -168,3 +168,30 @@ def test_a_query_of_stop_words_alone_finds_no_card_either_way():
     bank = load_bank(REPO / "prompts" / "knowledge" / "counsel")
     for by_meaning in (False, True):
         assert bank.search("and the of it was", k=3, vectors=by_meaning) == []
+
+
+def test_a_fresh_banks_vectors_examples_and_index_are_built_from_each_cards_own_texts(tmp_path, monkeypatch):
+    # A fresh cache root: nothing is answered from vectors or an index built before (they are keyed by the bank's
+    # content, not by the code that builds them).
+    from krishna_ai.core.vectors import card_texts, sentence_vectors
+
+    monkeypatch.setenv("KRISHNA_AI_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "bank"
+    folder.mkdir()
+    (folder / "a.toml").write_text(GRIEF_AND_ROCKETS.replace(
+        'source = "A biography"', 'source = "A biography"\nperson = "Mary Shelley"\n'
+        'examples = ["Our spaniel was put to sleep yesterday.", "I cannot stop crying since grandmother left us."]'
+    ).replace("the writer wept", "Mary Shelley wept"))
+    bank = load_bank(folder)
+    rows = []
+    for c in bank.cards:
+        about, whole = card_texts(c.title, c.themes + c.keywords, c.text, c.person)
+        assert "Shelley" not in about + whole
+        row = sentence_vectors([about])[0] + sentence_vectors([whole])[0]
+        rows.append(row / np.linalg.norm(row))
+    assert np.allclose(bank.vectors(), np.asarray(rows), atol=1e-5)
+    owners, examples = bank.example_vectors()
+    assert owners.tolist() == [0, 0] and owners.dtype == np.int64
+    assert np.allclose(examples, sentence_vectors(list(bank.cards[0].examples)), atol=1e-5)
+    assert [h.card.id for h in bank.search("spaniel")] == ["mourning"]  # a word of an example only
+    assert bank.search("and the of it was") == []  # stop words are left out of the index and the query
