@@ -236,3 +236,13 @@ def scripted():
 def _satisfies_protocol() -> Engine:
     """mypy (in CI) checks the fake against the Engine Protocol here, as it checks both real engines."""
     return ScriptedEngine()
+
+
+def model_written_personas() -> dict:
+    """The shipped personas with PET's checklists off (`[coach]`): PET's whole reply is then the model's. The
+    tests of the app's plumbing (streaming, sampling, limits, metrics, log-ins) use PET as the persona whose reply
+    is all the model's; with its checklists, PET's reply is written by no model (tests/test_coaching.py)."""
+    from krishna_ai.core.personas import load_personas
+
+    personas = load_personas()
+    return {**personas, "pet": personas["pet"].model_copy(update={"coach": None})}

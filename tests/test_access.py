@@ -15,7 +15,7 @@ import pytest
 import app
 from krishna_ai.core.errors import ConfigError, InputError
 from krishna_ai.studio.access import LoginGuard, ModelPolicy, load_credentials
-from tests.conftest import free_port, serve
+from tests.conftest import free_port, model_written_personas, serve
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +34,7 @@ def guarded(tmp_path_factory, tiny_dir):
         return ScriptedEngine(["fine"])
 
     studio._loader = loader
+    studio.personas = model_written_personas()  # PET's reply is the model's
     url, client = serve(demo)
     yield client, loads, tiny_dir
     demo.close()
@@ -269,11 +270,11 @@ def test_each_user_gets_a_share_of_replies_and_requests(scripted):
 
 def test_a_failed_reply_frees_its_place(scripted):
     from krishna_ai.core.errors import InputError
-    from krishna_ai.core.personas import load_personas
     from krishna_ai.studio.access import UserLimits
     from krishna_ai.studio.service import Studio
 
-    studio = Studio(load_personas(), loader=lambda spec, adapter: scripted(["ok"]), limits=UserLimits(1, None))
+    studio = Studio(model_written_personas(), loader=lambda spec, adapter: scripted(["ok"]),
+                    limits=UserLimits(1, None))
     for _ in range(3):
         with pytest.raises(InputError, match="the message is empty"):
             list(studio.chat("pet", [], "   ", user="user:asha"))

@@ -13,7 +13,7 @@ import app
 from krishna_ai.core.personas import load_personas
 from krishna_ai.studio.service import Studio
 from krishna_ai.studio.ui import NOTICE, build_demo, split_pending
-from tests.conftest import serve
+from tests.conftest import model_written_personas, serve
 
 
 def test_app_imports_without_loading_a_model():
@@ -76,7 +76,7 @@ def test_studio_model_load_failure_keeps_running(scripted):
             raise ModelUnavailable("no such model")
         return good
 
-    studio = Studio(load_personas(), loader=loader)
+    studio = Studio(model_written_personas(), loader=loader)
     assert studio.engine("light") is good
     with pytest.raises(ModelUnavailable):
         studio.engine("broken")
@@ -87,7 +87,7 @@ def test_studio_model_load_failure_keeps_running(scripted):
 def test_ui_flow_with_scripted_engine(scripted):
     """The Blocks events (submit, retry, stop) through the server, with a scripted model."""
     engine = scripted(["Partha, ", "rise. ", "Act."], delay=0.02)
-    studio = Studio(load_personas(), loader=lambda spec, adapter: engine)
+    studio = Studio(model_written_personas(), loader=lambda spec, adapter: engine)
     demo = build_demo(studio)
     _, client = serve(demo)
     try:

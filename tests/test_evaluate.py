@@ -109,10 +109,11 @@ def test_without_the_bank_the_prompt_has_no_cards_and_replies_are_checked_agains
     assert "about Marie Curie" in prompt_off  # the persona's own story instruction, as before its bank
     assert not off["replies"][0]["faithful"] and off["faithful"] == 0.0
     assert {"1921", "tokyo"} <= set(off["replies"][0]["unsupported"])
-    # a persona without a bank is asked the same either way
+    # a persona without a bank (PET without its checklists) is asked the same either way
     runs = [scripted(["Improved prompt: Write a haiku about rain."]) for _ in range(2)]
     for engine, bank in zip(runs, (True, False), strict=True):
-        evaluate(engine, P["pet"], [{"question": "rain poem"}], SamplingParams(), progress=False, bank=bank)
+        evaluate(engine, P["pet"].model_copy(update={"coach": None}), [{"question": "rain poem"}], SamplingParams(),
+                 progress=False, bank=bank)
     assert runs[0].calls[0][0] == runs[1].calls[0][0]
 
 
@@ -281,7 +282,8 @@ def test_evaluate_reports_keeps_task_for_a_persona_that_rewrites(scripted):
                     "Give me a workout plan for [level]. Keep it under 15 minutes.",
                     "Write a poem about the sea."):
         reply = f"- No level or format.\n\nImproved prompt: {rewrite}"
-        res = evaluate(scripted([reply]), P["pet"], questions, SamplingParams(temperature=0.0), progress=False)
+        res = evaluate(scripted([reply]), P["pet"].model_copy(update={"coach": None}), questions,  # the model writes
+                       SamplingParams(temperature=0.0), progress=False)
         rows.append((res["keeps_task"], res["self_consistent"]))
     assert rows == [(1.0, 1.0), (0.0, 0.0), (0.0, 1.0)]
     head, _, row = format_table([res]).splitlines()

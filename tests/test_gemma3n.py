@@ -25,6 +25,7 @@ from krishna_ai.runtime.load import load_engine as default_loader
 from krishna_ai.runtime.weights import SKIP_4BIT, load_model
 from krishna_ai.studio.service import Studio
 from krishna_ai.training.tiny import IMAGE_SOFT_TOKENS, SPECIAL_TOKENS
+from tests.conftest import model_written_personas
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -306,7 +307,7 @@ def test_chat_api_on_the_tiny_tier_streams_image_replies_and_rejects_bad_images(
         loads.append(spec)
         return light if spec == "light" else default_loader(spec, adapter)
 
-    studio = Studio(load_personas(), default_model=str(tiny_dir), loader=loader)
+    studio = Studio(model_written_personas(), default_model=str(tiny_dir), loader=loader)
     demo = build_demo(studio, persona="maize")
     client = _launch(demo)
     try:

@@ -20,7 +20,7 @@ from krishna_ai.studio.access import ModelPolicy, UserLimits
 from krishna_ai.studio.metrics import Metrics
 from krishna_ai.studio.service import Studio
 from krishna_ai.studio.ui import build_demo
-from tests.conftest import free_port
+from tests.conftest import free_port, model_written_personas
 
 KEY = "k-" + "a" * 30
 OTHER = "k-" + "b" * 30
@@ -35,7 +35,7 @@ def launched(scripted, tmp_path, monkeypatch):
         args = app.parse_args(["--port", str(free_port()), "--no-preload", "--model", "light", "--no-history",
                                *argv])
         engine = scripted(chunks or ["Partha, ", "be ", "still."])
-        studio = Studio(load_personas(), default_model="light", loader=lambda spec, adapter: engine,
+        studio = Studio(model_written_personas(), default_model="light", loader=lambda spec, adapter: engine,
                         policy=ModelPolicy(["light"]), limits=UserLimits(2, rate), metrics=Metrics())
         demo = build_demo(studio)
         app.launch(demo, args, prevent_thread_lock=True, quiet=True, studio=studio)

@@ -9,10 +9,9 @@ import pytest
 from gradio_client import Client
 
 import app
-from krishna_ai.core.personas import load_personas
 from krishna_ai.studio.service import Studio
 from krishna_ai.studio.ui import build_demo
-from tests.conftest import free_port
+from tests.conftest import free_port, model_written_personas
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +23,7 @@ def served(scripted):
 
     def start(*argv):
         args = app.parse_args(["--port", str(free_port()), *argv])
-        demo = build_demo(Studio(load_personas(), loader=lambda spec, adapter: scripted(["fine"])))
+        demo = build_demo(Studio(model_written_personas(), loader=lambda spec, adapter: scripted(["fine"])))
         app.launch(demo, args, prevent_thread_lock=True, quiet=True)
         demos.append(demo)
         return f"http://127.0.0.1:{args.port}/"

@@ -195,3 +195,13 @@ def test_a_fresh_banks_vectors_examples_and_index_are_built_from_each_cards_own_
     assert np.allclose(examples, sentence_vectors(list(bank.cards[0].examples)), atol=1e-5)
     assert [h.card.id for h in bank.search("spaniel")] == ["mourning"]  # a word of an example only
     assert bank.search("and the of it was") == []  # stop words are left out of the index and the query
+
+
+def test_cards_no_word_matched_rank_alike_so_meaning_orders_them_not_their_place_in_the_files():
+    # all three BM25 scores are 0 (the question shares no word with any card): before, the first card in the files
+    # took word rank 1 and won over a card closer in meaning
+    fused = vectors.fuse(np.zeros(3), np.array([0.1, 0.9, 0.5]))
+    assert list(np.argsort(-fused, kind="stable")) == [1, 2, 0]
+    assert fused[0] == pytest.approx(1 / vectors.RRF_K + 1 / (vectors.RRF_K + 2))
+    tied = vectors.fuse(np.array([2.0, 1.0, 1.0, 0.0]), np.zeros(4))  # equal scores share the best rank among them
+    assert tied[1] == tied[2] == pytest.approx(1 / (vectors.RRF_K + 1) + 1 / vectors.RRF_K) and tied[3] < tied[2]

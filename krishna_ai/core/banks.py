@@ -1,5 +1,6 @@
-"""The two bank tables of a persona file: `[knowledge]` (cards of facts put in the prompt and retold) and
-`[counsel]` (teachings the model applies, or counsel written on cards: Krishna's). What the cards are and how
+"""The bank tables of a persona file: `[knowledge]` (cards of facts put in the prompt and retold),
+`[counsel]` (teachings the model applies, or counsel written on cards: Krishna's) and `[coach]` (checklists for
+kinds of prompt that write a rewrite: PET's). What the cards are and how
 they are found is krishna_ai/core/knowledge.py; when, per question, is krishna_ai/core/grounding.py.
 """
 
@@ -96,6 +97,16 @@ class Counsel(_Bank):
             raise ValueError("needs an instruction with $cards (teachings the model applies), or written = true "
                              "(the card's text is the counsel)")
         return self
+
+
+class Coach(_Bank):
+    """Prompt-kind cards whose `needs` write a rewriting persona's whole reply (PET: the critique and the improved
+    prompt, core/coaching.py); no model runs. Needs `[style] rewrite`, the label the improved prompt follows."""
+
+    general: str
+    """The card used when no kind fits the task (a checklist for any prompt)."""
+    vectors: bool = True
+    """Rank the kinds by meaning too (BM25 and sentence vectors fused, each kind scored by its nearest example)."""
 
 
 def checked_teachings(path: Path, counsel: Counsel) -> Counsel:

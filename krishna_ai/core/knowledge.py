@@ -14,6 +14,7 @@ any card file changes the fingerprint and rebuilds it.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 import tomllib
@@ -29,6 +30,35 @@ from krishna_ai.core.errors import PersonaError, problems
 from krishna_ai.core.vectors import card_matrix, card_texts, fuse, sentence_vectors
 
 INDEX_VERSION = "1"
+
+
+class Need(BaseModel):
+    """One thing a prompt of some kind needs (a prompt-kind card's `needs`: PET's written rewrites,
+    core/coaching.py). The prompt has it when a named detector (`has`) or `pattern` finds it in the user's task;
+    else the critique says `lacks` and the improved prompt gains `add`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(min_length=2)]
+    """A short noun ("the length", "the readers"), listed when the prompt already has it."""
+    lacks: Annotated[str, Field(min_length=10)]
+    """The critique point when the prompt lacks it: what is missing and why it matters, one sentence."""
+    add: Annotated[str, Field(min_length=10)]
+    """The sentence the improved prompt gains, [bracketed] where only the user knows the answer."""
+    has: list[str] = []
+    """Detectors (coaching.DETECTORS) any of which finding something means the prompt has it."""
+    pattern: str | None = None
+    """A regular expression (case-insensitive) that also means the prompt has it."""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
 
 class Card(BaseModel):
@@ -50,6 +80,8 @@ class Card(BaseModel):
     """A counsel card: the id of the teaching (in the persona's teachings bank) its advice applies."""
     examples: list[str] = []
     """A counsel card: troubles it answers, in a person's words (training questions), matched by meaning."""
+    needs: list[Need] = []
+    """A prompt-kind card: what a prompt of its kind needs, most important first (core/coaching.py)."""
 
     @field_validator("text", "title", "source")
     @classmethod

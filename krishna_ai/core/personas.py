@@ -18,7 +18,8 @@ from typing import Annotated
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from krishna_ai.core.banks import Counsel, Knowledge, checked_teachings
+from krishna_ai.core.banks import Coach, Counsel, Knowledge, checked_teachings
+from krishna_ai.core.coaching import check_kinds
 from krishna_ai.core.errors import PersonaError, problems
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.core.schema import Strict
@@ -142,6 +143,8 @@ class Persona(_Strict):
     """Ground replies in a bank of sourced cards retrieved per question."""
     counsel: Counsel | None = None
     """Ground the persona's advice in a bank of teachings retrieved per question (shown as sources)."""
+    coach: Coach | None = None
+    """Write the whole reply from a checklist for the kind of prompt asked (PET: core/coaching.py); no model runs."""
     scope: Scope | None = None
     """What the persona answers; anything else gets its fixed decline (None: it answers everything)."""
     adapters: dict[str, str] = {}
@@ -248,7 +251,7 @@ def load_persona(path: str | Path, *, check_gate: bool = True) -> Persona:
         persona = persona.model_copy(update={"style": style})
     if persona.scope is not None:
         persona = persona.model_copy(update={"scope": _resolve_scope(path, persona.scope, check_gate)})
-    for field in ("knowledge", "counsel"):  # each bank checked now, so a bad card fails the persona at load
+    for field in ("knowledge", "counsel", "coach"):  # each bank checked now: a bad card fails the persona at load
         table = getattr(persona, field)
         if table is None:
             continue
@@ -260,6 +263,10 @@ def load_persona(path: str | Path, *, check_gate: bool = True) -> Persona:
         persona = persona.model_copy(update={field: table.model_copy(update={"bank": str(folder)})})
     if persona.counsel is not None and persona.counsel.teachings is not None:
         persona = persona.model_copy(update={"counsel": checked_teachings(path, persona.counsel)})
+    if persona.coach is not None:
+        if not persona.style.rewrite:
+            raise PersonaError(f"{path.name}: coach: needs [style] rewrite, the label the improved prompt follows")
+        check_kinds(path, persona.coach.bank, persona.coach.general)
     return persona
 
 

@@ -135,7 +135,8 @@ class Turn:
     cards: list[Any] | None
     """Retrieved cards (None: the persona has no knowledge bank); [] when none fitted."""
     teachings: list[Any] | None = None
-    """The teachings the counsel applies (None: the persona has no counsel bank); [] when none fitted."""
+    """The teachings the counsel applies, or the prompt kind whose checklist wrote a coach's reply (None: the
+    persona has neither bank); [] when none fitted."""
     closing: str | None = None
     """A fixed sentence the app adds after the model's reply (a person asked about with no card of theirs)."""
     confidence: tuple[str, str | None] | None = None
@@ -186,6 +187,7 @@ def build_turn(persona: Persona, history: list[Message], message: str, *, person
     the prompt); the cards retrieval picks are still returned, to check the reply against. `rejected`: the
     replies to this question that the user retried away from (Retry); written counsel is then the next best card
     that opened none of them (`RETRY_CHOICES` in all, then the best again)."""
+    from krishna_ai.core.coaching import coaching_reply, the_task
     from krishna_ai.core.grounding import ground, teachings_for
 
     grounding = ground(persona, message, personality) if message else None
@@ -200,6 +202,9 @@ def build_turn(persona: Persona, history: list[Message], message: str, *, person
     asked = persona if bank or persona.knowledge is None else persona.model_copy(update={"knowledge": None})
     messages = build_messages(asked, history, message or IMAGE_ONLY_QUESTION, personality=who, image=image,
                               cards=cards if bank else None, teachings=teachings if bank else None)
+    if persona.coach is not None and bank and the_task(message):  # the whole reply written from a checklist
+        kind, reply = coaching_reply(persona, message, rejected, RETRY_CHOICES)
+        return Turn(messages, who, cards, [kind], opening=reply, complete=True)
     closing = None
     k = persona.knowledge
     if k is not None and k.unknown_person and grounding and grounding.person and not cards and bank:

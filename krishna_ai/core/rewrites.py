@@ -125,6 +125,11 @@ def _quantities(text: str) -> list[tuple[str, str, bool]]:
             for m in _QUANTITY.finditer(text)]
 
 
+def stated_quantities(text: str) -> list[tuple[str, str]]:
+    """(unit, value) of each quantity `text` states ("300 words" → ("word", "300"))."""
+    return [(unit, value) for unit, value, _ in _quantities(text)]
+
+
 def contradictions(question: str, rewrite: str) -> list[str]:
     """Two different values for one thing: the rewrite changes a quantity the user gave ("30-minute" →
     "under 15 minutes"), or states two for the same unit where neither counts a part ("a 30-day plan …

@@ -116,8 +116,13 @@ def _save(where: Path, matrix: np.ndarray) -> None:
         pass  # an unwritable cache only costs the vectors next time
 
 
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """Each score's rank, 0 the best; equal scores share the best rank among them (so the cards no word of the
+    question matched, all at 0, rank alike: before, they were ranked by their place in the bank's files)."""
+    ordered = np.sort(-scores)
+    return np.searchsorted(ordered, -scores, side="left")
+
+
 def fuse(word_scores: np.ndarray, similarity: np.ndarray) -> np.ndarray:
     """Reciprocal rank fusion of two scorings of the same cards (higher is better in both)."""
-    word_rank = np.argsort(np.argsort(-word_scores, kind="stable"), kind="stable")
-    vector_rank = np.argsort(np.argsort(-similarity, kind="stable"), kind="stable")
-    return 1.0 / (RRF_K + word_rank) + 1.0 / (RRF_K + vector_rank)
+    return 1.0 / (RRF_K + _ranks(word_scores)) + 1.0 / (RRF_K + _ranks(similarity))

@@ -1,0 +1,131 @@
+"""PET's written rewrites (`[coach]`, prompts/knowledge/prompt-kinds, core/coaching.py): every kind's checklist
+keeps the user's task and states no second value on every example and training prompt; a need the prompt already
+meets is never asked again; the reply is written with no model, and Retry moves on to the next kind."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from krishna_ai.core.coaching import DETECTORS, coached, kinds_for, missing, the_task
+from krishna_ai.core.errors import PersonaError
+from krishna_ai.core.knowledge import load_bank
+from krishna_ai.core.personas import load_persona, load_personas
+from krishna_ai.core.prompting import build_turn
+from krishna_ai.core.rewrites import contradictions, improved_part, keeps_task, stated_quantities
+from krishna_ai.core.style import check_reply
+from tests.conftest import REPO, shipped_persona
+
+KINDS = REPO / "prompts" / "knowledge" / "prompt-kinds"
+
+
+def _questions(path) -> list[str]:
+    return [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _pet():
+    return load_personas()["pet"]
+
+
+def _check(pet, question: str, reply: str) -> None:
+    rewrite = improved_part(reply, "Improved prompt")
+    assert rewrite, (question, reply)
+    assert keeps_task(question, rewrite)[0], (question, keeps_task(question, rewrite), reply)
+    assert contradictions(question, rewrite) == [], (question, reply)
+    assert check_reply(reply, pet, "end_of_turn") == [], (question, check_reply(reply, pet, "end_of_turn"), reply)
+    points = reply.split("\n\n")[0].splitlines()
+    assert 1 <= len(points) <= 3 and all(p.startswith("- ") for p in points), reply
+    assert not re.search(r"\[[^\]]*$|^[^\[]*\]", rewrite), reply  # every bracket closed
+
+
+def test_every_kind_is_a_checklist_whose_examples_get_a_reply_the_persona_rules_pass():
+    pet = _pet()
+    bank = load_bank(KINDS)
+    assert len(bank) >= 30
+    held_out = {q.casefold() for q in _questions(REPO / "data/pet/heldout.jsonl")}
+    for card in bank.cards:
+        assert card.needs and len(card.examples) >= (3 if card.id == pet.coach.general else 8), card.id
+        assert not held_out & {e.casefold() for e in card.examples}, card.id  # no kind was written from a test
+        assert len({n.name for n in card.needs}) == len(card.needs), card.id
+        for need in card.needs:
+            assert need.has or need.pattern or need is card.needs[-1], (card.id, need.name)
+            assert set(need.has) <= set(DETECTORS), (card.id, need.name)
+            said = re.sub(r"\[[^\]]*\]", "", need.add)  # a quantity outside a placeholder is stated only when
+            if stated_quantities(said) or re.search(r"\d", said):  # the user gave none: never a second value
+                assert {"count", "length"} & set(need.has), (card.id, need.add)
+        for example in card.examples:
+            _check(pet, example, coached(card, example, "Improved prompt"))
+
+
+def test_every_training_prompt_gets_a_reply_that_keeps_its_task():
+    pet = _pet()
+    for question in _questions(REPO / "data/pet/train.jsonl"):
+        _check(pet, question, build_turn(pet, [], question).opening)
+
+
+def test_a_need_the_prompt_already_meets_is_not_asked_again():
+    poem = load_bank(KINDS).card("poem")
+    met, lacked = missing(poem, "Write a funny 12-line poem about the sea for my sister's birthday card.")
+    assert [n.name for n in met] == ["the form and length", "the mood", "what it is for"]
+    assert [n.name for n in lacked] == ["a concrete detail", "a title"]
+    reply = coached(poem, "Write a funny 12-line poem about the sea for my sister's birthday card", "Improved prompt")
+    assert reply.startswith("- It already gives the form and length, the mood and what it is for: keep those")
+    assert "Improved prompt: Write a funny 12-line poem about the sea for my sister's birthday card. Build it" in reply
+    assert "[number] lines" not in reply and "The mood should be" not in reply
+
+
+@pytest.mark.parametrize(("message", "task"), [
+    ("write a poem about the sea", "Write a poem about the sea."),
+    ('Improve this prompt for my shop: "Make an ad for facebook"', "Make an ad for facebook."),
+    ("improve: Tips to reduce stress", "Tips to reduce stress."),
+    ("How do I make bread?", "How do I make bread?"),
+    ("Summarise this: [article]", "Summarise this: [article]"),
+])
+def test_the_task_is_the_users_own_words(message, task):
+    assert the_task(message) == task
+
+
+def test_a_pet_reply_is_written_with_no_model_and_shows_its_kind_and_retry_moves_on():
+    pet = _pet()
+    question = "Write song lyrics about a summer that ended too soon"
+    turn = build_turn(pet, [], question)
+    assert turn.complete and turn.opening.startswith("- ") and turn.teachings[0].id == "poem"
+    assert turn.sources == turn.teachings  # the checklist is shown as the reply's source
+    assert kinds_for(pet, question)[0].id == "poem"
+    retried = build_turn(pet, [], question, rejected=[turn.opening])
+    assert retried.opening != turn.opening and retried.teachings[0].id != "poem"
+    again = build_turn(pet, [], question, rejected=[turn.opening, retried.opening])
+    assert again.opening not in (turn.opening, retried.opening)
+    off = build_turn(pet, [], question, bank=False)  # as before its checklists: the model writes the reply
+    assert not off.complete and off.opening is None
+
+
+def test_a_task_no_kind_fits_gets_the_general_checklist(tmp_path):
+    pet = _pet()
+    high = pet.model_copy(update={"coach": pet.coach.model_copy(update={"min_score": 1e6})})
+    turn = build_turn(high, [], "Write a poem about the sea")
+    assert turn.teachings[0].id == "any-task" and turn.complete
+
+
+def test_a_coach_with_a_bad_checklist_fails_the_persona_at_load(tmp_path):
+    base = shipped_persona("pet")
+    bank = tmp_path / "kinds"
+    bank.mkdir()
+    (bank / "a.toml").write_text((KINDS / "general.toml").read_text().replace('has = ["purpose"]', 'has = ["porpose"]'))
+    path = tmp_path / "pet.toml"
+    path.write_text(base.replace(f'"{(REPO / "prompts").as_posix()}/knowledge/prompt-kinds"', f'"{bank.as_posix()}"'))
+    with pytest.raises(PersonaError, match=r"card any-task: need 'the purpose': unknown detector 'porpose'"):
+        load_persona(path)
+    (bank / "a.toml").write_text((KINDS / "general.toml").read_text())
+    path.write_text(path.read_text().replace('general = "any-task"', 'general = "none-such"'))
+    with pytest.raises(PersonaError, match=r"coach.general: 'none-such' is not a card"):
+        load_persona(path)
+    path.write_text(path.read_text().replace('general = "none-such"', 'general = "any-task"')
+                    .replace('rewrite = "Improved prompt"', ""))
+    with pytest.raises(PersonaError, match=r"coach: needs \[style\] rewrite"):
+        load_persona(path)
+    (bank / "a.toml").write_text((KINDS / "general.toml").read_text().replace("pattern = '", "pattern = '(?<"))
+    with pytest.raises(PersonaError, match=r"needs.3.pattern: Value error, not a regular expression"):
+        load_persona(path)
