@@ -81,7 +81,7 @@ def test_a_need_the_prompt_already_meets_is_not_asked_again():
     ('Improve this prompt for my shop: "Make an ad for facebook"', "Make an ad for facebook."),
     ("improve: Tips to reduce stress", "Tips to reduce stress."),
     ("How do I make bread?", "How do I make bread?"),
-    ("Summarise this: [article]", "Summarise this: [article]"),
+    ("Summarise this: [article]", "Summarise this: [article]."),
 ])
 def test_the_task_is_the_users_own_words(message, task):
     assert the_task(message) == task

@@ -52,8 +52,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     params = SamplingParams.for_persona(persona, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                         repetition_penalty=args.repetition_penalty,
                                         dry_multiplier=args.dry_multiplier, seed=args.seed)
-    # a persona without a knowledge bank is asked one way only, whatever --bank says
-    banks = {"on": [True], "off": [False], "both": [True, False]}[args.bank] if persona.knowledge else [True]
+    # a persona without a knowledge bank or checklists is asked one way only, whatever --bank says
+    banked = persona.knowledge or persona.coach
+    banks = {"on": [True], "off": [False], "both": [True, False]}[args.bank] if banked else [True]
     embed = None
     if persona.scope is not None and args.scope == "on":
         from krishna_ai.runtime.embed import LightEmbedder
@@ -189,7 +190,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="sample N replies per question and keep the one the checks rank best (core/rerank.py)")
     p.add_argument("--bank", choices=("on", "off", "both"), default="on",
                    help="the persona's knowledge bank: cards in the prompt (on, as the app serves it), none (off: "
-                        "replies still checked against the cards retrieval picks), or both side by side")
+                        "replies still checked against the cards retrieval picks; PET: the model writes the reply "
+                        "instead of its checklists), or both side by side")
     p.add_argument("--scope", choices=("on", "off"), default="on",
                    help="the persona's scope: questions outside it get its decline, as the app answers them (on), or "
                         "every question goes to the model (off)")

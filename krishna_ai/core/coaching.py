@@ -125,7 +125,7 @@ def the_task(message: str) -> str:
     if not task:
         return task
     task = task[0].upper() + task[1:]
-    return task if re.search(r"[.!?:)\]\"”']$", task) else f"{task}."
+    return task if re.search(r"[.!?:)\"”']$", task) else f"{task}."  # "…: [recipe]" too: the sentences go on
 
 
 def missing(card: Card, task: str) -> tuple[list[Need], list[Need]]:
