@@ -107,6 +107,13 @@ def test_a_task_no_kind_fits_gets_the_general_checklist(tmp_path):
     high = pet.model_copy(update={"coach": pet.coach.model_copy(update={"min_score": 1e6})})
     turn = build_turn(high, [], "Write a poem about the sea")
     assert turn.teachings[0].id == "any-task" and turn.complete
+    from krishna_ai.core.knowledge import load_bank as bank_of
+
+    poem = bank_of(KINDS).similarity(the_task("Write a poem about the sea"))[
+        [c.id for c in bank_of(KINDS).cards].index("poem")]
+    for floor, kind in ((float(poem) - 0.01, "poem"), (float(poem) + 0.01, "any-task")):  # min_meaning's boundary
+        near = pet.model_copy(update={"coach": pet.coach.model_copy(update={"min_meaning": floor})})
+        assert kinds_for(near, "Write a poem about the sea")[0].id == kind
 
 
 def test_a_coach_with_a_bad_checklist_fails_the_persona_at_load(tmp_path):

@@ -107,6 +107,9 @@ class Coach(_Bank):
     """The card used when no kind fits the task (a checklist for any prompt)."""
     vectors: bool = True
     """Rank the kinds by meaning too (BM25 and sentence vectors fused, each kind scored by its nearest example)."""
+    min_meaning: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
+    """A kind whose meaning score (its own cosine to the task plus its nearest example's) is below this does not
+    fit: a task no kind is close to gets the general card (chosen with `python bench/kind_fit.py`)."""
 
 
 def checked_teachings(path: Path, counsel: Counsel) -> Counsel:

@@ -173,14 +173,18 @@ def check_kinds(path: Any, bank: str, general: str) -> None:
 
 
 def kinds_for(persona: Any, message: str, k: int = 1) -> list[Card]:
-    """The prompt kinds that fit the task in `message`, best first (`k` of them); the general card when none
-    does. The task is searched, not the request around it ("make this better: ...")."""
+    """The prompt kinds that fit the task in `message`, best first (`k` of them, each at least `min_meaning` close
+    in meaning); the general card when none does. The task is searched, not the request around it ("make this
+    better: ...")."""
     coach = persona.coach
     bank = load_bank(coach.bank)
     task = the_task(message)
     hits = [h.card for h in bank.search(task, k=k, min_score=coach.min_score, vectors=coach.vectors)] if task else []
-    general = bank.card(coach.general)
-    return hits or [general]
+    if hits and coach.min_meaning:  # too far in meaning from every kind found: the general checklist
+        meaning = bank.similarity(task)
+        position = {c.id: i for i, c in enumerate(bank.cards)}
+        hits = [c for c in hits if meaning[position[c.id]] >= coach.min_meaning]
+    return hits or [bank.card(coach.general)]
 
 
 def coaching_reply(persona: Any, message: str, rejected: Sequence[str] = (), choices: int = 1) -> tuple[Card, str]:
