@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -21,7 +22,7 @@ from krishna_ai.training.evaluate import (
     rules_for,
     split_spec,
 )
-from tests.conftest import krishna_with_counsel
+from tests.conftest import krishna_with_counsel, shipped_persona
 
 P = load_personas()
 LABELS = P["maize"].labels
@@ -193,9 +194,18 @@ def test_eval_cli_bank_both_puts_the_two_side_by_side(tmp_path):
     assert (on["name"], off["name"]) == ("light-gguf@none", "light-gguf@none without bank")
     cards = on["replies"][0]["sources"]
     assert cards and off["replies"][0]["checked_against"] == cards and off["faithful"] is not None
-    # a persona without a bank is evaluated once, whatever --bank says
+    # PET: its checklists (no model) against the model writing the reply
     assert cli(["eval", "--persona", "pet", "--model", "light-gguf@none", "--questions", str(questions),
                 "--json", str(out), "--max-new-tokens", "4", "--bank", "both"]) == 0
+    written, model = json.loads(out.read_text())["models"]
+    assert written["replies"][0]["reply"].startswith("- ") and written["keeps_task"] == 1.0
+    assert model["name"] == "light-gguf@none without bank"
+    # a persona without a bank or checklists is evaluated once, whatever --bank says
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "pet.toml").write_text(re.sub(r"(?ms)^\[coach\]\n.*?(?=^#|^\[)", "", shipped_persona("pet")))
+    assert cli(["eval", "--persona", "pet", "--prompts", str(prompts), "--model", "light-gguf@none", "--questions",
+                str(questions), "--json", str(out), "--max-new-tokens", "4", "--bank", "both"]) == 0
     assert [m["name"] for m in json.loads(out.read_text())["models"]] == ["light-gguf@none"]
 
 
