@@ -111,7 +111,7 @@ def test_a_task_no_kind_fits_gets_the_general_checklist(tmp_path):
 
     poem = bank_of(KINDS).similarity(the_task("Write a poem about the sea"))[
         [c.id for c in bank_of(KINDS).cards].index("poem")]
-    for floor, kind in ((float(poem) - 0.01, "poem"), (float(poem) + 0.01, "any-task")):  # min_meaning's boundary
+    for floor, kind in ((float(poem), "poem"), (float(poem) + 1e-6, "any-task")):  # min_meaning's boundary
         near = pet.model_copy(update={"coach": pet.coach.model_copy(update={"min_meaning": floor})})
         assert kinds_for(near, "Write a poem about the sea")[0].id == kind
 
@@ -136,3 +136,78 @@ def test_a_coach_with_a_bad_checklist_fails_the_persona_at_load(tmp_path):
     (bank / "a.toml").write_text((KINDS / "general.toml").read_text().replace("pattern = '", "pattern = '(?<"))
     with pytest.raises(PersonaError, match=r"needs.3.pattern: Value error, not a regular expression"):
         load_persona(path)
+
+
+def _card(*needs):
+    from krishna_ai.core.knowledge import Card, Need
+
+    return Card(id="t", title="A test kind", themes=["t"], text="What a test prompt needs.", source="This test",
+                needs=[Need(name=n, lacks=f"It lacks {n}, which matters.", add=f"Add {n} here please.", pattern=p)
+                       for n, p in needs])
+
+
+def test_what_is_met_is_named_once_and_what_is_added_follows_the_task_word_for_word():
+    one = _card(("the colour", r"\bred\b"), ("the size", r"\bbig\b"))
+    # one need met, one lacked: the met one is named alone; the added sentence follows the task after one space
+    assert coached(one, "draw a RED fox", "Improved prompt") == (
+        "- It already gives the colour: keep those as they are.\n- It lacks the size, which matters.\n\n"
+        "Improved prompt: Draw a RED fox. Add the size here please.")  # a pattern is matched in any case
+    # everything met: nothing is added, and nothing trails the task
+    assert coached(one, "a big red fox", "Improved prompt") == (
+        "- It already gives the colour and the size: keep those as they are.\n\nImproved prompt: A big red fox.")
+    three = _card(("aa", r"\balpha\b"), ("bb", r"\bbeta\b"), ("cc", r"\bgamma\b"), ("dd", r"\bdelta\b"))
+    reply = coached(three, "alpha only", "Improved prompt")  # three lacked: the critique is those three alone
+    assert reply.splitlines()[:3] == ["- It lacks bb, which matters.", "- It lacks cc, which matters.",
+                                      "- It lacks dd, which matters."]
+    assert reply.endswith("Improved prompt: Alpha only. Add bb here please. Add cc here please. Add dd here please.")
+    assert coached(three, "nothing", "Improved prompt").startswith("- It lacks aa, which matters.")
+
+
+def test_a_length_in_the_task_meets_only_a_need_that_asks_for_a_length():
+    poem = load_bank(KINDS).card("poem")
+    met, lacked = missing(poem, "Write a 12-line poem about the sea.")
+    assert "the form and length" in [n.name for n in met] and "the mood" in [n.name for n in lacked]
+
+
+def test_an_unknown_detector_is_named_with_the_ones_there_are(tmp_path):
+    from krishna_ai.core.coaching import check_kinds
+
+    bank = tmp_path / "kinds"
+    bank.mkdir()
+    (bank / "a.toml").write_text((KINDS / "general.toml").read_text().replace('has = ["purpose"]', 'has = ["x"]'))
+    with pytest.raises(PersonaError) as exc:
+        check_kinds(tmp_path / "pet.toml", str(bank), "any-task")
+    assert f"unknown detector 'x' (one of {', '.join(sorted(DETECTORS))})" in str(exc.value)
+
+
+@pytest.mark.parametrize(("message", "task"), [
+    ('regex to match "john@example.com" please', 'Regex to match "john@example.com" please.'),  # a quotation
+    ("Prompt: improve: write a haiku", "Improve: write a haiku."),  # one request about a prompt is taken off
+    ('improve: "Tips to reduce stress', "Tips to reduce stress."),  # a stray quotation mark is not the task's
+    ("Fix this: [code]", "Fix this: [code]."),
+])
+def test_the_task_keeps_a_quotation_inside_it_and_drops_one_request(message, task):
+    assert the_task(message) == task
+
+
+def test_kinds_are_ranked_by_meaning_too_and_retry_comes_back_to_the_best(monkeypatch):
+    from krishna_ai.core import knowledge
+    from krishna_ai.core.coaching import coaching_reply
+
+    pet = _pet()
+    asked = []
+    search = knowledge.Bank.search
+
+    def spy(self, query, **kw):
+        asked.append((query, kw))
+        return search(self, query, **kw)
+
+    monkeypatch.setattr(knowledge.Bank, "search", spy)
+    kinds_for(pet, "Write a poem about the sea")
+    assert asked == [("Write a poem about the sea.", {"k": 1, "min_score": 0.0, "vectors": True})]
+    question = "Write song lyrics about a summer that ended too soon"
+    replies = [coaching_reply(pet, question, choices=3)[1]]
+    for _ in range(2):
+        replies.append(coaching_reply(pet, question, rejected=replies, choices=3)[1])
+    kind, again = coaching_reply(pet, question, rejected=replies, choices=3)  # all three retried: the best again
+    assert again == replies[0] and kind.id == "poem" and len(set(replies)) == 3

@@ -153,8 +153,6 @@ def coached(card: Card, message: str, label: str) -> str:
         names = [n.name for n in met]
         said = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
         points.insert(0, f"It already gives {said}: keep those as they are.")
-    if not points:
-        points = ["It is clear as it is; the one thing left is to say what a good answer looks like."]
     added = " ".join(n.add for n in lacked[:ADDED])
     critique = "\n".join(f"- {p}" for p in points[:CRITIQUE_POINTS])
     return f"{critique}\n\n{label}: {task} {added}".rstrip()
