@@ -262,6 +262,11 @@ def test_evaluate_reports_consistent_for_a_persona_with_labels(scripted):
 def test_a_rewrite_that_loses_the_task_or_contradicts_itself_is_counted():
     from krishna_ai.core.rewrites import contradictions, keeps_task
 
+    # two values the user gave themselves are not the rewrite's contradiction; a third one is
+    study = "Make me a study plan. I can do 1 hour on weekdays and 3 hours on weekends."
+    assert contradictions(study, study + " Give each session a goal.") == []
+    assert contradictions(study, study + " Keep it to 2 hours in all.") == ["2 hour(s) where the user asked for 1 or 3"]
+
     q = "Give me a 30-minute workout plan I can do at home without equipment"
     good = "Give me a 30-minute workout plan for [fitness level] that I can do at home without equipment, as a table."
     assert keeps_task(q, good) == (True, []) and contradictions(q, good) == []

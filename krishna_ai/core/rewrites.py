@@ -147,5 +147,5 @@ def contradictions(question: str, rewrite: str) -> list[str]:
         if not scoped and unit not in _THINGS:
             whole.setdefault(unit, set()).add(value)
     found += [f"{' and '.join(sorted(values))} {unit}(s) for one thing" for unit, values in whole.items()
-              if len(values) > 1 and unit not in changed]
-    return found
+              if len(values) > 1 and unit not in changed and not values <= mine.get(unit, set())]
+    return found  # (two values the user gave themselves, "1 hour on weekdays and 3 at weekends", are no change)
