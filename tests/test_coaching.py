@@ -150,7 +150,7 @@ def test_what_is_met_is_named_once_and_what_is_added_follows_the_task_word_for_w
     one = _card(("the colour", r"\bred\b"), ("the size", r"\bbig\b"))
     # one need met, one lacked: the met one is named alone; the added sentence follows the task after one space
     assert coached(one, "draw a RED fox", "Improved prompt") == (
-        "- It already gives the colour: keep those as they are.\n- It lacks the size, which matters.\n\n"
+        "- It already gives the colour: keep it as it is.\n- It lacks the size, which matters.\n\n"
         "Improved prompt: Draw a RED fox. Add the size here please.")  # a pattern is matched in any case
     # everything met: nothing is added, and nothing trails the task
     assert coached(one, "a big red fox", "Improved prompt") == (

@@ -151,8 +151,9 @@ def coached(card: Card, message: str, label: str) -> str:
     points = [n.lacks for n in lacked[:CRITIQUE_POINTS]]
     if len(lacked) < CRITIQUE_POINTS and met:
         names = [n.name for n in met]
-        said = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-        points.insert(0, f"It already gives {said}: keep those as they are.")
+        said = f"{names[0]}: keep it as it is" if len(names) == 1 else \
+            f"{', '.join(names[:-1])} and {names[-1]}: keep those as they are"
+        points.insert(0, f"It already gives {said}.")
     added = " ".join(n.add for n in lacked[:ADDED])
     critique = "\n".join(f"- {p}" for p in points[:CRITIQUE_POINTS])
     return f"{critique}\n\n{label}: {task} {added}".rstrip()
