@@ -133,8 +133,9 @@ def test_a_coach_with_a_bad_checklist_fails_the_persona_at_load(tmp_path):
                     .replace('rewrite = "Improved prompt"', ""))
     with pytest.raises(PersonaError, match=r"coach: needs \[style\] rewrite"):
         load_persona(path)
+    path.write_text(base.replace(f'"{(REPO / "prompts").as_posix()}/knowledge/prompt-kinds"', f'"{bank.as_posix()}"'))
     (bank / "a.toml").write_text((KINDS / "general.toml").read_text().replace("pattern = '", "pattern = '(?<"))
-    with pytest.raises(PersonaError, match=r"needs.3.pattern: Value error, not a regular expression"):
+    with pytest.raises(PersonaError, match=r"needs.3.pattern: Value error, not a valid regular expression"):
         load_persona(path)
 
 

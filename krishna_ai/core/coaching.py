@@ -189,10 +189,6 @@ def kinds_for(persona: Any, message: str, k: int = 1) -> list[Card]:
 def coaching_reply(persona: Any, message: str, rejected: Sequence[str] = (), choices: int = 1) -> tuple[Card, str]:
     """(the kind, the whole reply) for `message`; on Retry (`rejected`: the replies the user retried away from),
     the best kind among `choices` whose reply is none of those."""
-    label = persona.style.rewrite
-    kinds = kinds_for(persona, message, k=choices if rejected else 1)
-    for kind in kinds:
-        reply = coached(kind, message, label)
-        if reply not in rejected:
-            return kind, reply
-    return kinds[0], coached(kinds[0], message, label)
+    replies = [(kind, coached(kind, message, persona.style.rewrite))
+               for kind in kinds_for(persona, message, k=choices if rejected else 1)]
+    return next((pair for pair in replies if pair[1] not in rejected), replies[0])

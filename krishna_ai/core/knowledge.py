@@ -14,7 +14,6 @@ any card file changes the fingerprint and rebuilds it.
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 import time
 import tomllib
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from krishna_ai.core.cache import atomic_dir, cache_root
 from krishna_ai.core.errors import PersonaError, problems
+from krishna_ai.core.schema import Regex
 from krishna_ai.core.vectors import card_matrix, card_texts, fuse, sentence_vectors
 
 INDEX_VERSION = "1"
@@ -47,18 +47,8 @@ class Need(BaseModel):
     """The sentence the improved prompt gains, [bracketed] where only the user knows the answer."""
     has: list[str] = []
     """Detectors (coaching.DETECTORS) any of which finding something means the prompt has it."""
-    pattern: str | None = None
+    pattern: Regex | None = None
     """A regular expression (case-insensitive) that also means the prompt has it."""
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {exc}") from None
-        return value
 
 
 class Card(BaseModel):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import string
 import tomllib
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from krishna_ai.core.banks import Coach, Counsel, Knowledge, checked_teachings
 from krishna_ai.core.coaching import check_kinds
 from krishna_ai.core.errors import PersonaError, problems
 from krishna_ai.core.sampling import SamplingParams
-from krishna_ai.core.schema import Strict
+from krishna_ai.core.schema import Regex, Strict
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 """The personas shipped with the project."""
@@ -41,18 +40,9 @@ class RequiredPattern(_Strict):
     """A named regular expression the reply must match (e.g. a `Diagnosis:` line)."""
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
-    pattern: str
+    pattern: Regex
     hint: str = ""
     """What the reply should contain, shown in the violation message."""
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return value
 
 
 class Style(_Strict):
@@ -176,6 +166,8 @@ class Persona(_Strict):
             raise ValueError(f"label_terms names {unknown}, which are not among labels {self.labels}")
         if self.knowledge is not None and self.knowledge.one_label and not self.labels:
             raise ValueError("knowledge.one_label keeps one label's cards, so labels must list the persona's labels")
+        if self.coach is not None and not self.style.rewrite:
+            raise ValueError("coach: needs [style] rewrite, the label the improved prompt follows")
         return self
 
     def adapter_for(self, spec: str) -> str | None:
@@ -264,8 +256,6 @@ def load_persona(path: str | Path, *, check_gate: bool = True) -> Persona:
     if persona.counsel is not None and persona.counsel.teachings is not None:
         persona = persona.model_copy(update={"counsel": checked_teachings(path, persona.counsel)})
     if persona.coach is not None:
-        if not persona.style.rewrite:
-            raise PersonaError(f"{path.name}: coach: needs [style] rewrite, the label the improved prompt follows")
         check_kinds(path, persona.coach.bank, persona.coach.general)
     return persona
 

@@ -1,16 +1,30 @@
 """The base of every file schema (personas, cards, chat files, recipes): unknown keys are errors, so a
-misspelt key fails loudly and names itself instead of being ignored; and the two readers of data files
-(a client's JSON, a JSONL of rows), each raising the caller's own error type."""
+misspelt key fails loudly and names itself instead of being ignored; a regular expression written in a file
+(`Regex`) is compiled when the file is read; and the two readers of data files (a client's JSON, a JSONL of
+rows), each raising the caller's own error type."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from krishna_ai.core.errors import KrishnaError, problems
+
+
+def _compiles(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_compiles)]
+"""A regular expression as written in a file, refused at load when it does not compile."""
 
 
 class Strict(BaseModel):
