@@ -8,6 +8,9 @@ PET's reply is written from the prompt-kind card (prompts/knowledge/prompt-kinds
 labelled by hand in data/pet/kinds.jsonl: the kind whose checklist helps most (`kind`, or "any-task" when none
 fits well) and the kinds that would do nearly as well (`also`). A choice fits when it is one of those.
 
+A kind's `applies` names what a task of that kind makes ("poem|haiku|verse"): a kind the task does not name is
+passed over for the next one ranked, and a task that names no kind's work gets the general checklist.
+
 `[coach] min_meaning` sends a task whose best kind is not close enough in meaning (its own cosine plus its
 nearest example's, as `Bank.similarity`) to the general checklist; the sweep below is where it was chosen.
 """
@@ -30,7 +33,7 @@ def main() -> int:
     ap.add_argument("--labels", default=str(REPO / "data/pet/kinds.jsonl"))
     args = ap.parse_args()
 
-    from krishna_ai.core.coaching import the_task
+    from krishna_ai.core.coaching import kinds_for, the_task
     from krishna_ai.core.knowledge import load_bank
     from krishna_ai.core.personas import load_personas
 
@@ -45,12 +48,17 @@ def main() -> int:
     print("| ranking | kind fits | ms per prompt |")
     print("|---|---|---|")
     chosen: list[tuple[str, float]] = []
-    for label, vectors, words in (("BM25 alone", False, True), ("BM25 + sentence vectors (shipped)", True, True),
-                                  ("sentence vectors alone", True, False)):
+    plain = pet.model_copy(update={"coach": pet.coach.model_copy(update={"min_meaning": 0.0})})
+    for label, vectors, words in (("BM25 alone", False, True), ("BM25 + sentence vectors", True, True),
+                                  ("sentence vectors alone", True, False),
+                                  ("BM25 + sentence vectors, a kind the task does not name passed over (shipped)",
+                                   True, None)):
         started, fits = time.perf_counter(), 0
         for r in rows:
             task = the_task(r["question"])
-            if words:
+            if words is None:  # as the app chooses (coaching.kinds_for), before min_meaning
+                best = kinds_for(plain, r["question"])[0].id
+            elif words:
                 hits = bank.search(task, k=1, vectors=vectors)
                 best = hits[0].card.id if hits else general
             else:

@@ -332,3 +332,26 @@ def test_without_llama_cpp_the_same_weights_judge_alike_on_transformers(embed, m
         for persona in P.values():
             assert (judge(persona, q, embed) is None) == (judge(persona, q, fallback) is None), (persona.id, q)
     assert type(fallback._llm).__name__ == "_TransformersEmbedder"
+
+
+def test_a_folder_of_cards_is_read_as_its_examples_and_a_bad_one_is_named(tmp_path):
+    """PET's gate learns from the tasks of every prompt kind: a folder named in `inside` (or `outside`) stands
+    for its cards' `examples`, beside the JSONL files; a folder with a bad card fails the fit with its name."""
+    from krishna_ai.core.scope import examples
+
+    cards = tmp_path / "kinds"
+    cards.mkdir()
+    (cards / "k.toml").write_text('[[cards]]\nid = "limerick"\ntitle = "A limerick"\nthemes = ["poems"]\n'
+                                  'text = "Five lines."\nsource = "This test"\n'
+                                  'examples = ["write a limerick about a cat", "limerick for my dad"]\n')
+    (tmp_path / "out.jsonl").write_text('{"question": "My corn leaves have orange pustules."}\n')
+    text = shipped_persona("pet", adapters=False)
+    text = re.sub(r"(?m)^(inside|outside|labelled) = .*\n", "", text)
+    text = text.replace("[scope]\n", '[scope]\ninside = ["kinds"]\noutside = ["out.jsonl"]\n', 1)
+    (tmp_path / "pet.toml").write_text(text)
+    pet = load_persona(tmp_path / "pet.toml", check_gate=False)
+    assert examples(pet) == [("write a limerick about a cat", 0), ("limerick for my dad", 0),
+                             ("My corn leaves have orange pustules.", 1)]
+    (cards / "k.toml").write_text('[[cards]]\nid = "Bad Id"\n')
+    with pytest.raises(PersonaError, match=r"k\.toml"):
+        examples(pet)

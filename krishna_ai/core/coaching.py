@@ -113,19 +113,37 @@ _ABOUT_A_PROMPT = re.compile(r"(?i)\b(?:prompts?|improve\w*|rewrite|better|usabl
 """Words around a quoted prompt that say it is the prompt to improve ("Is this prompt OK? \"...\"")."""
 
 
+_CONTEXT = re.compile(
+    r"(?i)^[\s\"“”'‘’.,;:!?()–—-]*(?:(?:for |some |more |a bit of )?(?:context|background)\b|about me\b|fyi\b|"
+    r"(?=(?:i'?m|i am|i have|i've|we are|we're|we have|it'?s for|it is for|this is for|the (?:audience|readers?) "
+    r"(?:is|are))\b))[\s:,;–—-]*")
+"""Words after a wrapped prompt that open what the user says of themselves ("… -- for context im 52, bad knee"):
+that is part of the task, not a request about the prompt ("… gives me cheesy lyrics, fix it")."""
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if re.search(r"[.!?:)\"”']$", text) else f"{text}."  # "…: [recipe]" too: the sentences go on
+
+
 def the_task(message: str) -> str:
     """The user's task as the improved prompt opens with it: their own words (the quoted prompt when the message
-    wraps one), with a capital first letter and a closing full stop."""
+    wraps one, and what they say of themselves after it), with capital first letters and closing full stops."""
     task = task_of(message)
     if task != message and not _ABOUT_A_PROMPT.search(message.replace(task, " ")):
         task = message  # a quotation inside the task ('regex to match "john@example.com"'), not a wrapped prompt
+    context = ""
+    if task != message:
+        after = _CONTEXT.match(message.split(task, 1)[1])
+        if after:
+            context = message.split(task, 1)[1][after.end():]
     if task == message:
         task = _ASKING.sub("", message, count=1)
-    task = task.strip().strip("\"“”'‘’").strip()
-    if not task:
-        return task
-    task = task[0].upper() + task[1:]
-    return task if re.search(r"[.!?:)\"”']$", task) else f"{task}."  # "…: [recipe]" too: the sentences go on
+    task = _sentence(task.strip().strip("\"“”'‘’"))
+    return f"{task} {_sentence(context)}".strip() if task and context.strip() else task
 
 
 def missing(card: Card, task: str) -> tuple[list[Need], list[Need]]:
@@ -145,11 +163,16 @@ ADDED = 5
 
 def coached(card: Card, message: str, label: str) -> str:
     """The whole reply: the critique (what the task lacks, at most `CRITIQUE_POINTS`), then `label`: the task in
-    the user's words followed by a sentence for each need it lacks."""
+    the user's words followed by a sentence for each need it lacks.
+
+    What the task already gives is named only when it lacks nothing: a detector finds a need met from a word or
+    two, and named beside the gaps, a loose find read as a false claim ("It already gives … real memories" for a
+    best man speech with none; blind grades of 2026-12-06, data/grades/pet-kinds.json), where left unnamed it
+    only spares the user a question."""
     task = the_task(message)
     met, lacked = missing(card, task)
     points = [n.lacks for n in lacked[:CRITIQUE_POINTS]]
-    if len(lacked) < CRITIQUE_POINTS and met:
+    if not lacked and met:
         names = [n.name for n in met]
         said = f"{names[0]}: keep it as it is" if len(names) == 1 else \
             f"{', '.join(names[:-1])} and {names[-1]}: keep those as they are"
@@ -171,19 +194,29 @@ def check_kinds(path: Any, bank: str, general: str) -> None:
         raise PersonaError(problems(f"{path}: invalid persona", wrong))
 
 
+def applies(card: Card, task: str) -> bool:
+    """Whether `task` names what `card`'s kind makes (its `applies`; a card without one applies to any task)."""
+    return card.applies is None or re.search(card.applies, task, re.I) is not None
+
+
 def kinds_for(persona: Any, message: str, k: int = 1) -> list[Card]:
-    """The prompt kinds that fit the task in `message`, best first (`k` of them, each at least `min_meaning` close
-    in meaning); the general card when none does. The task is searched, not the request around it ("make this
-    better: ...")."""
+    """The prompt kinds that fit the task in `message`, best first (`k` of them, each naming what the task makes
+    and at least `min_meaning` close in meaning); the general card when none does. The task is searched, not the
+    request around it ("make this better: ...").
+
+    Ranking alone hands a task the checklist of a neighbour that shares its words ("script for a 60 sec tiktok"
+    got the social-post caption's; a poster, the brainstorm's): a kind whose `applies` the task does not match
+    is passed over for the next, and a task that names no kind's work gets the general checklist."""
     coach = persona.coach
     bank = load_bank(coach.bank)
     task = the_task(message)
-    hits = [h.card for h in bank.search(task, k=k, min_score=coach.min_score, vectors=coach.vectors)] if task else []
+    ranked = bank.search(task, k=len(bank), min_score=coach.min_score, vectors=coach.vectors) if task else []
+    hits = [h.card for h in ranked if applies(h.card, task)]
     if hits and coach.min_meaning:  # too far in meaning from every kind found: the general checklist
         meaning = bank.similarity(task)
         position = {c.id: i for i, c in enumerate(bank.cards)}
         hits = [c for c in hits if meaning[position[c.id]] >= coach.min_meaning]
-    return hits or [bank.card(coach.general)]
+    return hits[:k] or [bank.card(coach.general)]
 
 
 def coaching_reply(persona: Any, message: str, rejected: Sequence[str] = (), choices: int = 1) -> tuple[Card, str]:

@@ -72,6 +72,9 @@ class Card(BaseModel):
     """A counsel card: troubles it answers, in a person's words (training questions), matched by meaning."""
     needs: list[Need] = []
     """A prompt-kind card: what a prompt of its kind needs, most important first (core/coaching.py)."""
+    applies: Regex | None = None
+    """A prompt-kind card: a regular expression (case-insensitive) a task of its kind contains, naming what it
+    makes ("poem|haiku|verse"); a task it does not match never gets this kind, however close its words."""
 
     @field_validator("text", "title", "source")
     @classmethod

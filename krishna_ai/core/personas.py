@@ -20,6 +20,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from krishna_ai.core.banks import Coach, Counsel, Knowledge, checked_teachings
 from krishna_ai.core.coaching import check_kinds
 from krishna_ai.core.errors import PersonaError, problems
+from krishna_ai.core.gate import MAX_REFUSED
 from krishna_ai.core.sampling import SamplingParams
 from krishna_ai.core.schema import Regex, Strict
 
@@ -95,11 +96,16 @@ class Scope(_Strict):
     without_cards: bool = False
     """A question no knowledge card fits is outside (Aurora: what its notes do not cover)."""
     inside: list[str] = []
-    """Training files (JSONL with "question") whose questions are inside: what `scope fit` learns from."""
+    """Training files (JSONL with "question") whose questions are inside: what `scope fit` learns from. A folder
+    of knowledge cards stands for its cards' `examples` (PET: the tasks of every prompt kind)."""
     outside: list[str] = []
-    """Training files whose questions are outside (other personas' questions)."""
+    """Training files (or card folders) whose questions are outside (other personas' questions)."""
     labelled: str | None = None
     """A JSONL of hand-labelled questions: {"question", "in": [persona ids], "out": [persona ids]}."""
+    max_refused: Annotated[float, Field(gt=0.0, le=0.2)] = MAX_REFUSED
+    """`scope fit` sets the gate's threshold to refuse at most this share of the inside questions it learns from
+    (cross-validated): a persona with many easy inside examples needs less, or its plain questions pay for them
+    (PET, `python bench/scope_share.py`)."""
 
 
 class Persona(_Strict):

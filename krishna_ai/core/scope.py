@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from krishna_ai.core.errors import PersonaError
@@ -133,6 +134,11 @@ def labelled_for(persona_id: str, path: str) -> list[tuple[str, int]]:
 
 
 def _jsonl(path: str) -> list[dict[str, Any]]:
+    """The rows of a JSONL of questions, or a card folder's `examples` as rows ({"question": example})."""
+    if Path(path).is_dir():
+        from krishna_ai.core.knowledge import load_bank
+
+        return [{"question": e} for card in load_bank(path).cards for e in card.examples]
     rows = []
     for n, row in read_jsonl(path, PersonaError, allow_empty=True):
         if not isinstance(row, dict) or not isinstance(row.get("question"), str):

@@ -33,7 +33,7 @@ def fit_persona(path: str | Path, embed: Embed, embedding: str, *, progress: boo
         raise PersonaError(f"{Path(path).name}: no [scope] gate to fit (scope.gate is not set)")
     labelled = examples(persona)
     vectors = [embed(q) for q, _ in tqdm(labelled, desc=f"{persona.id}: embedding", disable=not progress)]
-    gate = fit(labelled, vectors, embedding)
+    gate = fit(labelled, vectors, embedding, max_refused=scope.max_refused)
     write_text(scope.gate, gate.to_json() + "\n")
     return persona, gate
 
