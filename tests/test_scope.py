@@ -262,7 +262,7 @@ def test_scope_fit_and_eval_from_the_command_line(tmp_path, capsys):
     `scope eval` judges a labelled file with it."""
     text = shipped_persona("maize", adapters=False).replace(str(P["maize"].scope.gate), "maize-gate.json")
     text = re.sub(r"(?m)^(inside|outside|labelled) = .*\n", "", text)
-    text = text.replace("[scope]\n", '[scope]\nlabelled = "fit.jsonl"\n', 1)
+    text = text.replace("[scope]\n", '[scope]\nlabelled = "fit.jsonl"\nmax_refused = 0.1\n', 1)
     (tmp_path / "maize.toml").write_text(text)
     rows = [json.loads(line) for line in (HELDOUT.parent / "dev.jsonl").read_text(encoding="utf-8").splitlines()]
     inside = [r for r in rows if "maize" in r.get("in", [])][:15]
@@ -271,7 +271,12 @@ def test_scope_fit_and_eval_from_the_command_line(tmp_path, capsys):
     assert len(inside) == 15 and len(outside) == 25
     assert cli(["scope", "fit", str(tmp_path / "maize.toml"), "--quiet"]) == 0
     assert "maize:" in capsys.readouterr().out and (tmp_path / "maize-gate.json").is_file()
-    assert json.loads((tmp_path / "maize-gate.json").read_text())["report"]["inside"] == 15
+    report = json.loads((tmp_path / "maize-gate.json").read_text())["report"]
+    assert report["inside"] == 15 and report["cv_inside_refused_max"] == 0.1  # the persona's share, not 2%
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "maize.toml").write_text(text.replace("max_refused = 0.1", "max_refused = 0.5"))
+    with pytest.raises(PersonaError, match=r"maize\.toml: scope\.max_refused: .*less than or equal to 0\.2"):
+        load_persona(tmp_path / "bad" / "maize.toml", check_gate=False)
     labelled = tmp_path / "l.jsonl"
     labelled.write_text('{"question": "Orange pustules crowd the upper leaf surface of my corn.", "in": ["maize"]}\n'
                         '{"question": "Who painted the Mona Lisa?", "out": ["maize"]}\n')
