@@ -137,9 +137,9 @@ def the_task(message: str) -> str:
         task = message  # a quotation inside the task ('regex to match "john@example.com"'), not a wrapped prompt
     context = ""
     if task != message:
-        after = _CONTEXT.match(message.split(task, 1)[1])
-        if after:
-            context = message.split(task, 1)[1][after.end():]
+        rest = message.split(task, 1)[1]
+        opener = _CONTEXT.match(rest)
+        context = rest[opener.end():] if opener else ""
     if task == message:
         task = _ASKING.sub("", message, count=1)
     task = _sentence(task.strip().strip("\"“”'‘’"))
