@@ -92,6 +92,12 @@ def test_a_need_the_prompt_already_meets_is_not_asked_again():
      "Write a blog post about tea. I'm a tea shop owner and my readers are beginners."),
     ('My prompt "write a country song about my truck" gives me super cheesy lyrics every time, fix it',
      "Write a country song about my truck."),
+    ('Improve this prompt: "Write SQL to join two tables" We use Postgres, the tables are orders and customers',
+     "Write SQL to join two tables. We use Postgres, the tables are orders and customers."),
+    # a request about the prompt, typed as people type it, is not the task
+    ("can u make my prompt better: give me workout plan", "Give me workout plan."),
+    ("Can you please improve this prompt for me: write a haiku about rain", "Write a haiku about rain."),
+    ("hey pls rewrite my prompt - summarise this article", "Summarise this article."),
 ])
 def test_the_task_is_the_users_own_words(message, task):
     assert the_task(message) == task

@@ -215,6 +215,17 @@ def test_no_false_leak(text):
     assert leak(text, STORY_STYLE) is None
 
 
+def test_a_word_the_user_wrote_is_not_a_stray_piece_but_one_they_did_not_is():
+    improved = "Improved prompt: Why does useEffect run twice. Here is the code: [paste it]."
+    assert leak(improved, asked="why does useEffect run twice") is None
+    assert leak(improved, asked="why does my effect run twice") == "a stray vocabulary piece ('useEffect')"
+    assert leak(improved + " WithFieldContext", asked="why does useEffect run twice") == (
+        "a stray vocabulary piece ('WithFieldContext')")  # the next piece the user did not write
+    plain = STORY_STYLE.model_copy(update={"story": False})
+    assert "leaked" not in {v.rule for v in check_reply(improved, plain, asked="why does useEffect run twice")}
+    assert "leaked" in {v.rule for v in check_reply(improved, plain)}  # the message unknown: flagged, as before
+
+
 def test_loop_sentence_and_ngram():
     assert loop("He was a great warrior. He was a great warrior.") == "repeats the sentence 'He was a great warrior.'"
     assert loop("Be calm. Be calm. Be calm.") is None  # under five words: a refrain, not a loop

@@ -103,11 +103,14 @@ def _says(need: Need, task: str) -> bool:
     return False
 
 
+_PLEASE = r"(?:please|pls|plz)"
 _ASKING = re.compile(
-    r"(?i)^\s*(?:please\s+)?(?:can you\s+|could you\s+)?(?:(?:improve|rewrite|polish|fix|optimi[sz]e|better)"
-    r"(?:\s+(?:this|my))?\s+prompt|improve|prompt|make (?:this|my) prompt better)\s*[:\-–]\s+")
-"""A request about a prompt before the prompt itself, unquoted ("improve: Tips to reduce stress"); not "Fix this:
-[code]", whose task is the request."""
+    rf"(?i)^\s*(?:(?:hi|hey|hello)[\s,!]+)?(?:{_PLEASE}[\s,]+)?(?:(?:can|could|would|will) (?:you|u)\s+"
+    rf"(?:{_PLEASE}\s+)?)?(?:help me\s+)?(?:(?:improve|rewrite|polish|fix|optimi[sz]e|better|refine|tweak|enhance|"
+    rf"review)(?:\s+(?:this|my|the))?\s+prompt|improve|prompt|make (?:this|my|the) prompt better)"
+    rf"(?:\s+(?:for me|{_PLEASE}))?(?:\s+{_PLEASE})?\s*\??\s*[:\-–]\s+")
+"""A request about a prompt before the prompt itself, unquoted ("improve: Tips to reduce stress", "can u make my
+prompt better pls: …"); not "Fix this: [code]", whose task is the request."""
 _ABOUT_A_PROMPT = re.compile(r"(?i)\b(?:prompts?|improve\w*|rewrite|better|usable|ok|okay|generic|answers?|results?|"
                              r"fix(?: it)?|chatbot|chatgpt|paste)\b")
 """Words around a quoted prompt that say it is the prompt to improve ("Is this prompt OK? \"...\"")."""
@@ -115,7 +118,8 @@ _ABOUT_A_PROMPT = re.compile(r"(?i)\b(?:prompts?|improve\w*|rewrite|better|usabl
 
 _CONTEXT = re.compile(
     r"(?i)^[\s\"“”'‘’.,;:!?()–—-]*(?:(?:for |some |more |a bit of )?(?:context|background)\b|about me\b|fyi\b|"
-    r"(?=(?:i'?m|i am|i have|i've|we are|we're|we have|it'?s for|it is for|this is for|the (?:audience|readers?) "
+    r"(?=(?:i'?m|i am|i have|i've|i use|i work|we are|we're|we have|we use|we run|we work|our |it'?s for|"
+    r"it is for|this is for|the (?:audience|readers?) "
     r"(?:is|are))\b))[\s:,;–—-]*")
 """Words after a wrapped prompt that open what the user says of themselves ("… -- for context im 52, bad knee"):
 that is part of the task, not a request about the prompt ("… gives me cheesy lyrics, fix it")."""

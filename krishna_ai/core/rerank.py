@@ -64,7 +64,7 @@ def own_part(persona: Persona, reply: str) -> str:
 def rank_key(persona: Persona, reply: str, finish_reason: str | None, cards: list[Card] | None,
              question: str, relevance: float) -> tuple[int, int, int, float]:
     """Lower is better: (not ended, rules broken, unsupported facts, -relevance)."""
-    broken = len(check_reply(reply, persona, finish_reason, story=story_due(persona, cards)))
+    broken = len(check_reply(reply, persona, finish_reason, story=story_due(persona, cards), asked=question))
     if persona.style.rewrite:
         rewrite = improved_part(reply, persona.style.rewrite) or ""
         broken += (not keeps_task(question, rewrite)[0]) + len(contradictions(question, rewrite))

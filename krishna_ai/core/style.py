@@ -71,14 +71,16 @@ def _runs(words: list[str], n: int) -> Iterator[tuple[str, ...]]:
     return (tuple(words[i:i + n]) for i in range(len(words) - n + 1))
 
 
-def leak(reply: str, style: Style | None = None) -> str | None:
-    """What in `reply` belongs to the chat machinery or to a second reply, or None."""
+def leak(reply: str, style: Style | None = None, asked: str = "") -> str | None:
+    """What in `reply` belongs to the chat machinery or to a second reply, or None. A camel-cased word the user
+    wrote in `asked` ("why does useEffect run twice") is theirs, not a stray vocabulary piece."""
     m = _MARKER.search(reply)
     if m:
         return f"a turn marker or role line ({m.group(0).strip()!r})"
-    m = _STRAY.search(reply)
-    if m:
-        return f"a stray vocabulary piece ({m.group(0)!r})"
+    theirs = set(_STRAY.findall(asked))
+    stray = next((w for w in _STRAY.findall(reply) if w not in theirs), None)
+    if stray:
+        return f"a stray vocabulary piece ({stray!r})"
     parts = paragraphs(reply)
     opening = _norm_words(parts[0])[:5] if parts else []
     if len(opening) >= 4:
@@ -145,6 +147,8 @@ class _Reply:
     style: Style
     persona: Persona | None
     finish_reason: str | None
+    asked: str = ""
+    """The user's message the reply answers ("" when unknown)."""
 
     @property
     def parts(self) -> list[str]:
@@ -159,7 +163,7 @@ def _not_ended(r: _Reply) -> Iterator[Violation]:
 
 
 def _leaked(r: _Reply) -> Iterator[Violation]:
-    where = leak(r.text, r.style)
+    where = leak(r.text, r.style, r.asked)
     if where is None and r.persona is not None:
         where = instruction_echo(r.text, r.persona)
     if where is not None:
@@ -308,11 +312,12 @@ def story_due(persona: Persona, cards: list | None) -> bool | None:
 
 
 def check_reply(reply: str, persona: Persona | Style, finish_reason: str | None = None,
-                story: bool | None = None) -> list[Violation]:
+                story: bool | None = None, asked: str = "") -> list[Violation]:
     """Check `reply` against the persona's style; an empty list means it complies.
 
     `finish_reason` (from `ReplyStats`) adds `not_ended` when the reply was cut at max_new_tokens.
     `story` overrides whether a story is due (False: no knowledge card fitted, so counsel only).
+    `asked` is the user's message: the words it uses are not leaks when the reply repeats them.
     """
     style = persona.style if isinstance(persona, Persona) else persona
     if story is not None:
@@ -320,7 +325,7 @@ def check_reply(reply: str, persona: Persona | Style, finish_reason: str | None 
     text = reply.strip()
     if not text:
         return [Violation("empty_reply", "the reply is empty")]
-    r = _Reply(text, style, persona if isinstance(persona, Persona) else None, finish_reason)
+    r = _Reply(text, style, persona if isinstance(persona, Persona) else None, finish_reason, asked)
     return [v for rule in RULES if rule.applies(style) for v in rule.check(r)]
 
 

@@ -374,7 +374,7 @@ class Studio:
                 yield Update(reply.text, done=True, stats=reply.stats, violations=[], scope=started.scope)
                 return
             violations = check_reply(turn.written(reply.text), persona, reply.stats.finish_reason,
-                                     story=story_due(persona, turn.cards))
+                                     story=story_due(persona, turn.cards), asked=sanitize(message or ""))
             yield Update(turn.finish(reply.text), done=True, stats=reply.stats, violations=violations, personality=who,
                          sources=sources)
         finally:

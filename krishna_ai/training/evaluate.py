@@ -162,7 +162,7 @@ def evaluate(engine: Engine, persona: Persona, questions: list[dict[str, Any]], 
                                    cards if bank else None, vectors) if vectors is not None and n > 1 else (0, [])
             done = options[chosen]
             story = story_due(persona, cards if bank else None)
-            violations = check_reply(done.text, persona, done.finish_reason, story=story)
+            violations = check_reply(done.text, persona, done.finish_reason, story=story, asked=q["question"])
             broken = {v.rule for v in violations}
             row: dict[str, Any] = {
                 "question": q["question"], "reply": turn.finish(done.text, written=True),
