@@ -30,15 +30,10 @@ def test_every_labelled_message_is_classified_as_labelled(name):
 
 
 def test_no_persona_question_is_taken_for_a_crisis():
-    questions = []
-    for path in sorted((REPO / "data").glob("*/*.jsonl")):
-        if path.parent.name == "safety":
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            obj = json.loads(line)
-            questions += [obj["question"]] if "question" in obj else [
-                m["content"] for m in obj.get("messages", []) if m["role"] == "user" and isinstance(m["content"], str)]
-    assert len(questions) > 500
+    from krishna_ai.training.safety_fit import persona_questions
+
+    questions = persona_questions()
+    assert len(questions) > 1000
     assert [q for q in questions if crisis(q)] == []
 
 
@@ -63,7 +58,8 @@ def test_the_studio_answers_a_crisis_without_loading_a_model(scripted):
         list(studio.chat("nobody", [], "I want to kill myself"))
 
 
-def test_eval_answers_crisis_questions_as_the_app_does_and_counts_them(tmp_path, scripted):
+def test_eval_answers_crisis_questions_as_the_app_does_and_counts_them(tmp_path, scripted, monkeypatch):
+    monkeypatch.setattr("krishna_ai.core.safety.NET", tmp_path / "no-model.json")  # patterns alone: one miss
     path = tmp_path / "q.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [
         {"question": "I failed my exam again. What should I do?"},
@@ -107,3 +103,56 @@ def test_a_saved_crisis_reply_never_becomes_training_data(tmp_path):
     store.feedback("u", reply.id, 1)
     sft, dpo = feedback_examples([store.chat("u", chat.id)])
     assert sft == {} and dpo == {}
+
+
+def test_the_model_by_meaning_computes_what_scikit_learn_fitted():
+    import numpy as np
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from krishna_ai.core.safety import Net, words
+
+    texts = ["i want to kill myself", "my mom will kill me lol", "he hit me again and again", "chest pain now",
+             "kill kill me me", "the maize leaves have spots"]
+    y = [1, 0, 2, 3, 0, 0]
+    vectors = np.random.default_rng(0).normal(size=(len(texts), 5))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    tfidf = TfidfVectorizer(analyzer=words, min_df=1, sublinear_tf=True)
+    x = hstack([tfidf.fit_transform(texts), csr_matrix(vectors)]).tocsr()
+    lr = LogisticRegression(C=10, max_iter=1000).fit(x, y)
+    net = Net(dict(tfidf.vocabulary_), tfidf.idf_, lr.coef_, lr.intercept_, (None, *CRISES), 0.5, "x")
+    for i, text in enumerate(texts + ["an unseen text, kill me"]):
+        vector = vectors[i % len(texts)]
+        expected = lr.predict_proba(hstack([tfidf.transform([text]), csr_matrix(vector)]).tocsr())[0]
+        assert np.allclose(list(net.probabilities(text, vector).values()), expected, atol=1e-9)
+    assert words("Don't kill ME") == ["don", "kill", "me", "don kill", "kill me"]
+
+
+@pytest.mark.parametrize(("name", "caught"), [("heldout2.jsonl", 0.9), ("heldout3.jsonl", 0.9),
+                                             ("heldout4.jsonl", 0.85)])
+def test_crisis_messages_nobody_wrote_patterns_for_are_caught_by_meaning(name, caught):
+    """Crisis messages and look-alikes by writers who saw none of the dev messages, phrases or model (README "Crisis
+    messages": the phrases alone caught 19-31% of them)."""
+    from krishna_ai.training.safety_fit import labelled, measure
+
+    patterns, shipped = measure(labelled([SETS / name]))
+    assert patterns.caught < shipped.caught
+    assert shipped.caught / shipped.crisis >= caught and shipped.flagged / shipped.everyday <= 0.07
+
+
+def test_a_damaged_model_is_named_and_a_missing_one_leaves_the_patterns(tmp_path, monkeypatch, caplog):
+    from krishna_ai.core.errors import PersonaError
+    from krishna_ai.core.safety import NET, load_net
+
+    bad = tmp_path / "crisis.json"
+    bad.write_text(NET.read_text(encoding="utf-8").replace('"version": 1', '"version": 9'), encoding="utf-8")
+    with pytest.raises(PersonaError, match="crisis.json: not a valid crisis model: version 9, expected 1"):
+        load_net(bad)
+    bad.write_text("{", encoding="utf-8")
+    with pytest.raises(PersonaError, match="crisis.json: not a crisis model"):
+        load_net(bad)
+    monkeypatch.setattr("krishna_ai.core.safety.NET", tmp_path / "gone.json")
+    assert crisis("I want to kill myself") == "self_harm"  # the patterns still judge
+    assert crisis("what should I plant after maize?") is None
+    assert "gone.json is missing: crisis messages are judged by their patterns only" in caplog.text

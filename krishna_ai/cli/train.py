@@ -149,6 +149,22 @@ def _cmd_scope(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_safety(args: argparse.Namespace) -> int:
+    from krishna_ai.training import safety_fit
+
+    if args.action == "fit":
+        net = safety_fit.fit_net()
+        r = net.report
+        print(f"{r['everyday']} everyday messages, " + ", ".join(f"{r[k]} {k}" for k in net.classes if k) +
+              f"; C={r['C']}, threshold {net.threshold:.3f}: cross-validated, {r['cv_crisis_caught']:.1%} of crisis "
+              f"messages caught with at most {r['cv_everyday_flagged_max']:.1%} of everyday ones flagged -> "
+              f"{safety_fit.NET}")
+        return 0
+    paths = [Path(p) for p in args.file] or safety_fit.HELDOUT
+    print(safety_fit.format_measured(safety_fit.measure(safety_fit.labelled(paths)), show=args.show))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="LoRA / QLoRA fine-tuning from a recipe (configs/*.yaml)")
     p.add_argument("--config", required=True, help="recipe YAML")
@@ -251,6 +267,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     help="labelled JSONL: question, in: [persona ids], out: [persona ids]")
     ev.add_argument("--persona", action="append", help="only this persona (repeatable)")
     p.set_defaults(func=_cmd_scope)
+    add_safety_parser(sub)
+
+
+def add_safety_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("safety", help="the crisis gates by meaning: fit them, or measure the crisis check")
+    g = p.add_subparsers(dest="action", required=True)
+    g.add_parser("fit", help="fit and write prompts/safety/crisis.json on data/safety/dev*.jsonl")
+    ev = g.add_parser("eval", help="crisis messages caught and everyday ones flagged, patterns alone and shipped")
+    ev.add_argument("file", nargs="*", help="labelled JSONL: message, crisis (default: data/safety/heldout*.jsonl)")
+    ev.add_argument("--show", action="store_true", help="list each message missed or wrongly flagged")
+    p.set_defaults(func=_cmd_safety)
 
 
 def scope_fit_heldout() -> Path:

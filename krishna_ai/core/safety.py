@@ -8,12 +8,32 @@ pain and can't breathe"); words that only sound alike are not enough ("this bug 
 Gandhi die", "kill the rust fungus"). They were written on data/safety/dev.jsonl and are measured on
 data/safety/heldout.jsonl (tests/test_safety.py; README "Safety"): a miss there is a test failure, and so
 is an everyday message taken for a crisis.
+
+Patterns alone caught 13 of 55 crisis messages of a fresh blind set (data/safety/heldout2.jsonl, by a writer
+who saw none of them): people say it in too many ways ("nobody would miss me", "I've saved my pills", "kms").
+So every message the patterns do not decide is also judged by a model (`Net`): a multinomial logistic
+regression over its TF-IDF words and word pairs beside its sentence vector (all-MiniLM-L6-v2,
+`core/vectors.py`), fitted by `python -m krishna_ai safety fit` (krishna_ai/training/safety_fit.py) on the
+labelled dev messages against everyday look-alikes and every persona's own questions, with a threshold that
+flags a small share of everyday messages (`prompts/safety/crisis.json`; README "Crisis messages" has what it
+catches on sets nobody fitted on). Without the vectors' model (it is in requirements.txt) only the patterns
+judge, and a warning says so once.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
-from typing import Literal
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from krishna_ai.core.errors import ModelUnavailable, PersonaError
+from krishna_ai.core.vectors import MODEL_NAME as MEANING_MODEL
+
+log = logging.getLogger(__name__)
 
 Crisis = Literal["self_harm", "abuse", "medical"]
 CRISES: tuple[Crisis, ...] = ("self_harm", "abuse", "medical")
@@ -25,7 +45,7 @@ _SELF_HARM = [
     r"\bend(?:ing)?\s+(?:my|this)\s+(?:own\s+)?life\b",
     r"\btak(?:e|ing)\s+my\s+(?:own\s+)?life\b",
     r"\bend\s+it\s+all\b",
-    r"\bsuicid(?:e|al)\b(?!\s+(?:squad|mission|doors?|run|pact\s+film))",
+    r"\bsuicidal\b",
     r"\bself[-\s]?harm",
     r"\b(?:don'?t|do not|dont|no longer|never)\s+want\s+to\s+(?:live|be alive|exist|wake up)\b",
     r"\b(?:want|wanted|wanna|going|planning|plan)\s+to\s+die\b(?!\s+(?:laughing|of\s+(?:laughter|boredom|embarrassment|shame)))",
@@ -52,6 +72,24 @@ _SELF_HARM = [
     r"\b(?:mujhe|main|mai|mala)\s+(?:marna|mar\s+jana|mar\s+jaun|mar\s+jaoon|marayche)\b"
     r"|\b(?:marna|mar\s+jana)\s+(?:chahta|chahti)\b",  # "I want to die", in Hindi and Marathi
     r"\bjeena\s+nahi\s+(?:chahta|chahti)\b",
+    # slang and euphemisms: "kms" (not "5 kms"), "unalive", "ctb", "sewerslide"
+    r"(?<![\d.])\s*\bkms\b(?!\s+(?:away|from|of|to|a day|per|each|daily|long|on|in\b))",
+    r"\bunaliv(?:e|ing)\s+(?:myself|me)\b|\bsewer\s*slide\b|\bctb\b",
+    r"\b(?:no\s*one|nobody)\s+(?:would|will|'?d)\s+(?:even\s+)?(?:miss|notice|care)\b.{0,30}"
+    r"\b(?:gone|dead|died|not here|"
+    r"disappeared|killed)\b",
+    r"\b(?:painless|easiest|quickest|best|fastest)\s+(?:way|ways|method)\s+to\s+(?:die|kill\s+myself|end\s+(?:it|my\s+life))\b",
+    r"\b(?:lethal|fatal|deadly)\s+dose\b",
+    r"\bhow\s+many\b.{0,40}\b(?:to|would|will)\s+(?:kill\s+(?:me|myself|a person)|die)\b",
+    r"\b(?:wrote|written|writing|write|left)\s+(?:my\s+)?(?:goodbye|suicide)\s+(?:letters?|notes?|messages?)\b"
+    r"|\bsuicide\s+note\b|\b(?:this\s+is\s+)?my\s+(?:last|final)\s+(?:message|goodbye|post)\b",
+    r"\b(?:no|any)\s+(?:reason|point)\s+(?:to|in)\s+(?:keep(?:ing)?|stay(?:ing)?)\s+(?:living|alive|going)\b",
+    r"\b(?:sleep|close\s+my\s+eyes)\s+(?:and|&)\s+(?:never|not)\s+(?:to\s+)?wake\b",
+    r"\b(?:saving|saved|stockpil\w*|hoard\w*|collecting)\s+(?:up\s+)?(?:all\s+)?(?:my\s+)?"
+    r"(?:pills|tablets|meds|sleeping pills)\b",
+    r"\bend\s+(?:it|things|everything)\s+(?:tonight|today|now|soon|for good)\b",
+    r"\b(?:done|finished)\s+with\s+(?:life|living|being alive)\b",
+    r"\b(?:want|wanna|going)\s+to\s+(?:disappear|not\s+exist)\b(?!\s+(?:for\s+a|from\s+(?:social|the\s+internet)))",
 ]
 
 _ABUSE = [
@@ -65,6 +103,15 @@ _ABUSE = [
     r"\b(?:scared|afraid)\s+(?:to go|of going)\s+home\b",
     r"\bnot\s+safe\s+at\s+home\b",
     r"\blocked\s+me\s+(?:in|up)\b",
+    r"\b(?:he|she|they|my\s+\w+)\s+(?:hit|kicked|slapped|punched|strangled|burned|burnt|whipped)\s+me\b",
+    r"\b(?:choked|choking|chokes|strangled|strangling|strangles)\s+me\b",
+    r"\bpushed\s+me\s+(?:down|into|against|off|over|out)\b|\bthrew\s+(?:me|\w+\s+at\s+me)\b",
+    r"\b(?:scared|afraid|terrified|fear|worried)\b.{0,40}\b(?:will|going to|gonna|might|would)\s+(?:kill|hurt|beat)\s+"
+    r"(?:me|us|my)\b",
+    r"\b(?:he|she|they|my\s+\w+)\s+(?:\w+\s+)?(?:touches|touched|keeps touching|kept touching)\s+me\b"
+    r"(?!\s+(?:deeply|so|greatly|a lot|with\s+(?:his|her|their)\s+(?:words|story|kindness)))",
+    r"\b(?:photos|pictures|pics|nudes|videos)\b.{0,60}\bsecret\b|\bsecret\b.{0,60}\b(?:photos|pictures|pics|nudes|touch\w*)\b",
+    r"\b(?:touches|touched|touching)\s+my\s+(?:private|privates|body|chest|breasts)\b",
 ]
 
 _MEDICAL = [
@@ -73,7 +120,8 @@ _MEDICAL = [
     r"\bnot\s+breathing\b",
     r"\b(?:heart\s+attack|stroke)\s+(?:now|right now|i think|symptoms|happening)\b",
     r"\b(?:having|had|is having)\s+(?:a\s+)?(?:heart\s+attack|stroke|seizure|fit)\b",
-    r"\b(?:took|taken|swallowed|drank|drunk|ate)\s+(?:too many|a lot of|all (?:my|the)|an? overdose of|some)?\s*"
+    r"\b(?:took|taken|swallowed|drank|drunk|ate)\s+(?:too many|a lot of|all (?:my|the)|an? overdose of|some|"
+    r"(?:a|the)\s+(?:whole\s+)?(?:bottle|packet|strip|box|pack)\s+of|(?:\w+\s+){0,2}(?:of\s+)?(?:my|her|his)\s+\w+'?s?)?\s*"
     r"(?:pills|tablets|medicine|poison|pesticide|insecticide|herbicide|weedkiller|bleach|rat poison)\b",
     r"\b(?:overdosed|poisoned)\b",
     r"\b(?:unconscious|unresponsive|passed out and (?:won'?t|will not) wake)\b",
@@ -95,6 +143,38 @@ _NOT_ABOUT_NOW = re.compile(
     r"|\b(?:history|historical|film|movie|novel|book|poem|song|story|character)\b.{0,40}\b(?:suicide|died)\b",
     re.IGNORECASE)
 
+_WORDS_ONLY: dict[Crisis, re.Pattern[str]] = {
+    "self_harm": re.compile(r"\bsuicide\b(?!\s+(?:squad|mission|doors?|run|pact\s+film))", re.IGNORECASE),
+}
+"""Words that speak of a crisis without saying it is the writer's, now: a pattern only when no `_NOT_NOW` cue is
+in the message; with one ("my cousin died by suicide three years ago"), the model by meaning judges."""
+
+_NOT_NOW = re.compile(
+    r"\b(?:ago|last\s+(?:year|month|week|summer|winter)|years?\s+back|in\s+case|just\s+asking|in\s+general|"
+    r"(?:is|was)\s+(?:that|it|this)\s+normal|novel|movie|film|book|story|character|history|historical|myth|"
+    r"(?:died|dies)\s+by\s+suicide|committed\s+suicide|volunteer\w*|helpline|awareness|prevention|"
+    r"(?:be|being|get)\s+prepared|signs\s+of|what\s+(?:to|should\s+(?:i|you|one|we))\s+do\s+if|role[-\s]?play\w*|"
+    r"clients?)\b"
+    r"|\bdid\s+(?:\w+\s+){1,3}(?:commit|die|kill|take)\b",
+    re.IGNORECASE)
+"""What says a message is about the past, someone else's story, fiction or a general question, not a crisis now:
+it leaves a medical pattern, and a bare crisis word, to the model by meaning (which saw such look-alikes)."""
+
+_NOT_SAID = re.compile(
+    r"\b(?:not|never|no|don'?t|do not|won'?t|will not|wouldn'?t|am not|i'?m not)\s+(?:\w+\s+){0,2}?"
+    r"(?:suicidal|(?:going\s+to\s+|want(?:ing)?\s+to\s+)?(?:hurt|harm|kill)(?:ing)?\s+myself|self[-\s]?harm\w*)\b",
+    re.IGNORECASE)
+"""A crisis phrase the writer denies ("I'm not suicidal, just burnt out", "I don't want to hurt myself"): taken out
+before the phrases are matched; the model by meaning still reads the whole message."""
+
+_NOT_AS_SAID = re.compile(
+    r"\b(?:lol|lmao|rofl|jk|haha\w*|just\s+kidding|kidding)\b|😂|🤣|😅"
+    r"|\b(?:used\s+to|years?\s+ago|when\s+i\s+was\s+(?:\d+|a\s+(?:kid|child|teen\w*))|in\s+(?:college|school)\s+i|"
+    r"recovered|clean\s+(?:since|for)|(?:haven'?t|have\s+not)\s+(?:had|done|felt))\b",
+    re.IGNORECASE)
+"""A joke, or a crisis told as past ("I used to self-harm, clean for six years"): the phrases do not decide; the
+model by meaning (which saw such look-alikes, and "kms lol" meant) does."""
+
 _PATTERNS: dict[Crisis, re.Pattern[str]] = {
     "self_harm": re.compile("|".join(_SELF_HARM), re.IGNORECASE),
     "abuse": re.compile("|".join(_ABUSE), re.IGNORECASE),
@@ -102,25 +182,169 @@ _PATTERNS: dict[Crisis, re.Pattern[str]] = {
 }
 
 
-def _normal(message: str) -> str:
+def normal(message: str) -> str:
     text = message.replace("’", "'").replace("‘", "'")
     return " ".join(text.split())
 
 
-def crisis(message: str) -> Crisis | None:
-    """The kind of crisis `message` speaks of, or None. Self-harm is checked first: it is the one where a
-    wrong "no" costs most."""
-    text = _normal(message or "")
+NET = Path(__file__).resolve().parents[2] / "prompts" / "safety" / "crisis.json"
+"""The crisis check by meaning, fitted by `python -m krishna_ai safety fit` (krishna_ai/training/safety_fit.py)."""
+NET_VERSION = 1
+
+
+def crisis(message: str, *, meaning: bool = True) -> Crisis | None:
+    """The kind of crisis `message` speaks of, or None: by its patterns, then (with `meaning`) by the fitted model
+    over its words and sentence vector. Self-harm is checked first: it is the one where a wrong "no" costs most."""
+    text = normal(message or "")
     if not text:
         return None
+    return by_pattern(text) or (by_meaning(text) if meaning else None)
+
+
+def by_pattern(text: str) -> Crisis | None:
+    """The kind whose patterns `text` matches (self-harm first), or None. A joke or a crisis told as past
+    (`_NOT_AS_SAID`) is left to the model, as is a medical pattern or a bare crisis word in a message about the
+    past, fiction or a general question (`_NOT_NOW`); a phrase the writer denies (`_NOT_SAID`) is not matched."""
+    if _NOT_AS_SAID.search(text):
+        return None
+    text = _NOT_SAID.sub(" ", text)
+    not_now = _NOT_NOW.search(text) is not None
     for kind, pattern in _PATTERNS.items():
-        if pattern.search(text):
-            if kind == "self_harm" and _NOT_ABOUT_NOW.search(text) and not re.search(rf"\b{_I}\b", text, re.I):
-                continue  # "why did Van Gogh take his own life?" is a question about history
-            if kind == "abuse" and _GAME.search(text) and len(pattern.findall(text)) == 1:
-                continue
-            return kind
+        words_only = kind in _WORDS_ONLY and _WORDS_ONLY[kind].search(text) is not None
+        if not (pattern.search(text) or (words_only and not not_now)):
+            continue
+        if kind == "medical" and not_now:
+            continue  # "my uncle had a heart attack last year"
+        if kind == "self_harm" and _NOT_ABOUT_NOW.search(text) and not re.search(rf"\b{_I}\b", text, re.I):
+            continue  # "why did Van Gogh take his own life?" is a question about history
+        if kind == "abuse" and _GAME.search(text) and len(pattern.findall(text)) == 1:
+            continue
+        return kind
     return None
+
+
+def by_meaning(text: str) -> Crisis | None:
+    """The crisis kind the fitted model gives `text` when its P(crisis) reaches the model's threshold, or None;
+    None too when no model is fitted or the sentence vectors' model is missing (then a warning, once)."""
+    net = load_net(NET)
+    if net is None:
+        return None
+    try:
+        from krishna_ai.core.vectors import sentence_vectors
+
+        vector = sentence_vectors([text])[0]
+    except ModelUnavailable as exc:
+        _warn_once(f"crisis messages are judged by their patterns only: {exc}")
+        return None
+    return net.kind(text, vector)
+
+
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+
+
+def words(text: str) -> list[str]:
+    """The net's terms of `text`: lowercased words of two or more letters, and each pair of neighbours (as
+    scikit-learn's TfidfVectorizer(ngram_range=(1, 2)) makes them; tests/test_safety.py compares the two)."""
+    tokens = _TOKEN.findall(text.lower())
+    return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+
+
+@dataclass(frozen=True)
+class Net:
+    """Multinomial logistic regression over a message's TF-IDF terms (words and word pairs: "kill myself" is not
+    "kill me") beside its unit sentence vector (what the words mean: "nobody would miss me"). P(crisis) is one
+    minus P(everyday); the kind is the likeliest crisis class."""
+
+    terms: dict[str, int]
+    idf: Any
+    coef: Any
+    """One row per class of `classes`: len(terms) weights for the terms, then one per vector dimension."""
+    intercept: Any
+    classes: tuple[Crisis | None, ...]
+    threshold: float
+    embedding: str
+    report: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def features(self, text: str, vector: Any) -> Any:
+        import numpy as np
+
+        counts: dict[int, int] = {}
+        for w in words(text):
+            if (i := self.terms.get(w)) is not None:
+                counts[i] = counts.get(i, 0) + 1
+        tfidf = np.zeros(len(self.terms))
+        for i, n in counts.items():
+            tfidf[i] = (1.0 + np.log(n)) * self.idf[i]  # sublinear term frequency
+        norm = float(np.linalg.norm(tfidf))
+        vector = np.asarray(vector, dtype=np.float64)
+        return np.concatenate([tfidf / norm if norm else tfidf, vector / (float(np.linalg.norm(vector)) or 1.0)])
+
+    def probabilities(self, text: str, vector: Any) -> dict[Crisis | None, float]:
+        import numpy as np
+
+        z = self.coef @ self.features(text, vector) + self.intercept
+        p = np.exp(z - z.max())
+        return dict(zip(self.classes, (p / p.sum()).tolist(), strict=True))
+
+    def kind(self, text: str, vector: Any) -> Crisis | None:
+        p = self.probabilities(text, vector)
+        if 1.0 - p[None] < self.threshold:
+            return None
+        return max((k for k in self.classes if k is not None), key=lambda k: p[k])
+
+    def to_json(self) -> str:
+        return json.dumps({"version": NET_VERSION, "embedding": self.embedding, "threshold": self.threshold,
+                           "classes": list(self.classes), "report": self.report,
+                           "intercept": [round(float(v), 6) for v in self.intercept],
+                           "terms": sorted(self.terms, key=lambda t: self.terms[t]),
+                           "idf": [round(float(v), 6) for v in self.idf],
+                           "coef": [[round(float(v), 6) for v in row] for row in self.coef]}) + "\n"
+
+
+def load_net(path: Path) -> Net | None:
+    """The fitted model at `path` (None when there is none; PersonaError naming what is wrong with a damaged one);
+    cached until the file changes."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        _warn_once(f"{path} is missing: crisis messages are judged by their patterns only "
+                   "(`python -m krishna_ai safety fit` writes it)")
+        return None
+    return _load_net(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _load_net(path: str, _mtime: int, _size: int) -> Net:
+    import numpy as np
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        if raw.get("version") != NET_VERSION:
+            raise ValueError(f"version {raw.get('version')!r}, expected {NET_VERSION}")
+        if raw["embedding"] != MEANING_MODEL:
+            raise ValueError(f"fitted on {raw['embedding']!r} vectors, but messages are judged on {MEANING_MODEL!r}")
+        classes = tuple(raw["classes"])
+        if None not in classes or not set(classes) - {None} <= set(CRISES):
+            raise ValueError(f"classes must be null and kinds of {', '.join(CRISES)}, got {classes}")
+        terms = {t: i for i, t in enumerate(raw["terms"])}
+        idf, coef = np.asarray(raw["idf"], dtype=np.float64), np.asarray(raw["coef"], dtype=np.float64)
+        intercept = np.asarray(raw["intercept"], dtype=np.float64)
+        if len(idf) != len(terms) or coef.ndim != 2 or coef.shape[0] != len(classes) or len(intercept) != len(classes):
+            raise ValueError("terms, idf, coef and intercept do not agree in size")
+        threshold = float(raw["threshold"])
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        return Net(terms, idf, coef, intercept, classes, threshold, raw["embedding"], dict(raw.get("report") or {}))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PersonaError(f"{Path(path).name}: not a crisis model (JSON): {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise PersonaError(f"{Path(path).name}: not a valid crisis model: {what}") from None
+
+
+@lru_cache(maxsize=8)
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 EMERGENCY = ("If you are in danger right now, call your local emergency number: 112 in India and across Europe, "

@@ -1,0 +1,157 @@
+"""Fitting and measuring the crisis gates by meaning (krishna_ai/core/safety.py).
+
+    python -m krishna_ai safety fit        # writes prompts/safety/crisis.json
+    python -m krishna_ai safety eval       # caught / flagged on data/safety/heldout*.jsonl, patterns and gates
+
+A gate per kind is a logistic regression over all-MiniLM-L6-v2 sentence vectors: that kind's labelled crisis
+messages (`data/safety/dev*.jsonl`, `"crisis": kind`) against everyday messages (the dev files' `"crisis":
+null` look-alikes and every persona's own training and held-out questions). Its threshold flags at most
+`MAX_FLAGGED` of the everyday messages in cross-validation, and never one of the fitting set's own (a persona's
+question must never get a helpline reply). `eval` is the number to quote: messages none of it was fitted on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from krishna_ai.core.cache import write_text
+from krishna_ai.core.errors import InputError
+from krishna_ai.core.gate import _threshold
+from krishna_ai.core.safety import CRISES, MEANING_MODEL, NET, Crisis, Net, by_pattern, crisis, normal, words
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+DEV = sorted((DATA / "safety").glob("dev*.jsonl"))
+HELDOUT = sorted((DATA / "safety").glob("heldout*.jsonl"))
+MAX_FLAGGED = 0.02
+"""The share of everyday messages a gate may flag, cross-validated: a helpline reply to "this exam is killing me"
+is a wrong answer, but a poem for "nobody would miss me" is a far worse one."""
+
+
+def labelled(paths: Iterable[Path]) -> list[tuple[str, str | None]]:
+    """(message, kind or None) of each line of `paths` (JSONL: message, crisis); InputError names a bad line."""
+    rows = []
+    for path in paths:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                message, kind = obj["message"], obj["crisis"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise InputError(f"{path.name} line {n}: not a labelled message ({exc})") from None
+            if kind is not None and kind not in CRISES:
+                raise InputError(f"{path.name} line {n}: crisis {kind!r} is not one of {', '.join(CRISES)} or null")
+            rows.append((str(message), kind))
+    return rows
+
+
+def persona_questions(data: Path = DATA) -> list[str]:
+    """Every persona's own questions (training, held-out, scope sets): everyday messages, all of them."""
+    questions: list[str] = []
+    for path in sorted(data.glob("*/*.jsonl")):
+        if path.parent.name == "safety":
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            questions += [obj["question"]] if "question" in obj else [
+                m["content"] for m in obj.get("messages", []) if m["role"] == "user" and isinstance(m["content"], str)]
+    return sorted(set(questions))
+
+
+def fit_net(out: Path = NET, dev: Iterable[Path] = DEV, max_flagged: float = MAX_FLAGGED) -> Net:
+    """Fit the crisis model and write it to `out`: C and the threshold chosen on 5-fold cross-validated
+    predictions (the threshold flags at most `max_flagged` of the everyday messages; C catches the most crisis
+    messages under it). The TF-IDF terms and weights are fitted on all the messages first (no labels)."""
+    import numpy as np
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from krishna_ai.core.vectors import sentence_vectors
+
+    rows = labelled(dev)
+    everyday = sorted({m for m, k in rows if k is None} | set(persona_questions()))
+    crises = sorted({(m, k) for m, k in rows if k is not None}, key=lambda r: (r[1], r[0]))
+    if missing := [k for k in CRISES if k not in {k for _, k in crises}]:
+        raise InputError(f"no {', '.join(missing)} message in {', '.join(p.name for p in dev)}: "
+                         "each kind needs examples")
+    texts = [normal(m) for m in everyday] + [normal(m) for m, _ in crises]
+    classes: tuple[Crisis | None, ...] = (None, *CRISES)
+    y = np.array([0] * len(everyday) + [classes.index(k) for _, k in crises])
+    tfidf = TfidfVectorizer(analyzer=words, min_df=2, sublinear_tf=True)
+    x = hstack([tfidf.fit_transform(texts), csr_matrix(sentence_vectors(texts))]).tocsr()
+
+    best: tuple[float, float, float] | None = None  # (recall, C, threshold)
+    for c in (1.0, 3.0, 10.0, 30.0):
+        p = cross_val_predict(LogisticRegression(C=c, max_iter=5000), x, y, method="predict_proba",
+                              cv=StratifiedKFold(5, shuffle=True, random_state=0))
+        score = 1.0 - p[:, 0]
+        threshold = _threshold(score[y == 0], max_flagged)
+        recall = float((score[y > 0] >= threshold).mean())
+        if best is None or recall > best[0]:
+            best = (recall, c, threshold)
+    assert best is not None
+    recall, c, threshold = best
+    lr = LogisticRegression(C=c, max_iter=5000).fit(x, y)
+    report = {"everyday": len(everyday), **{k: sum(1 for _, kk in crises if kk == k) for k in CRISES}, "C": c,
+              "cv_crisis_caught": round(recall, 4), "cv_everyday_flagged_max": max_flagged}
+    net = Net({t: int(i) for t, i in tfidf.vocabulary_.items()}, tfidf.idf_, lr.coef_, lr.intercept_, classes,
+              threshold, MEANING_MODEL, report)
+    write_text(out, net.to_json())
+    return net
+
+
+@dataclass
+class Measured:
+    """Crisis messages caught (and of the right kind) and everyday ones flagged, by one way of judging."""
+
+    name: str
+    crisis: int = 0
+    caught: int = 0
+    right_kind: int = 0
+    everyday: int = 0
+    flagged: int = 0
+    missed: list[str] = field(default_factory=list)
+    wrongly_flagged: list[str] = field(default_factory=list)
+
+
+def measure(rows: list[tuple[str, str | None]]) -> list[Measured]:
+    """Patterns alone, and patterns then the gates (as the app judges), on labelled messages."""
+    results = []
+    for name, judge in (("patterns alone", lambda m: by_pattern(normal(m))),
+                        ("patterns, then the model by meaning (shipped)", crisis)):
+        r = Measured(name)
+        for message, kind in rows:
+            got = judge(message)
+            if kind is None:
+                r.everyday += 1
+                if got:
+                    r.flagged += 1
+                    r.wrongly_flagged.append(f"{message}  [{got}]")
+            else:
+                r.crisis += 1
+                r.caught += got is not None
+                r.right_kind += got == kind
+                if got is None:
+                    r.missed.append(f"{message}  [{kind}]")
+        results.append(r)
+    return results
+
+
+def format_measured(results: list[Measured], show: bool = False) -> str:
+    lines = ["| judged by | crisis messages caught | of the right kind | everyday messages flagged |",
+             "|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.name} | {r.caught}/{r.crisis} ({r.caught / max(r.crisis, 1):.0%}) | "
+                     f"{r.right_kind}/{r.crisis} | {r.flagged}/{r.everyday} ({r.flagged / max(r.everyday, 1):.1%}) |")
+    if show:
+        for r in results:
+            lines += [f"\n{r.name}: missed"] + [f"  {m}" for m in r.missed]
+            lines += [f"{r.name}: flagged"] + [f"  {m}" for m in r.wrongly_flagged]
+    return "\n".join(lines)
