@@ -159,6 +159,9 @@ def _cmd_safety(args: argparse.Namespace) -> int:
               f"; C={r['C']}, threshold {net.threshold:.3f}: cross-validated, {r['cv_crisis_caught']:.1%} of crisis "
               f"messages caught with at most {r['cv_everyday_flagged_max']:.1%} of everyday ones flagged -> "
               f"{safety_fit.NET}")
+        curve = r["cv_crisis_caught_by_everyday_flagged"]
+        print("cross-validated, crisis messages caught if the threshold flagged: " + ", ".join(
+            f"{share} of everyday ones, {caught:.1%}" for share, caught in curve.items()))
         return 0
     paths = [Path(p) for p in args.file] or safety_fit.HELDOUT
     print(safety_fit.format_measured(safety_fit.measure(safety_fit.labelled(paths)), show=args.show))

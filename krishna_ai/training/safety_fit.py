@@ -87,7 +87,7 @@ def fit_net(out: Path = NET, dev: Iterable[Path] = DEV, max_flagged: float = MAX
     tfidf = TfidfVectorizer(analyzer=words, min_df=2, sublinear_tf=True)
     x = hstack([tfidf.fit_transform(texts), csr_matrix(sentence_vectors(texts))]).tocsr()
 
-    best: tuple[float, float, float] | None = None  # (recall, C, threshold)
+    best: tuple[float, float, float, dict[str, float]] | None = None  # (recall, C, threshold, recall by share)
     for c in (1.0, 3.0, 10.0, 30.0):
         p = cross_val_predict(LogisticRegression(C=c, max_iter=5000), x, y, method="predict_proba",
                               cv=StratifiedKFold(5, shuffle=True, random_state=0))
@@ -95,12 +95,15 @@ def fit_net(out: Path = NET, dev: Iterable[Path] = DEV, max_flagged: float = MAX
         threshold = _threshold(score[y == 0], max_flagged)
         recall = float((score[y > 0] >= threshold).mean())
         if best is None or recall > best[0]:
-            best = (recall, c, threshold)
+            curve = {f"{share:.1%}": round(float((score[y > 0] >= _threshold(score[y == 0], share)).mean()), 4)
+                     for share in (0.005, 0.01, 0.02, 0.05)}
+            best = (recall, c, threshold, curve)
     assert best is not None
-    recall, c, threshold = best
+    recall, c, threshold, curve = best
     lr = LogisticRegression(C=c, max_iter=5000).fit(x, y)
     report = {"everyday": len(everyday), **{k: sum(1 for _, kk in crises if kk == k) for k in CRISES}, "C": c,
-              "cv_crisis_caught": round(recall, 4), "cv_everyday_flagged_max": max_flagged}
+              "cv_crisis_caught": round(recall, 4), "cv_everyday_flagged_max": max_flagged,
+              "cv_crisis_caught_by_everyday_flagged": curve}
     net = Net({t: int(i) for t, i in tfidf.vocabulary_.items()}, tfidf.idf_, lr.coef_, lr.intercept_, classes,
               threshold, MEANING_MODEL, report)
     write_text(out, net.to_json())
