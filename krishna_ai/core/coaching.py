@@ -118,7 +118,7 @@ _ABOUT_A_PROMPT = re.compile(r"(?i)\b(?:prompts?|improve\w*|rewrite|better|usabl
 
 _CONTEXT = re.compile(
     r"(?i)^[\s\"“”'‘’.,;:!?()–—-]*(?:(?:for |some |more |a bit of )?(?:context|background)\b|about me\b|fyi\b|"
-    r"(?=(?:i'?m|i am|i have|i've|i use|i work|we are|we're|we have|we use|we run|we work|our |it'?s for|"
+    r"(?=(?:i'?m|i am|i have|i've|i use|i work|we are|we're|we have|we use|we run|we work|it'?s for|"
     r"it is for|this is for|the (?:audience|readers?) "
     r"(?:is|are))\b))[\s:,;–—-]*")
 """Words after a wrapped prompt that open what the user says of themselves ("… -- for context im 52, bad knee"):

@@ -66,26 +66,27 @@ _SELF_HARM = [
     r"\bpills\b.{0,40}\b(?:never|not)\s+(?:to\s+)?wake\b",
     r"\b(?:tired|sick)\s+of\s+(?:living|being alive|life itself)\b",
     r"\bgive\s+up\s+on\s+(?:life|living)\b",
-    r"\bthinking\s+(?:of|about)\s+(?:suicide|dying|death\s+every)\b",
+    r"\b(?:i'?m|i\s+am|i'?ve\s+been|i\s+have\s+been|i\s+keep|keep|been|always|constantly|start(?:ed)?)\s+thinking\s+"
+    r"(?:of|about)\s+(?:suicide|dying|death\s+every|killing\s+myself)\b",
     r"\b(?:don'?t|do not)\s+want\s+to\s+be\s+(?:here|around)\s+(?:anymore|any more)\b",
     r"\b(?:aatmahatya|atmahatya|khudkushi|khud\s*khushi)\b",  # suicide, in Hindi and Marathi
     r"\b(?:mujhe|main|mai|mala)\s+(?:marna|mar\s+jana|mar\s+jaun|mar\s+jaoon|marayche)\b"
     r"|\b(?:marna|mar\s+jana)\s+(?:chahta|chahti)\b",  # "I want to die", in Hindi and Marathi
     r"\bjeena\s+nahi\s+(?:chahta|chahti)\b",
     # slang and euphemisms: "kms" (not "5 kms"), "unalive", "ctb", "sewerslide"
-    r"(?<![\d.])\s*\bkms\b(?!\s+(?:away|from|of|to|a day|per|each|daily|long|on|in\b))",
+    r"(?<!\d)(?<!\d\s)\bkms\b(?!\s+(?:away|from|of|to|a\s+day|per|each|daily|long|on|in|today|yesterday|this|every)\b)",
     r"\bunaliv(?:e|ing)\s+(?:myself|me)\b|\bsewer\s*slide\b|\bctb\b",
     r"\b(?:no\s*one|nobody)\s+(?:would|will|'?d)\s+(?:even\s+)?(?:miss|notice|care)\b.{0,30}"
     r"\b(?:gone|dead|died|not here|"
     r"disappeared|killed)\b",
     r"\b(?:painless|easiest|quickest|best|fastest)\s+(?:way|ways|method)\s+to\s+(?:die|kill\s+myself|end\s+(?:it|my\s+life))\b",
     r"\b(?:lethal|fatal|deadly)\s+dose\b",
-    r"\bhow\s+many\b.{0,40}\b(?:to|would|will)\s+(?:kill\s+(?:me|myself|a person)|die)\b",
+    r"\bhow\s+many\b.{0,40}\b(?:kill\s+(?:me|myself)|for\s+me\s+to\s+die|(?:i|me)\s+(?:to\s+)?die)\b",
     r"\b(?:wrote|written|writing|write|left)\s+(?:my\s+)?(?:goodbye|suicide)\s+(?:letters?|notes?|messages?)\b"
-    r"|\bsuicide\s+note\b|\b(?:this\s+is\s+)?my\s+(?:last|final)\s+(?:message|goodbye|post)\b",
+    r"|\bsuicide\s+note\b|\bthis\s+is\s+my\s+(?:last|final)\s+(?:message|goodbye|post)\b|\bmy\s+final\s+goodbye\b",
     r"\b(?:no|any)\s+(?:reason|point)\s+(?:to|in)\s+(?:keep(?:ing)?|stay(?:ing)?)\s+(?:living|alive|going)\b",
     r"\b(?:sleep|close\s+my\s+eyes)\s+(?:and|&)\s+(?:never|not)\s+(?:to\s+)?wake\b",
-    r"\b(?:saving|saved|stockpil\w*|hoard\w*|collecting)\s+(?:up\s+)?(?:all\s+)?(?:my\s+)?"
+    r"\b(?:(?:saving|saved)\s+up|stockpil\w*|hoard\w*)\s+(?:all\s+)?(?:my\s+|the\s+)?"
     r"(?:pills|tablets|meds|sleeping pills)\b",
     r"\bend\s+(?:it|things|everything)\s+(?:tonight|today|now|soon|for good)\b",
     r"\b(?:done|finished)\s+with\s+(?:life|living|being alive)\b",
@@ -103,14 +104,15 @@ _ABUSE = [
     r"\b(?:scared|afraid)\s+(?:to go|of going)\s+home\b",
     r"\bnot\s+safe\s+at\s+home\b",
     r"\blocked\s+me\s+(?:in|up)\b",
-    r"\b(?:he|she|they|my\s+\w+)\s+(?:hit|kicked|slapped|punched|strangled|burned|burnt|whipped)\s+me\b",
+    r"\b(?:he|she|they|my\s+\w+)\s+(?:hit|kicked|slapped|punched|strangled|burned|burnt|whipped)\s+me\b"
+    r"(?!\s+(?:up|off|out|back|in\s+the\s+(?:match|game|race)|at)\b)",
     r"\b(?:choked|choking|chokes|strangled|strangling|strangles)\s+me\b",
-    r"\bpushed\s+me\s+(?:down|into|against|off|over|out)\b|\bthrew\s+(?:me|\w+\s+at\s+me)\b",
-    r"\b(?:scared|afraid|terrified|fear|worried)\b.{0,40}\b(?:will|going to|gonna|might|would)\s+(?:kill|hurt|beat)\s+"
-    r"(?:me|us|my)\b",
+    r"\bpushed\s+me\s+(?:down\s+the\s+stairs|against\s+the\s+wall|to\s+the\s+(?:floor|ground))\b"
+    r"|\bthrew\s+(?:\w+\s+){0,2}at\s+me\b|\bthrew\s+me\s+(?:against|down|on\s+the\s+floor|out\s+of)\b",
     r"\b(?:he|she|they|my\s+\w+)\s+(?:\w+\s+)?(?:touches|touched|keeps touching|kept touching)\s+me\b"
-    r"(?!\s+(?:deeply|so|greatly|a lot|with\s+(?:his|her|their)\s+(?:words|story|kindness)))",
-    r"\b(?:photos|pictures|pics|nudes|videos)\b.{0,60}\bsecret\b|\bsecret\b.{0,60}\b(?:photos|pictures|pics|nudes|touch\w*)\b",
+    r"(?!\s+(?:deeply|so|greatly|a lot|emotionally|with|by|in\s+a\s+good))",
+    r"\b(?:photos|pictures|pics|nudes|videos)\b.{0,60}\b(?:keep|kept|keeping)\b.{0,20}\bsecret\b"
+    r"|\b(?:keep|kept|keeping)\b.{0,20}\bsecret\b.{0,60}\b(?:photos|pictures|pics|nudes|touch\w*)\b",
     r"\b(?:touches|touched|touching)\s+my\s+(?:private|privates|body|chest|breasts)\b",
 ]
 
@@ -121,7 +123,7 @@ _MEDICAL = [
     r"\b(?:heart\s+attack|stroke)\s+(?:now|right now|i think|symptoms|happening)\b",
     r"\b(?:having|had|is having)\s+(?:a\s+)?(?:heart\s+attack|stroke|seizure|fit)\b",
     r"\b(?:took|taken|swallowed|drank|drunk|ate)\s+(?:too many|a lot of|all (?:my|the)|an? overdose of|some|"
-    r"(?:a|the)\s+(?:whole\s+)?(?:bottle|packet|strip|box|pack)\s+of|(?:\w+\s+){0,2}(?:of\s+)?(?:my|her|his)\s+\w+'?s?)?\s*"
+    r"(?:a|the)\s+(?:whole\s+)?(?:bottle|packet|strip|box|pack)\s+of)?\s*"
     r"(?:pills|tablets|medicine|poison|pesticide|insecticide|herbicide|weedkiller|bleach|rat poison)\b",
     r"\b(?:overdosed|poisoned)\b",
     r"\b(?:unconscious|unresponsive|passed out and (?:won'?t|will not) wake)\b",
@@ -150,30 +152,36 @@ _WORDS_ONLY: dict[Crisis, re.Pattern[str]] = {
 in the message; with one ("my cousin died by suicide three years ago"), the model by meaning judges."""
 
 _NOT_NOW = re.compile(
-    r"\b(?:ago|last\s+(?:year|month|week|summer|winter)|years?\s+back|in\s+case|just\s+asking|in\s+general|"
+    r"\b(?:(?:years?|months?)\s+ago|last\s+(?:year|month|summer|winter)|years?\s+back|in\s+case|just\s+asking|in\s+general|"
     r"(?:is|was)\s+(?:that|it|this)\s+normal|novel|movie|film|book|story|character|history|historical|myth|"
     r"(?:died|dies)\s+by\s+suicide|committed\s+suicide|volunteer\w*|helpline|awareness|prevention|"
-    r"(?:be|being|get)\s+prepared|signs\s+of|what\s+(?:to|should\s+(?:i|you|one|we))\s+do\s+if|role[-\s]?play\w*|"
-    r"clients?)\b"
+    r"(?:be|being|get)\s+prepared|role[-\s]?play\w*|clients?|signs\s+of|if\s+it\s+ever|training|school\s+project|"
+    r"what\s+(?:to|should\s+(?:i|you|one|we))\s+do\s+if|banned)\b"
     r"|\bdid\s+(?:\w+\s+){1,3}(?:commit|die|kill|take)\b",
     re.IGNORECASE)
 """What says a message is about the past, someone else's story, fiction or a general question, not a crisis now:
 it leaves a medical pattern, and a bare crisis word, to the model by meaning (which saw such look-alikes)."""
 
 _NOT_SAID = re.compile(
-    r"\b(?:not|never|no|don'?t|do not|won'?t|will not|wouldn'?t|am not|i'?m not)\s+(?:\w+\s+){0,2}?"
-    r"(?:suicidal|(?:going\s+to\s+|want(?:ing)?\s+to\s+)?(?:hurt|harm|kill)(?:ing)?\s+myself|self[-\s]?harm\w*)\b",
+    r"\b(?:not|don'?t|do not|am not|i'?m not)\s+(?:really\s+|actually\s+|feeling\s+|going\s+to\s+|planning\s+to\s+|"
+    r"thinking\s+(?:of|about)\s+|trying\s+to\s+|want(?:ing)?\s+to\s+)?"
+    r"(?:suicidal|(?:hurt|harm|kill)(?:ing)?\s+myself|self[-\s]?harm\w*)\b",
     re.IGNORECASE)
 """A crisis phrase the writer denies ("I'm not suicidal, just burnt out", "I don't want to hurt myself"): taken out
 before the phrases are matched; the model by meaning still reads the whole message."""
 
 _NOT_AS_SAID = re.compile(
-    r"\b(?:lol|lmao|rofl|jk|haha\w*|just\s+kidding|kidding)\b|😂|🤣|😅"
-    r"|\b(?:used\s+to|years?\s+ago|when\s+i\s+was\s+(?:\d+|a\s+(?:kid|child|teen\w*))|in\s+(?:college|school)\s+i|"
-    r"recovered|clean\s+(?:since|for)|(?:haven'?t|have\s+not)\s+(?:had|done|felt))\b",
+    r"\b(?:lol|lmao|rofl|jk|haha\w*|just\s+kidding)\b|😂|🤣|😅"
+    r"|\b(?:recovered|in\s+recovery|clean\s+(?:since|for)|years?\s+(?:clean|free)|(?:\d+|ten|five|two|three)\s+years?\s+ago|"
+    r"(?:when\s+i\s+was|as)\s+(?:\d+|a\s+(?:kid|child|teen\w*))|(?:haven'?t|have\s+not)\s+had\s+(?:those|these|such)\s+thoughts)\b",
     re.IGNORECASE)
 """A joke, or a crisis told as past ("I used to self-harm, clean for six years"): the phrases do not decide; the
 model by meaning (which saw such look-alikes, and "kms lol" meant) does."""
+
+_NOW = re.compile(r"\b(?:right\s+now|minutes?\s+ago|hurry|please\s+help|help\s+(?:me|us)\s+(?:now|please|fast|quick)|"
+                  r"is\s+having|now\s+(?:has|having|is\s+having)|just\s+(?:collapsed|swallowed|took|drank|fell|had))\b",
+                  re.IGNORECASE)
+"""What says a medical emergency is happening as the message is written: it keeps a medical pattern deciding."""
 
 _PATTERNS: dict[Crisis, re.Pattern[str]] = {
     "self_harm": re.compile("|".join(_SELF_HARM), re.IGNORECASE),
@@ -213,7 +221,7 @@ def by_pattern(text: str) -> Crisis | None:
         words_only = kind in _WORDS_ONLY and _WORDS_ONLY[kind].search(text) is not None
         if not (pattern.search(text) or (words_only and not not_now)):
             continue
-        if kind == "medical" and not_now:
+        if kind == "medical" and not_now and not _NOW.search(text):
             continue  # "my uncle had a heart attack last year"
         if kind == "self_harm" and _NOT_ABOUT_NOW.search(text) and not re.search(rf"\b{_I}\b", text, re.I):
             continue  # "why did Van Gogh take his own life?" is a question about history
@@ -236,6 +244,9 @@ def by_meaning(text: str) -> Crisis | None:
     except ModelUnavailable as exc:
         _warn_once(f"crisis messages are judged by their patterns only: {exc}")
         return None
+    if len(vector) != net.coef.shape[1] - len(net.terms):
+        raise PersonaError(f"{NET}: fitted on vectors of {net.coef.shape[1] - len(net.terms)} numbers, but "
+                           f"{MEANING_MODEL} gives {len(vector)}: refit with `python -m krishna_ai safety fit`")
     return net.kind(text, vector)
 
 
@@ -294,6 +305,7 @@ class Net:
 
     def to_json(self) -> str:
         return json.dumps({"version": NET_VERSION, "embedding": self.embedding, "threshold": self.threshold,
+                           "dimensions": int(self.coef.shape[1]) - len(self.terms),
                            "classes": list(self.classes), "report": self.report,
                            "intercept": [round(float(v), 6) for v in self.intercept],
                            "terms": sorted(self.terms, key=lambda t: self.terms[t]),
@@ -319,6 +331,8 @@ def _load_net(path: str, _mtime: int, _size: int) -> Net:
 
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError(f"a JSON object is expected, got {type(raw).__name__}")
         if raw.get("version") != NET_VERSION:
             raise ValueError(f"version {raw.get('version')!r}, expected {NET_VERSION}")
         if raw["embedding"] != MEANING_MODEL:
@@ -331,15 +345,18 @@ def _load_net(path: str, _mtime: int, _size: int) -> Net:
         intercept = np.asarray(raw["intercept"], dtype=np.float64)
         if len(idf) != len(terms) or coef.ndim != 2 or coef.shape[0] != len(classes) or len(intercept) != len(classes):
             raise ValueError("terms, idf, coef and intercept do not agree in size")
+        if coef.shape[1] != len(terms) + int(raw["dimensions"]):
+            raise ValueError(f"coef has {coef.shape[1]} columns, not one per term ({len(terms)}) and per vector "
+                             f"dimension ({raw['dimensions']})")
         threshold = float(raw["threshold"])
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
         return Net(terms, idf, coef, intercept, classes, threshold, raw["embedding"], dict(raw.get("report") or {}))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PersonaError(f"{Path(path).name}: not a crisis model (JSON): {exc}") from None
+        raise PersonaError(f"{path}: not a crisis model (JSON): {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise PersonaError(f"{Path(path).name}: not a valid crisis model: {what}") from None
+        raise PersonaError(f"{path}: not a valid crisis model: {what}") from None
 
 
 @lru_cache(maxsize=8)

@@ -1,13 +1,13 @@
-"""Fitting and measuring the crisis gates by meaning (krishna_ai/core/safety.py).
+"""Fitting and measuring the crisis check by meaning (krishna_ai/core/safety.py).
 
     python -m krishna_ai safety fit        # writes prompts/safety/crisis.json
-    python -m krishna_ai safety eval       # caught / flagged on data/safety/heldout*.jsonl, patterns and gates
+    python -m krishna_ai safety eval       # caught / flagged on data/safety/heldout*.jsonl, patterns and model
 
-A gate per kind is a logistic regression over all-MiniLM-L6-v2 sentence vectors: that kind's labelled crisis
-messages (`data/safety/dev*.jsonl`, `"crisis": kind`) against everyday messages (the dev files' `"crisis":
-null` look-alikes and every persona's own training and held-out questions). Its threshold flags at most
-`MAX_FLAGGED` of the everyday messages in cross-validation, and never one of the fitting set's own (a persona's
-question must never get a helpline reply). `eval` is the number to quote: messages none of it was fitted on.
+The model (`core/safety.Net`) is a multinomial logistic regression over a message's TF-IDF words and word pairs
+beside its all-MiniLM-L6-v2 sentence vector: the labelled crisis messages of `data/safety/dev*.jsonl` (`"crisis":
+kind`) against everyday messages (the dev files' `"crisis": null` look-alikes and every persona's own training
+and held-out questions). Its threshold on P(crisis) flags at most `MAX_FLAGGED` of the everyday messages in
+cross-validation. `eval` is the number to quote: messages none of it was fitted on.
 """
 
 from __future__ import annotations
