@@ -111,7 +111,7 @@ def test_the_model_by_meaning_computes_what_scikit_learn_fitted():
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from krishna_ai.core.safety import Net, words
+    from krishna_ai.core.crisis_net import CLASSES, Net, words
 
     texts = ["i want to kill myself", "my mom will kill me lol", "he hit me again and again", "chest pain now",
              "kill kill me me", "the maize leaves have spots"]
@@ -127,6 +127,7 @@ def test_the_model_by_meaning_computes_what_scikit_learn_fitted():
         expected = lr.predict_proba(hstack([tfidf.transform([text]), csr_matrix(vector)]).tocsr())[0]
         assert np.allclose(list(net.probabilities(text, vector).values()), expected, atol=1e-9)
     assert words("Don't kill ME") == ["don", "kill", "me", "don kill", "kill me"]
+    assert CLASSES == CRISES  # the kinds a model file may name are the crisis check's
 
 
 @pytest.mark.parametrize(("name", "caught"), [("heldout2.jsonl", 0.9), ("heldout3.jsonl", 0.9),
@@ -142,16 +143,17 @@ def test_crisis_messages_nobody_wrote_patterns_for_are_caught_by_meaning(name, c
 
 
 def test_a_damaged_model_is_named_and_a_missing_one_leaves_the_patterns(tmp_path, monkeypatch, caplog):
+    from krishna_ai.core.crisis_net import load_net
     from krishna_ai.core.errors import PersonaError
-    from krishna_ai.core.safety import NET, load_net
+    from krishna_ai.core.safety import MEANING_MODEL, NET
 
     bad = tmp_path / "crisis.json"
     bad.write_text(NET.read_text(encoding="utf-8").replace('"version": 1', '"version": 9'), encoding="utf-8")
     with pytest.raises(PersonaError, match="crisis.json: not a valid crisis model: version 9, expected 1"):
-        load_net(bad)
+        load_net(bad, MEANING_MODEL)
     bad.write_text("{", encoding="utf-8")
     with pytest.raises(PersonaError, match="crisis.json: not a crisis model"):
-        load_net(bad)
+        load_net(bad, MEANING_MODEL)
     monkeypatch.setattr("krishna_ai.core.safety.NET", tmp_path / "gone.json")
     assert crisis("I want to kill myself") == "self_harm"  # the patterns still judge
     assert crisis("what should I plant after maize?") is None

@@ -22,14 +22,13 @@ judge, and a warning says so once.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, cast
 
+from krishna_ai.core.crisis_net import load_net
 from krishna_ai.core.errors import ModelUnavailable, PersonaError
 from krishna_ai.core.vectors import MODEL_NAME as MEANING_MODEL
 
@@ -196,8 +195,7 @@ def normal(message: str) -> str:
 
 
 NET = Path(__file__).resolve().parents[2] / "prompts" / "safety" / "crisis.json"
-"""The crisis check by meaning, fitted by `python -m krishna_ai safety fit` (krishna_ai/training/safety_fit.py)."""
-NET_VERSION = 1
+"""The crisis check by meaning (`core/crisis_net.Net`), fitted by `python -m krishna_ai safety fit`."""
 
 
 def crisis(message: str, *, meaning: bool = True) -> Crisis | None:
@@ -234,8 +232,10 @@ def by_pattern(text: str) -> Crisis | None:
 def by_meaning(text: str) -> Crisis | None:
     """The crisis kind the fitted model gives `text` when its P(crisis) reaches the model's threshold, or None;
     None too when no model is fitted or the sentence vectors' model is missing (then a warning, once)."""
-    net = load_net(NET)
+    net = load_net(NET, MEANING_MODEL)
     if net is None:
+        _warn_once(f"{NET} is missing: crisis messages are judged by their patterns only "
+                   "(`python -m krishna_ai safety fit` writes it)")
         return None
     try:
         from krishna_ai.core.vectors import sentence_vectors
@@ -247,116 +247,7 @@ def by_meaning(text: str) -> Crisis | None:
     if len(vector) != net.coef.shape[1] - len(net.terms):
         raise PersonaError(f"{NET}: fitted on vectors of {net.coef.shape[1] - len(net.terms)} numbers, but "
                            f"{MEANING_MODEL} gives {len(vector)}: refit with `python -m krishna_ai safety fit`")
-    return net.kind(text, vector)
-
-
-_TOKEN = re.compile(r"(?u)\b\w\w+\b")
-
-
-def words(text: str) -> list[str]:
-    """The net's terms of `text`: lowercased words of two or more letters, and each pair of neighbours (as
-    scikit-learn's TfidfVectorizer(ngram_range=(1, 2)) makes them; tests/test_safety.py compares the two)."""
-    tokens = _TOKEN.findall(text.lower())
-    return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
-
-
-@dataclass(frozen=True)
-class Net:
-    """Multinomial logistic regression over a message's TF-IDF terms (words and word pairs: "kill myself" is not
-    "kill me") beside its unit sentence vector (what the words mean: "nobody would miss me"). P(crisis) is one
-    minus P(everyday); the kind is the likeliest crisis class."""
-
-    terms: dict[str, int]
-    idf: Any
-    coef: Any
-    """One row per class of `classes`: len(terms) weights for the terms, then one per vector dimension."""
-    intercept: Any
-    classes: tuple[Crisis | None, ...]
-    threshold: float
-    embedding: str
-    report: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def features(self, text: str, vector: Any) -> Any:
-        import numpy as np
-
-        counts: dict[int, int] = {}
-        for w in words(text):
-            if (i := self.terms.get(w)) is not None:
-                counts[i] = counts.get(i, 0) + 1
-        tfidf = np.zeros(len(self.terms))
-        for i, n in counts.items():
-            tfidf[i] = (1.0 + np.log(n)) * self.idf[i]  # sublinear term frequency
-        norm = float(np.linalg.norm(tfidf))
-        vector = np.asarray(vector, dtype=np.float64)
-        return np.concatenate([tfidf / norm if norm else tfidf, vector / (float(np.linalg.norm(vector)) or 1.0)])
-
-    def probabilities(self, text: str, vector: Any) -> dict[Crisis | None, float]:
-        import numpy as np
-
-        z = self.coef @ self.features(text, vector) + self.intercept
-        p = np.exp(z - z.max())
-        return dict(zip(self.classes, (p / p.sum()).tolist(), strict=True))
-
-    def kind(self, text: str, vector: Any) -> Crisis | None:
-        p = self.probabilities(text, vector)
-        if 1.0 - p[None] < self.threshold:
-            return None
-        return max((k for k in self.classes if k is not None), key=lambda k: p[k])
-
-    def to_json(self) -> str:
-        return json.dumps({"version": NET_VERSION, "embedding": self.embedding, "threshold": self.threshold,
-                           "dimensions": int(self.coef.shape[1]) - len(self.terms),
-                           "classes": list(self.classes), "report": self.report,
-                           "intercept": [round(float(v), 6) for v in self.intercept],
-                           "terms": sorted(self.terms, key=lambda t: self.terms[t]),
-                           "idf": [round(float(v), 6) for v in self.idf],
-                           "coef": [[round(float(v), 6) for v in row] for row in self.coef]}) + "\n"
-
-
-def load_net(path: Path) -> Net | None:
-    """The fitted model at `path` (None when there is none; PersonaError naming what is wrong with a damaged one);
-    cached until the file changes."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        _warn_once(f"{path} is missing: crisis messages are judged by their patterns only "
-                   "(`python -m krishna_ai safety fit` writes it)")
-        return None
-    return _load_net(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-@lru_cache(maxsize=4)
-def _load_net(path: str, _mtime: int, _size: int) -> Net:
-    import numpy as np
-
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        if not isinstance(raw, dict):
-            raise ValueError(f"a JSON object is expected, got {type(raw).__name__}")
-        if raw.get("version") != NET_VERSION:
-            raise ValueError(f"version {raw.get('version')!r}, expected {NET_VERSION}")
-        if raw["embedding"] != MEANING_MODEL:
-            raise ValueError(f"fitted on {raw['embedding']!r} vectors, but messages are judged on {MEANING_MODEL!r}")
-        classes = tuple(raw["classes"])
-        if None not in classes or not set(classes) - {None} <= set(CRISES):
-            raise ValueError(f"classes must be null and kinds of {', '.join(CRISES)}, got {classes}")
-        terms = {t: i for i, t in enumerate(raw["terms"])}
-        idf, coef = np.asarray(raw["idf"], dtype=np.float64), np.asarray(raw["coef"], dtype=np.float64)
-        intercept = np.asarray(raw["intercept"], dtype=np.float64)
-        if len(idf) != len(terms) or coef.ndim != 2 or coef.shape[0] != len(classes) or len(intercept) != len(classes):
-            raise ValueError("terms, idf, coef and intercept do not agree in size")
-        if coef.shape[1] != len(terms) + int(raw["dimensions"]):
-            raise ValueError(f"coef has {coef.shape[1]} columns, not one per term ({len(terms)}) and per vector "
-                             f"dimension ({raw['dimensions']})")
-        threshold = float(raw["threshold"])
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-        return Net(terms, idf, coef, intercept, classes, threshold, raw["embedding"], dict(raw.get("report") or {}))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PersonaError(f"{path}: not a crisis model (JSON): {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise PersonaError(f"{path}: not a valid crisis model: {what}") from None
+    return cast("Crisis | None", net.kind(text, vector))  # one of CRISES: checked at load
 
 
 @lru_cache(maxsize=8)

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from krishna_ai.core.cache import write_text
+from krishna_ai.core.crisis_net import Net, words
 from krishna_ai.core.errors import InputError
 from krishna_ai.core.gate import _threshold
-from krishna_ai.core.safety import CRISES, MEANING_MODEL, NET, Crisis, Net, by_pattern, crisis, normal, words
+from krishna_ai.core.safety import CRISES, MEANING_MODEL, NET, Crisis, by_pattern, crisis, normal
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 DEV = sorted((DATA / "safety").glob("dev*.jsonl"))
