@@ -218,6 +218,18 @@ def check(store, clients: list[Client], kill_window: tuple[float, float] | None,
     return {"problems": problems, "integrity": integrity, "lost_replies": lost_replies, "checks": checks}
 
 
+def warm_caches() -> None:
+    """Krishna's card vectors (its stories, its counsel cards and their 4,000 examples) computed into the cache the
+    app shares, before it starts: on a cold cache the app's first question spends tens of seconds of a 2-core
+    machine embedding them, and the soak would measure that instead of the kill."""
+    from krishna_ai.core.grounding import ground, teachings_for
+    from krishna_ai.core.personas import load_personas
+
+    krishna = load_personas()["krishna"]
+    ground(krishna, QUESTIONS[0])
+    teachings_for(krishna, QUESTIONS[0])
+
+
 def run(clients: int = 32, seconds: float = 120.0, kill_at: float | None = 60.0, max_new: int = 16,
         db: str | None = None, data: Path | None = None, model: str = "", seed: int = 0,
         server_slots: int = 0) -> dict:
@@ -228,6 +240,7 @@ def run(clients: int = 32, seconds: float = 120.0, kill_at: float | None = 60.0,
 
     data = data or Path(tempfile.mkdtemp(prefix="history-soak-"))
     db = db or f"sqlite:///{data / 'history.db'}"
+    warm_caches()
     port = random.Random(seed).randint(20000, 40000)
     while not port_free("127.0.0.1", port):
         port += 1
