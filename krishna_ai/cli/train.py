@@ -274,7 +274,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def add_safety_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("safety", help="the crisis gates by meaning: fit them, or measure the crisis check")
+    p = sub.add_parser("safety", help="the crisis check's model by meaning: fit it, or measure the crisis check")
     g = p.add_subparsers(dest="action", required=True)
     g.add_parser("fit", help="fit and write prompts/safety/crisis.json on data/safety/dev*.jsonl")
     ev = g.add_parser("eval", help="crisis messages caught and everyday ones flagged, patterns alone and shipped")

@@ -27,7 +27,7 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 DEV = sorted((DATA / "safety").glob("dev*.jsonl"))
 HELDOUT = sorted((DATA / "safety").glob("heldout*.jsonl"))
 MAX_FLAGGED = 0.02
-"""The share of everyday messages a gate may flag, cross-validated: a helpline reply to "this exam is killing me"
+"""The share of everyday messages the model may flag, cross-validated: a helpline reply to "this exam is killing me"
 is a wrong answer, but a poem for "nobody would miss me" is a far worse one."""
 
 
@@ -126,7 +126,7 @@ class Measured:
 
 
 def measure(rows: list[tuple[str, str | None]]) -> list[Measured]:
-    """Patterns alone, and patterns then the gates (as the app judges), on labelled messages."""
+    """Patterns alone, and patterns then the model by meaning (as the app judges), on labelled messages."""
     results = []
     for name, judge in (("patterns alone", lambda m: by_pattern(normal(m))),
                         ("patterns, then the model by meaning (shipped)", crisis)):
