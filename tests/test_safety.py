@@ -168,6 +168,7 @@ def test_a_damaged_model_is_named_and_a_missing_one_leaves_the_patterns(tmp_path
     "My uncle had a heart attack last year and now he walks every morning, what else should he do?",
     "I'm not suicidal, just burnt out. How do I ask HR for a transfer?",
     "I used to cut myself as a teenager, I'm 10 years free of it now. How do I talk to my daughter about it?",
+    "Why did Van Gogh take his own life?", "In the novel, does the hero end it all at the cliff?",
 ])
 def test_the_phrases_do_not_take_these_for_a_crisis(message):
     """Everyday lines a phrase once matched (a review of the widened phrases found most of them)."""
@@ -182,6 +183,7 @@ def test_the_phrases_do_not_take_these_for_a_crisis(message):
     ("I cant promise I wont kill myself tonight", "self_harm"), ("Im not kidding, I want to die", "self_harm"),
     ("I havent felt happy in months, I want to end my life", "self_harm"),
     ("he used to hit me and last night he choked me", "abuse"), ("kms honestly", "self_harm"),
+    ("like the hero of that novel I want to end it all", "self_harm"),
 ])
 def test_a_denial_or_the_past_nearby_does_not_hide_a_crisis_from_the_phrases(message, kind):
     assert by_pattern(normal(message)) == kind

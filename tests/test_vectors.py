@@ -205,3 +205,24 @@ def test_cards_no_word_matched_rank_alike_so_meaning_orders_them_not_their_place
     assert fused[0] == pytest.approx(1 / vectors.RRF_K + 1 / (vectors.RRF_K + 2))
     tied = vectors.fuse(np.array([2.0, 1.0, 1.0, 0.0]), np.zeros(4))  # equal scores share the best rank among them
     assert tied[1] == tied[2] == pytest.approx(1 / (vectors.RRF_K + 1) + 1 / vectors.RRF_K) and tied[3] < tied[2]
+
+
+def test_one_message_is_embedded_once_while_it_is_recent():
+    """The crisis check and card ranking both need a message's vector: the second asks the model nothing."""
+    calls: list[list[str]] = []
+
+    class Counting(vectors.SentenceVectors):
+        RECENT = 2
+
+        def __call__(self, texts):
+            calls.append(list(texts))
+            return super().__call__(texts)
+
+    model = Counting()
+    first, again = model.one("our family dog died"), model.one("our family dog died")
+    assert calls == [["our family dog died"]] and again is first and not first.flags.writeable
+    assert np.allclose(first, vectors.sentence_vectors(["our family dog died"])[0], atol=1e-6)
+    model.one("a")
+    model.one("b")  # pushes the dog out: only the last RECENT are kept
+    model.one("our family dog died")
+    assert len(calls) == 4

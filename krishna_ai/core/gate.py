@@ -108,7 +108,7 @@ def fit(labelled: list[tuple[str, int]], vectors: Sequence[Sequence[float]], emb
     for c in (0.01, 0.03, 0.1, 0.3):
         p = cross_val_predict(model(c), x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                               method="predict_proba")[:, 1]
-        threshold = _threshold(p[y == 0], max_refused)
+        threshold = threshold_for(p[y == 0], max_refused)
         recall = float((p[y == 1] >= threshold).mean())
         if best is None or recall > best[0]:
             best = (recall, c, threshold)
@@ -122,11 +122,12 @@ def fit(labelled: list[tuple[str, int]], vectors: Sequence[Sequence[float]], emb
                 threshold, embedding, report)
 
 
-def _threshold(inside: Any, max_refused: float) -> float:
-    """The lowest threshold at which at most `max_refused` of `inside` (P(outside) of inside questions) is
-    at or above it."""
+def threshold_for(negatives: Any, max_share: float) -> float:
+    """The lowest threshold at which at most `max_share` of `negatives` (the scores of what must not be caught:
+    P(outside) of inside questions here, P(crisis) of everyday messages in training/safety_fit.py) is at or
+    above it."""
     import numpy as np
 
-    ranked = np.sort(inside)[::-1]
-    allowed = int(np.floor(max_refused * len(ranked)))
+    ranked = np.sort(negatives)[::-1]
+    allowed = int(np.floor(max_share * len(ranked)))
     return float(min(max(ranked[allowed] + 1e-6, 1e-6), 1 - 1e-6)) if allowed < len(ranked) else 1e-6

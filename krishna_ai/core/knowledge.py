@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from krishna_ai.core.cache import atomic_dir, cache_root
 from krishna_ai.core.errors import PersonaError, problems
 from krishna_ai.core.schema import Regex
-from krishna_ai.core.vectors import card_matrix, card_texts, fuse, sentence_vectors
+from krishna_ai.core.vectors import card_matrix, card_texts, fuse, sentence_vector
 
 INDEX_VERSION = "1"
 
@@ -233,7 +233,7 @@ class Bank:
         (Krishna's counsel cards: `python bench/counsel_fit.py`.)"""
         import numpy as np
 
-        q = sentence_vectors([query])[0]
+        q = sentence_vector(query)
         own = self.vectors() @ q
         owners, examples = self.example_vectors()
         if not len(owners):

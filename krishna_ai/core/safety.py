@@ -139,11 +139,6 @@ _MEDICAL = [
 _GAME = re.compile(r"\b(?:beat|beats|beating)\s+me\s+(?:again\s+)?(?:at|in)\s+(?!front\b)", re.IGNORECASE)
 """"My brother beat me at chess": a game lost, not a blow."""
 
-_NOT_ABOUT_NOW = re.compile(
-    r"\b(?:how|why|when|where)\s+did\s+\w+(?:\s+\w+){0,3}\s+(?:die|kill|end)\b"  # a history question
-    r"|\b(?:history|historical|film|movie|novel|book|poem|song|story|character)\b.{0,40}\b(?:suicide|died)\b",
-    re.IGNORECASE)
-
 _WORDS_ONLY: dict[Crisis, re.Pattern[str]] = {
     "self_harm": re.compile(r"\bsuicide\b(?!\s+(?:squad|mission|doors?|run|pact\s+film))", re.IGNORECASE),
 }
@@ -221,7 +216,7 @@ def by_pattern(text: str) -> Crisis | None:
             continue
         if kind == "medical" and not_now and not _NOW.search(text):
             continue  # "my uncle had a heart attack last year"
-        if kind == "self_harm" and _NOT_ABOUT_NOW.search(text) and not re.search(rf"\b{_I}\b", text, re.I):
+        if kind == "self_harm" and not_now and not re.search(rf"\b{_I}\b", text, re.I):
             continue  # "why did Van Gogh take his own life?" is a question about history
         if kind == "abuse" and _GAME.search(text) and len(pattern.findall(text)) == 1:
             continue
@@ -238,9 +233,9 @@ def by_meaning(text: str) -> Crisis | None:
                    "(`python -m krishna_ai safety fit` writes it)")
         return None
     try:
-        from krishna_ai.core.vectors import sentence_vectors
+        from krishna_ai.core.vectors import sentence_vector
 
-        vector = sentence_vectors([text])[0]
+        vector = sentence_vector(text)
     except ModelUnavailable as exc:
         _warn_once(f"crisis messages are judged by their patterns only: {exc}")
         return None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,29 @@ RRF_K = 5
 
 
 class SentenceVectors:
-    """`vectors(texts)` → unit-length sentence vectors, one row per text. Loaded on first use; thread-safe."""
+    """`vectors(texts)` → unit-length sentence vectors, one row per text. Loaded on first use; thread-safe.
+    `one(text)` is one text's vector, kept for the last `RECENT` texts: a message is judged by the crisis check and
+    then ranks cards, and is embedded once."""
+
+    RECENT = 256
 
     def __init__(self) -> None:
         self._model: Any = None
         self._lock = threading.Lock()
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def one(self, text: str) -> np.ndarray:
+        with self._lock:
+            if (hit := self._recent.get(text)) is not None:
+                self._recent.move_to_end(text)
+                return hit
+        vector = self([text])[0]
+        vector.setflags(write=False)  # shared by every caller
+        with self._lock:
+            self._recent[text] = vector
+            while len(self._recent) > self.RECENT:
+                self._recent.popitem(last=False)
+        return vector
 
     def _load(self) -> Any:
         try:
@@ -79,6 +98,11 @@ _VECTORS = SentenceVectors()
 def sentence_vectors(texts: Sequence[str]) -> np.ndarray:
     """The process's one model: unit vectors of `texts`."""
     return _VECTORS(texts)
+
+
+def sentence_vector(text: str) -> np.ndarray:
+    """The unit vector of one text (read-only), from the process's model; the last few are kept."""
+    return _VECTORS.one(text)
 
 
 def card_texts(title: str, tags: list[str], text: str, person: str | None = None) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from krishna_ai.core.cache import write_text
 from krishna_ai.core.crisis_net import Net, words
 from krishna_ai.core.errors import InputError
-from krishna_ai.core.gate import _threshold
+from krishna_ai.core.gate import threshold_for
 from krishna_ai.core.safety import CRISES, MEANING_MODEL, NET, Crisis, by_pattern, crisis, normal
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -93,10 +93,10 @@ def fit_net(out: Path = NET, dev: Iterable[Path] = DEV, max_flagged: float = MAX
         p = cross_val_predict(LogisticRegression(C=c, max_iter=5000), x, y, method="predict_proba",
                               cv=StratifiedKFold(5, shuffle=True, random_state=0))
         score = 1.0 - p[:, 0]
-        threshold = _threshold(score[y == 0], max_flagged)
+        threshold = threshold_for(score[y == 0], max_flagged)
         recall = float((score[y > 0] >= threshold).mean())
         if best is None or recall > best[0]:
-            curve = {f"{share:.1%}": round(float((score[y > 0] >= _threshold(score[y == 0], share)).mean()), 4)
+            curve = {f"{share:.1%}": round(float((score[y > 0] >= threshold_for(score[y == 0], share)).mean()), 4)
                      for share in (0.005, 0.01, 0.02, 0.05)}
             best = (recall, c, threshold, curve)
     assert best is not None
