@@ -111,35 +111,43 @@ def test_the_model_by_meaning_computes_what_scikit_learn_fitted():
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from krishna_ai.core.crisis_net import CLASSES, Net, words
+    from krishna_ai.core.crisis_net import CLASSES, Net, Terms, chars, words
 
     texts = ["i want to kill myself", "my mom will kill me lol", "he hit me again and again", "chest pain now",
-             "kill kill me me", "the maize leaves have spots"]
-    y = [1, 0, 2, 3, 0, 0]
+             "kill kill me me", "the maize leaves have spots", "I  a suicidl"]
+    y = [1, 0, 2, 3, 0, 0, 1]
     vectors = np.random.default_rng(0).normal(size=(len(texts), 5))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    tfidf = TfidfVectorizer(analyzer=words, min_df=1, sublinear_tf=True)
-    x = hstack([tfidf.fit_transform(texts), csr_matrix(vectors)]).tocsr()
+    blocks = {"words": TfidfVectorizer(analyzer=words, min_df=1, sublinear_tf=True),
+              "chars": TfidfVectorizer(analyzer=chars, min_df=1, sublinear_tf=True)}
+    x = hstack([*(b.fit_transform(texts) for b in blocks.values()), csr_matrix(vectors)]).tocsr()
     lr = LogisticRegression(C=10, max_iter=1000).fit(x, y)
-    net = Net(dict(tfidf.vocabulary_), tfidf.idf_, lr.coef_, lr.intercept_, (None, *CRISES), 0.5, "x")
+    terms = tuple(Terms(name, dict(b.vocabulary_), b.idf_) for name, b in blocks.items())
+    net = Net(terms, lr.coef_, lr.intercept_, (None, *CRISES), 0.5, "x")
+    assert net.dimensions == 5
     for i, text in enumerate(texts + ["an unseen text, kill me"]):
         vector = vectors[i % len(texts)]
-        expected = lr.predict_proba(hstack([tfidf.transform([text]), csr_matrix(vector)]).tocsr())[0]
+        expected = lr.predict_proba(hstack([*(b.transform([text]) for b in blocks.values()),
+                                            csr_matrix(vector)]).tocsr())[0]
         assert np.allclose(list(net.probabilities(text, vector).values()), expected, atol=1e-9)
     assert words("Don't kill ME") == ["don", "kill", "me", "don kill", "kill me"]
+    for text in ("Don't kill ME", "I  a  suicidl\nnow", "ok", "😢 x"):  # scikit-learn's own char_wb analyzer
+        sklearn_chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4)).build_analyzer()
+        assert chars(text) == sklearn_chars(text)
     assert CLASSES == CRISES  # the kinds a model file may name are the crisis check's
 
 
-@pytest.mark.parametrize(("name", "caught"), [("heldout2.jsonl", 0.9), ("heldout3.jsonl", 0.9),
-                                             ("heldout4.jsonl", 0.85)])
-def test_crisis_messages_nobody_wrote_patterns_for_are_caught_by_meaning(name, caught):
+@pytest.mark.parametrize(("name", "caught", "flagged"), [
+    ("heldout2.jsonl", 0.95, 0.05), ("heldout3.jsonl", 0.93, 0.05), ("heldout4.jsonl", 0.88, 0.08),
+    ("heldout5.jsonl", 0.95, 0.11)])
+def test_crisis_messages_nobody_wrote_patterns_for_are_caught_by_meaning(name, caught, flagged):
     """Crisis messages and look-alikes by writers who saw none of the dev messages, phrases or model (README "Crisis
-    messages": the phrases alone caught 19-31% of them)."""
+    messages": the phrases alone caught 16-31% of them; the floors sit a message or two under what ships)."""
     from krishna_ai.training.safety_fit import labelled, measure
 
     patterns, shipped = measure(labelled([SETS / name]))
     assert patterns.caught < shipped.caught
-    assert shipped.caught / shipped.crisis >= caught and shipped.flagged / shipped.everyday <= 0.07
+    assert shipped.caught / shipped.crisis >= caught and shipped.flagged / shipped.everyday <= flagged
 
 
 def test_a_damaged_model_is_named_and_a_missing_one_leaves_the_patterns(tmp_path, monkeypatch, caplog):
@@ -148,8 +156,19 @@ def test_a_damaged_model_is_named_and_a_missing_one_leaves_the_patterns(tmp_path
     from krishna_ai.core.safety import MEANING_MODEL, NET
 
     bad = tmp_path / "crisis.json"
-    bad.write_text(NET.read_text(encoding="utf-8").replace('"version": 1', '"version": 9'), encoding="utf-8")
-    with pytest.raises(PersonaError, match="crisis.json: not a valid crisis model: version 9, expected 1"):
+    shipped = NET.read_text(encoding="utf-8")
+    bad.write_text(shipped.replace('"version": 2', '"version": 9'), encoding="utf-8")
+    with pytest.raises(PersonaError, match="crisis.json: not a valid crisis model: version 9, expected 2"):
+        load_net(bad, MEANING_MODEL)
+    bad.write_text(shipped.replace('"analyzer": "chars"', '"analyzer": "bytes"'), encoding="utf-8")
+    with pytest.raises(PersonaError, match="terms by 'bytes': not one of words, chars"):
+        load_net(bad, MEANING_MODEL)
+    bad.write_text(shipped.replace('"dimensions": 384', '"dimensions": 383'), encoding="utf-8")
+    with pytest.raises(PersonaError, match=r"coef has \d+ columns, not one per term \(\d+\) and per vector "
+                                           r"dimension \(383\)"):
+        load_net(bad, MEANING_MODEL)
+    bad.write_text("[]", encoding="utf-8")
+    with pytest.raises(PersonaError, match="a JSON object is expected, got list"):
         load_net(bad, MEANING_MODEL)
     bad.write_text("{", encoding="utf-8")
     with pytest.raises(PersonaError, match="crisis.json: not a crisis model"):
@@ -169,6 +188,8 @@ def test_a_damaged_model_is_named_and_a_missing_one_leaves_the_patterns(tmp_path
     "I'm not suicidal, just burnt out. How do I ask HR for a transfer?",
     "I used to cut myself as a teenager, I'm 10 years free of it now. How do I talk to my daughter about it?",
     "Why did Van Gogh take his own life?", "In the novel, does the hero end it all at the cliff?",
+    "Why does Javert kill himself in Les Mis?", "He hasn't said anything about hurting himself, but he drinks more",
+    "She isn't suicidal, just exhausted. How do I help her rest?",
 ])
 def test_the_phrases_do_not_take_these_for_a_crisis(message):
     """Everyday lines a phrase once matched (a review of the widened phrases found most of them)."""
@@ -184,6 +205,9 @@ def test_the_phrases_do_not_take_these_for_a_crisis(message):
     ("I havent felt happy in months, I want to end my life", "self_harm"),
     ("he used to hit me and last night he choked me", "abuse"), ("kms honestly", "self_harm"),
     ("like the hero of that novel I want to end it all", "self_harm"),
+    ("A student wrote exactly how she plans to kill herself on Thursday", "self_harm"),
+    ("my dad said he's going to hang himself and walked out", "self_harm"),
+    ("he said he isn't suicidal but now he says he'll kill himself tonight", "self_harm"),
 ])
 def test_a_denial_or_the_past_nearby_does_not_hide_a_crisis_from_the_phrases(message, kind):
     assert by_pattern(normal(message)) == kind

@@ -41,6 +41,9 @@ _I = r"(?:i|i'm|im|i am|i've|ive|i have|i'd|id|i feel|i keep|i just|i really|me|
 
 _SELF_HARM = [
     r"\b(?:kill|killing|hurt|hurting|harm|harming|cut|cutting|hang|hanging|burn|burning)\s+myself\b",
+    # someone else, now: "she plans to kill herself on her birthday" (a history or a novel is `_NOT_NOW`)
+    r"\b(?:kill|kills|killing|hurt|hurts|hurting|harm|harming|cut|cuts|cutting|hang|hanging)\s+"
+    r"(?:himself|herself|themselves|themself)\b(?!\s+(?:laughing|with\s+work))",
     r"\bend(?:ing)?\s+(?:my|this)\s+(?:own\s+)?life\b",
     r"\btak(?:e|ing)\s+my\s+(?:own\s+)?life\b",
     r"\bend\s+it\s+all\b",
@@ -151,7 +154,7 @@ _NOT_NOW = re.compile(
     r"(?:died|dies)\s+by\s+suicide|committed\s+suicide|volunteer\w*|helpline|awareness|prevention|"
     r"(?:be|being|get)\s+prepared|role[-\s]?play\w*|clients?|signs\s+of|if\s+it\s+ever|training|school\s+project|"
     r"what\s+(?:to|should\s+(?:i|you|one|we))\s+do\s+if|banned)\b"
-    r"|\bdid\s+(?:\w+\s+){1,3}(?:commit|die|kill|take)\b",
+    r"|\b(?:did|does)\s+(?:\w+\s+){1,3}(?:commit|die|kill|take)\b",
     re.IGNORECASE)
 """What says a message is about the past, someone else's story, fiction or a general question, not a crisis now:
 it leaves a medical pattern, and a bare crisis word, to the model by meaning (which saw such look-alikes)."""
@@ -159,7 +162,10 @@ it leaves a medical pattern, and a bare crisis word, to the model by meaning (wh
 _NOT_SAID = re.compile(
     r"\b(?:not|don'?t|do not|am not|i'?m not)\s+(?:really\s+|actually\s+|feeling\s+|going\s+to\s+|planning\s+to\s+|"
     r"thinking\s+(?:of|about)\s+|trying\s+to\s+|want(?:ing)?\s+to\s+)?"
-    r"(?:suicidal|(?:hurt|harm|kill)(?:ing)?\s+myself|self[-\s]?harm\w*)\b",
+    r"(?:suicidal|(?:hurt|harm|kill)(?:ing)?\s+myself|self[-\s]?harm\w*)\b"
+    r"|\b(?:hasn'?t|has\s+not|hadn'?t|didn'?t|did\s+not|never|isn'?t|is\s+not|doesn'?t|does\s+not)\s+"
+    r"(?:said|talked|spoken|mentioned|shown|been|seem\w*|want\w*)?\s*(?:anything\s+|any\s+sign\s+of\s+)?"
+    r"(?:about\s+|of\s+|to\s+)?(?:suicidal|(?:hurt|harm|kill|cut)(?:ing)?\s+(?:himself|herself|themselves))\b",
     re.IGNORECASE)
 """A crisis phrase the writer denies ("I'm not suicidal, just burnt out", "I don't want to hurt myself"): taken out
 before the phrases are matched; the model by meaning still reads the whole message."""
@@ -239,8 +245,8 @@ def by_meaning(text: str) -> Crisis | None:
     except ModelUnavailable as exc:
         _warn_once(f"crisis messages are judged by their patterns only: {exc}")
         return None
-    if len(vector) != net.coef.shape[1] - len(net.terms):
-        raise PersonaError(f"{NET}: fitted on vectors of {net.coef.shape[1] - len(net.terms)} numbers, but "
+    if len(vector) != net.dimensions:
+        raise PersonaError(f"{NET}: fitted on vectors of {net.dimensions} numbers, but "
                            f"{MEANING_MODEL} gives {len(vector)}: refit with `python -m krishna_ai safety fit`")
     return cast("Crisis | None", net.kind(text, vector))  # one of CRISES: checked at load
 

@@ -3,11 +3,11 @@
     python -m krishna_ai safety fit        # writes prompts/safety/crisis.json
     python -m krishna_ai safety eval       # caught / flagged on data/safety/heldout*.jsonl, patterns and model
 
-The model (`core/safety.Net`) is a multinomial logistic regression over a message's TF-IDF words and word pairs
-beside its all-MiniLM-L6-v2 sentence vector: the labelled crisis messages of `data/safety/dev*.jsonl` (`"crisis":
-kind`) against everyday messages (the dev files' `"crisis": null` look-alikes and every persona's own training
-and held-out questions). Its threshold on P(crisis) flags at most `MAX_FLAGGED` of the everyday messages in
-cross-validation. `eval` is the number to quote: messages none of it was fitted on.
+The model (`core/crisis_net.Net`) is a multinomial logistic regression over a message's TF-IDF words and word
+pairs and character n-grams beside its all-MiniLM-L6-v2 sentence vector: the labelled crisis messages of
+`data/safety/dev*.jsonl` (`"crisis": kind`) against everyday messages (the dev files' `"crisis": null` look-alikes
+and every persona's own training and held-out questions). Its threshold on P(crisis) flags at most `MAX_FLAGGED` of
+the everyday messages in cross-validation. `eval` is the number to quote: messages none of it was fitted on.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from krishna_ai.core.cache import write_text
-from krishna_ai.core.crisis_net import Net, words
+from krishna_ai.core.crisis_net import ANALYZERS, Net, Terms
 from krishna_ai.core.errors import InputError
 from krishna_ai.core.gate import threshold_for
 from krishna_ai.core.safety import CRISES, MEANING_MODEL, NET, Crisis, by_pattern, crisis, normal
@@ -64,10 +64,16 @@ def persona_questions(data: Path = DATA) -> list[str]:
     return sorted(set(questions))
 
 
-def fit_net(out: Path = NET, dev: Iterable[Path] = DEV, max_flagged: float = MAX_FLAGGED) -> Net:
+MIN_DF = {"words": 2, "chars": 3}
+"""In how many messages a term must be to be one of the model's (TF-IDF block by analyzer)."""
+
+
+def fit_net(out: Path = NET, dev: Iterable[Path] = DEV, max_flagged: float = MAX_FLAGGED,
+            analyzers: tuple[str, ...] = ("words", "chars")) -> Net:
     """Fit the crisis model and write it to `out`: C and the threshold chosen on 5-fold cross-validated
     predictions (the threshold flags at most `max_flagged` of the everyday messages; C catches the most crisis
-    messages under it). The TF-IDF terms and weights are fitted on all the messages first (no labels)."""
+    messages under it). The TF-IDF terms and weights of each of `analyzers` (`MIN_DF`: words and word pairs seen in
+    two messages, character n-grams in three) are fitted on all the messages first (no labels)."""
     import numpy as np
     from scipy.sparse import csr_matrix, hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -85,8 +91,9 @@ def fit_net(out: Path = NET, dev: Iterable[Path] = DEV, max_flagged: float = MAX
     texts = [normal(m) for m in everyday] + [normal(m) for m, _ in crises]
     classes: tuple[Crisis | None, ...] = (None, *CRISES)
     y = np.array([0] * len(everyday) + [classes.index(k) for _, k in crises])
-    tfidf = TfidfVectorizer(analyzer=words, min_df=2, sublinear_tf=True)
-    x = hstack([tfidf.fit_transform(texts), csr_matrix(sentence_vectors(texts))]).tocsr()
+    blocks = {name: TfidfVectorizer(analyzer=ANALYZERS[name], min_df=MIN_DF[name], sublinear_tf=True)
+              for name in analyzers}
+    x = hstack([*(b.fit_transform(texts) for b in blocks.values()), csr_matrix(sentence_vectors(texts))]).tocsr()
 
     best: tuple[float, float, float, dict[str, float]] | None = None  # (recall, C, threshold, recall by share)
     for c in (1.0, 3.0, 10.0, 30.0):
@@ -105,8 +112,8 @@ def fit_net(out: Path = NET, dev: Iterable[Path] = DEV, max_flagged: float = MAX
     report = {"everyday": len(everyday), **{k: sum(1 for _, kk in crises if kk == k) for k in CRISES}, "C": c,
               "cv_crisis_caught": round(recall, 4), "cv_everyday_flagged_max": max_flagged,
               "cv_crisis_caught_by_everyday_flagged": curve}
-    net = Net({t: int(i) for t, i in tfidf.vocabulary_.items()}, tfidf.idf_, lr.coef_, lr.intercept_, classes,
-              threshold, MEANING_MODEL, report)
+    terms = tuple(Terms(name, {t: int(i) for t, i in b.vocabulary_.items()}, b.idf_) for name, b in blocks.items())
+    net = Net(terms, lr.coef_, lr.intercept_, classes, threshold, MEANING_MODEL, report)
     write_text(out, net.to_json())
     return net
 
