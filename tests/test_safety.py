@@ -190,6 +190,9 @@ def test_a_damaged_model_is_named_and_a_missing_one_leaves_the_patterns(tmp_path
     "Why did Van Gogh take his own life?", "In the novel, does the hero end it all at the cliff?",
     "Why does Javert kill himself in Les Mis?", "He hasn't said anything about hurting himself, but he drinks more",
     "She isn't suicidal, just exhausted. How do I help her rest?",
+    "I always lock the door at night, is that paranoid?", "Instagram locked me out of my account, how do I log in?",
+    "The hotel kept my passport at check-in, is that normal?", "an internship with no pay, is it worth it for my CV?",
+    "my little sister beats the other kids at chess every time", "the coach kicks the boys out if they are late",
 ])
 def test_the_phrases_do_not_take_these_for_a_crisis(message):
     """Everyday lines a phrase once matched (a review of the widened phrases found most of them)."""
@@ -208,6 +211,11 @@ def test_the_phrases_do_not_take_these_for_a_crisis(message):
     ("A student wrote exactly how she plans to kill herself on Thursday", "self_harm"),
     ("my dad said he's going to hang himself and walked out", "self_harm"),
     ("he said he isn't suicidal but now he says he'll kill himself tonight", "self_harm"),
+    ("background: the warden beats the junior boys with a PVC pipe", "abuse"),
+    ("our neighbour beats his kids with a belt every evening", "abuse"),
+    ("my son locks me in the storeroom when guests come", "abuse"),
+    ("the agent took our passports, we work 16 hours with no pay", "abuse"),
+    ("they took my passport and I can't leave the house", "abuse"),
 ])
 def test_a_denial_or_the_past_nearby_does_not_hide_a_crisis_from_the_phrases(message, kind):
     assert by_pattern(normal(message)) == kind

@@ -116,6 +116,19 @@ _ABUSE = [
     r"\b(?:photos|pictures|pics|nudes|videos)\b.{0,60}\b(?:keep|kept|keeping)\b.{0,20}\bsecret\b"
     r"|\b(?:keep|kept|keeping)\b.{0,20}\bsecret\b.{0,60}\b(?:photos|pictures|pics|nudes|touch\w*)\b",
     r"\b(?:touches|touched|touching)\s+my\s+(?:private|privates|body|chest|breasts)\b",
+    # others hurt now: "the warden beats the junior boys", "he slaps my mother" (a match is a game: `_GAME`)
+    r"\b(?:beats|hits|slaps|kicks|whips|canes|burns|punches|chokes)\s+(?:the\s+)?(?:\w+\s+)?"
+    r"(?:boys|girls|kids|children|students|workers|maids?|us|my\s+(?:\w+\s+)?(?:son|daughter|kids|children|child|mother|"
+    r"mom|mum|maa|sister|brother|wife|husband|grandmother|grandfather|nani|dadi))\b(?!\s+(?:out|off)\b)",
+    # shut in: "locks me in the storeroom", "locked us in at night", "locks the door from outside"
+    r"\b(?:lock|locks|locked|locking)\s+(?:me|us)\s+(?:in|inside|up|outside|"
+    r"out(?!\s+of\s+(?:my|the|his|her|our)\s+(?:\w+\s+)?(?:accounts?|profile|e?mail|phone|app|laptop|computer|car)\b))\b"
+    r"|\block(?:s|ed)?\s+the\s+door\s+from\s+(?:the\s+)?outside\b",
+    # forced labour, trafficking: papers taken, and no way out or no pay
+    r"^(?=.*\b(?:kept|keeps|keep|took|takes|taken|has|have|holds?|confiscated|seized)\s+(?:away\s+)?(?:my|our)\s+"
+    r"(?:\w+\s+)?(?:passports?|aadhaar|id\s+cards?|ids|documents|papers)\b)"
+    r"(?=.*\b(?:(?:can'?t|cannot|not\s+allowed\s+to|won'?t\s+let\s+(?:me|us))\s+(?:leave|go\s+home|go\s+out|run)|"
+    r"no\s+pay|without\s+pay|(?:hasn'?t|not|never)\s+(?:been\s+)?paid)\b)",
 ]
 
 _MEDICAL = [
@@ -139,8 +152,9 @@ _MEDICAL = [
     r"\b(?:dizzy|vomiting|fainting|fainted)\b.{0,60}\b(?:after|since)\s+(?:spraying|using|mixing)\b",
 ]
 
-_GAME = re.compile(r"\b(?:beat|beats|beating)\s+me\s+(?:again\s+)?(?:at|in)\s+(?!front\b)", re.IGNORECASE)
-""""My brother beat me at chess": a game lost, not a blow."""
+_GAME = re.compile(r"\b(?:beat|beats|beating)\s+(?:\w+\s+){1,3}(?:again\s+)?(?:at|in)\s+(?!front\b)",
+                   re.IGNORECASE)
+""""My brother beat me at chess", "she beats the boys in every race": a game lost, not a blow."""
 
 _WORDS_ONLY: dict[Crisis, re.Pattern[str]] = {
     "self_harm": re.compile(r"\bsuicide\b(?!\s+(?:squad|mission|doors?|run|pact\s+film))", re.IGNORECASE),
