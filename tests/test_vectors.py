@@ -224,5 +224,5 @@ def test_one_message_is_embedded_once_while_it_is_recent():
     assert np.allclose(first, vectors.sentence_vectors(["our family dog died"])[0], atol=1e-6)
     model.one("a")
     model.one("b")  # pushes the dog out: only the last RECENT are kept
-    model.one("our family dog died")
-    assert len(calls) == 4
+    model.one("our family  dog died\n")
+    assert len(calls) == 4  # the same words, spaced otherwise, are the same text

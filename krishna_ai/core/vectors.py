@@ -53,6 +53,7 @@ class SentenceVectors:
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def one(self, text: str) -> np.ndarray:
+        text = " ".join(text.split())  # the tokenizer reads "a  b" as "a b": one key for both
         with self._lock:
             if (hit := self._recent.get(text)) is not None:
                 self._recent.move_to_end(text)
