@@ -155,12 +155,14 @@ def _cmd_safety(args: argparse.Namespace) -> int:
     if args.action == "fit":
         net = safety_fit.fit_net()
         r = net.report
+        sentence = "" if net.sentence_threshold is None else f", a sentence's {net.sentence_threshold:.3f}"
         print(f"{r['everyday']} everyday messages, " + ", ".join(f"{r[k]} {k}" for k in net.classes if k) +
-              f"; C={r['C']}, threshold {net.threshold:.3f}: cross-validated, {r['cv_crisis_caught']:.1%} of crisis "
-              f"messages caught with at most {r['cv_everyday_flagged_max']:.1%} of everyday ones flagged -> "
-              f"{safety_fit.NET}")
+              f"; C={r['C']}, a message's threshold {net.threshold:.3f}{sentence}: cross-validated, "
+              f"{r['cv_crisis_caught']:.1%} of crisis messages caught (whole messages alone: "
+              f"{r['cv_crisis_caught_whole_messages_only']:.1%}) with at most {r['cv_everyday_flagged_max']:.1%} of "
+              f"everyday ones flagged -> {safety_fit.NET}")
         curve = r["cv_crisis_caught_by_everyday_flagged"]
-        print("cross-validated, crisis messages caught if the threshold flagged: " + ", ".join(
+        print("cross-validated, crisis messages caught if the thresholds flagged: " + ", ".join(
             f"{share} of everyday ones, {caught:.1%}" for share, caught in curve.items()))
         return 0
     paths = [Path(p) for p in args.file] or safety_fit.HELDOUT

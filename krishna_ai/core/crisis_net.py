@@ -54,6 +54,17 @@ def chars(text: str) -> list[str]:
 
 ANALYZERS: dict[str, Callable[[str], list[str]]] = {"words": words, "chars": chars}
 
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?…])\s+|\s+(?:but|also|btw|anyway|and\s+then)\s+", re.IGNORECASE)
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a message of more than one (each of three words or more: a clause after "but", "also",
+    "btw", "anyway" counts as one), judged one by one as well as whole; [] for a message of one. A crisis told in one
+    sentence of a long request ("Who commanded the artillery at Panipat? also i keep thinking about the terrace") is
+    outweighed as a whole by the request's words."""
+    pieces = [p for p in _SENTENCE_BREAK.split(text) if p and len(p.split()) >= 3]
+    return pieces if len(pieces) > 1 else []
+
 
 @dataclass(frozen=True)
 class Terms:
@@ -94,7 +105,11 @@ class Net:
     intercept: Any
     classes: tuple[str | None, ...]
     threshold: float
+    """P(crisis) at or above which a whole message is a crisis."""
     embedding: str
+    sentence_threshold: float | None = None
+    """P(crisis) at or above which one of a message's `sentences` makes it a crisis (None: only whole messages). Fitted
+    with `threshold` so that the two together flag the share of everyday messages one threshold alone would."""
     report: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -124,13 +139,26 @@ class Net:
         return dict(zip(self.classes, (p / p.sum()).tolist(), strict=True))
 
     def kind(self, text: str, vector: Any) -> str | None:
-        p = self.probabilities(text, vector)
-        if 1.0 - p[None] < self.threshold:
+        """The crisis kind of the whole message, or None."""
+        return self._kind(self.probabilities(text, vector), self.threshold)
+
+    def sentence_kind(self, pieces: list[str], vectors: Any) -> str | None:
+        """The crisis kind of the first of a message's `sentences` (with their `vectors`) at `sentence_threshold`."""
+        if self.sentence_threshold is None:
+            return None
+        for piece, vector in zip(pieces, vectors, strict=True):
+            if kind := self._kind(self.probabilities(piece, vector), self.sentence_threshold):
+                return kind
+        return None
+
+    def _kind(self, p: dict[str | None, float], threshold: float) -> str | None:
+        if 1.0 - p[None] < threshold:
             return None
         return max((k for k in self.classes if k is not None), key=lambda k: p[k])
 
     def to_json(self) -> str:
         return json.dumps({"version": NET_VERSION, "embedding": self.embedding, "threshold": self.threshold,
+                           "sentence_threshold": self.sentence_threshold,
                            "dimensions": self.dimensions, "classes": list(self.classes), "report": self.report,
                            "intercept": [round(float(v), 6) for v in self.intercept],
                            "terms": [t.to_json() for t in self.terms],
@@ -178,9 +206,12 @@ def _load_net(path: str, embedding: str, _mtime: int, _size: int) -> Net:
             raise ValueError(f"coef has {coef.shape[1]} columns, not one per term ({n_terms}) and per vector "
                              f"dimension ({raw['dimensions']})")
         threshold = float(raw["threshold"])
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-        return Net(tuple(blocks), coef, intercept, classes, threshold, raw["embedding"], dict(raw.get("report") or {}))
+        sentence = raw.get("sentence_threshold")
+        for name, value in (("threshold", threshold), ("sentence_threshold", sentence)):
+            if value is not None and not 0.0 < float(value) < 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        return Net(tuple(blocks), coef, intercept, classes, threshold, raw["embedding"],
+                   None if sentence is None else float(sentence), dict(raw.get("report") or {}))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PersonaError(f"{path}: not a crisis model (JSON): {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:

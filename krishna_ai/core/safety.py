@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, cast
 
-from krishna_ai.core.crisis_net import load_net
+from krishna_ai.core.crisis_net import load_net, sentences
 from krishna_ai.core.errors import ModelUnavailable, PersonaError
 from krishna_ai.core.vectors import MODEL_NAME as MEANING_MODEL
 
@@ -93,6 +93,9 @@ _SELF_HARM = [
     r"\bend\s+(?:it|things|everything)\s+(?:tonight|today|now|soon|for good)\b",
     r"\b(?:done|finished)\s+with\s+(?:life|living|being alive)\b",
     r"\b(?:want|wanna|going)\s+to\s+(?:disappear|not\s+exist)\b(?!\s+(?:for\s+a|from\s+(?:social|the\s+internet)))",
+    r"\b(?:cutting|slitting|slit|cut)\s+my\s+(?:own\s+)?(?:wrists?|thighs?)\b|\bcutting\s+my\s+(?:own\s+)?arms?\b",
+    r"\b(?:rope|noose)\s+(?:is\s+)?ready\b(?!\s+for\s+(?:the\s+)?(?:tug|swing|climb\w*|game|camp\w*|tent|boat))"
+    r"|\b(?:tied|made|tie|make|making)\s+(?:a|the|my)\s+noose\b",
 ]
 
 _ABUSE = [
@@ -150,6 +153,11 @@ _MEDICAL = [
     r"\b(?:is|he's|she's|baby is|child is|son is|daughter is)\s+choking\b",
     r"\b(?:pesticide|insecticide|spray)\s+(?:poisoning|in my eyes)\b",
     r"\b(?:dizzy|vomiting|fainting|fainted)\b.{0,60}\b(?:after|since)\s+(?:spraying|using|mixing)\b",
+    r"\bspeech\s+(?:is\s+|was\s+|got\s+|has\s+gone\s+)?slurr\w*|\b(?:can'?t|cannot|unable\s+to)\s+move\s+"
+    r"(?:his|her|my|the)\s+(?:left|right)\s+(?:side|arm|leg|hand)\b",
+    # a diabetic's sugar far too low, with its signs: "sugar reads 38 and I'm shaking and confused"
+    r"^(?=.*\b(?:sugar|glucose|bg|reading|readings)\b\D{0,25}\b(?:[1-4]\d|50)\b(?!\s*(?:years?|yrs|kg|%|mmol)))"
+    r"(?=.*\b(?:shak\w*|confus\w*|sweat\w*|faint\w*|slurr\w*|can'?t\s+think|unconscious|drowsy|not\s+making\s+sense)\b)",
 ]
 
 _GAME = re.compile(r"\b(?:beat|beats|beating)\s+(?:\w+\s+){1,3}(?:again\s+)?(?:at|in)\s+(?!front\b)",
@@ -245,15 +253,16 @@ def by_pattern(text: str) -> Crisis | None:
 
 
 def by_meaning(text: str) -> Crisis | None:
-    """The crisis kind the fitted model gives `text` when its P(crisis) reaches the model's threshold, or None;
-    None too when no model is fitted or the sentence vectors' model is missing (then a warning, once)."""
+    """The crisis kind the fitted model gives `text` when its P(crisis) reaches the model's threshold, or one of its
+    sentences' reaches the sentence threshold; None otherwise, and when no model is fitted or the sentence vectors'
+    model is missing (then a warning, once)."""
     net = load_net(NET, MEANING_MODEL)
     if net is None:
         _warn_once(f"{NET} is missing: crisis messages are judged by their patterns only "
                    "(`python -m krishna_ai safety fit` writes it)")
         return None
     try:
-        from krishna_ai.core.vectors import sentence_vector
+        from krishna_ai.core.vectors import sentence_vector, sentence_vectors
 
         vector = sentence_vector(text)
     except ModelUnavailable as exc:
@@ -262,7 +271,10 @@ def by_meaning(text: str) -> Crisis | None:
     if len(vector) != net.dimensions:
         raise PersonaError(f"{NET}: fitted on vectors of {net.dimensions} numbers, but "
                            f"{MEANING_MODEL} gives {len(vector)}: refit with `python -m krishna_ai safety fit`")
-    return cast("Crisis | None", net.kind(text, vector))  # one of CRISES: checked at load
+    kind = net.kind(text, vector)
+    if kind is None and net.sentence_threshold is not None and (pieces := sentences(text)):
+        kind = net.sentence_kind(pieces, sentence_vectors(pieces))
+    return cast("Crisis | None", kind)  # one of CRISES: checked at load
 
 
 @lru_cache(maxsize=8)
