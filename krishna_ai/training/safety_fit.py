@@ -144,7 +144,8 @@ def thresholds(whole: Any, sent: Any | None, y: Any, share: float) -> tuple[floa
         sentence_threshold = None
         if sent is not None:
             left = np.sort(sent[everyday & ~hit])[::-1]  # the everyday messages the whole-message threshold leaves
-            allowed = int(np.floor(share * everyday.sum())) - int((hit & everyday).sum())
+            # how many more may be flagged (none when the whole-message threshold, clamped under 1, took them all)
+            allowed = max(int(np.floor(share * everyday.sum())) - int((hit & everyday).sum()), 0)
             sentence_threshold = float(min(max(left[allowed] + 1e-6, 1e-6), 1 - 1e-6)) if allowed < len(left) \
                 else 1e-6
             hit = hit | (sent >= sentence_threshold)
