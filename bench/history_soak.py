@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,8 @@ class Client:
     chat_id: str | None = None
     acked: list[tuple[str, str]] = field(default_factory=list)
     """(question, reply) for every request that returned."""
+    acked_at: list[float] = field(default_factory=list)
+    """When each of `acked` returned."""
     failed: list[tuple[str, float]] = field(default_factory=list)
     """(question, when) for every request that failed (sent while the app was down or being killed)."""
 
@@ -149,12 +152,12 @@ def tag(question: str) -> tuple[int, int]:
     return int(client), int(n)
 
 
-def client_loop(url: str, c: Client, until: float, max_new: int, rng: random.Random) -> None:
+def client_loop(url: str, c: Client, keep_going: Callable[[], bool], max_new: int, rng: random.Random) -> None:
     from gradio_client import Client as GradioClient
 
     api = None
     n = 0
-    while time.time() < until:
+    while keep_going():
         question = numbered(c.idx, n, rng)
         n += 1
         try:
@@ -164,6 +167,7 @@ def client_loop(url: str, c: Client, until: float, max_new: int, rng: random.Ran
                               chat_id=c.chat_id or "new")
             c.chat_id = out["chat_id"]
             c.acked.append((question, out["reply"]))
+            c.acked_at.append(time.time())
         except Exception:  # noqa: BLE001 - the app is down (killed): counted, and the client carries on
             c.failed.append((question, time.time()))
             api = None
@@ -232,7 +236,10 @@ def warm_caches() -> None:
 
 def run(clients: int = 32, seconds: float = 120.0, kill_at: float | None = 60.0, max_new: int = 16,
         db: str | None = None, data: Path | None = None, model: str = "", seed: int = 0,
-        server_slots: int = 0) -> dict:
+        server_slots: int = 0, min_each_side: int = 0) -> dict:
+    """The soak; with `min_each_side`, the kill waits (up to a minute past `kill_at`) for that many replies, and the
+    clients carry on past `seconds` (up to two minutes) until that many came after the restart: a slow machine
+    still tests a kill between replies, not a count of them."""
     import tempfile
 
     from krishna_ai.history.store import HistoryStore
@@ -251,14 +258,27 @@ def run(clients: int = 32, seconds: float = 120.0, kill_at: float | None = 60.0,
     cs = [Client(i) for i in range(clients)]
     started = time.time()
     until = started + seconds
-    threads = [threading.Thread(target=client_loop, args=(url, c, until, max_new, random.Random(rng.random())),
+    window: tuple[float, float] | None = None
+
+    def replies(since: float) -> int:
+        return sum(t > since for c in cs for t in list(c.acked_at))
+
+    def keep_going() -> bool:
+        now = time.time()
+        if now < until:
+            return True
+        return kill_at is not None and now < until + 120 and (window is None or replies(window[1]) < min_each_side)
+
+    threads = [threading.Thread(target=client_loop, args=(url, c, keep_going, max_new, random.Random(rng.random())),
                                 daemon=True) for c in cs]
     for t in threads:
         t.start()
-    window, servers, orphans = None, [], None
+    servers, orphans = [], None
     try:
         if kill_at is not None:
             time.sleep(max(0.0, started + kill_at - time.time()))
+            while replies(0.0) < min_each_side and time.time() < started + kill_at + 60:
+                time.sleep(0.2)
             killed = time.time()
             servers, orphans = app.kill()
             app.start()
@@ -275,6 +295,8 @@ def run(clients: int = 32, seconds: float = 120.0, kill_at: float | None = 60.0,
     out.update(declined=sum(r.startswith(decline[:40]) for c in cs for _, r in c.acked), llama_servers=len(servers),
                clients=clients, seconds=round(time.time() - started, 1),
                replies=sum(len(c.acked) for c in cs), failed_requests=sum(len(c.failed) for c in cs),
+               replies_before_kill=sum(t < window[0] for c in cs for t in c.acked_at) if window else None,
+               replies_after_restart=sum(t > window[1] for c in cs for t in c.acked_at) if window else None,
                restart_s=round(window[1] - window[0], 1) if window else None, db=store.where)
     store.close()
     return out
@@ -297,7 +319,8 @@ def main() -> int:
     print(f"{args.clients} clients × {args.seconds:.0f} s, SIGKILL at {args.kill_at:.0f} s, {out['db']}"
           + (f", --server-slots {args.server_slots}" if args.server_slots else ""))
     print("| measure | value |\n|---|---|")
-    for key in ("replies", "declined", "failed_requests", "lost_replies", "restart_s", "llama_servers", "seconds"):
+    for key in ("replies", "replies_before_kill", "replies_after_restart", "declined", "failed_requests",
+                "lost_replies", "restart_s", "llama_servers", "seconds"):
         print(f"| {key} | {out[key]} |")
     for name, ok in out["checks"].items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
