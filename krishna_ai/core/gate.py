@@ -128,6 +128,12 @@ def threshold_for(negatives: Any, max_share: float) -> float:
     above it."""
     import numpy as np
 
+    return threshold_allowing(negatives, int(np.floor(max_share * len(negatives))))
+
+
+def threshold_allowing(negatives: Any, allowed: int) -> float:
+    """The lowest threshold at which at most `allowed` of `negatives` is at or above it (kept between 0 and 1)."""
+    import numpy as np
+
     ranked = np.sort(negatives)[::-1]
-    allowed = int(np.floor(max_share * len(ranked)))
     return float(min(max(ranked[allowed] + 1e-6, 1e-6), 1 - 1e-6)) if allowed < len(ranked) else 1e-6

@@ -6,8 +6,9 @@
 The model (`core/crisis_net.Net`) is a multinomial logistic regression over a message's TF-IDF words and word
 pairs and character n-grams beside its all-MiniLM-L6-v2 sentence vector: the labelled crisis messages of
 `data/safety/dev*.jsonl` (`"crisis": kind`) against everyday messages (the dev files' `"crisis": null` look-alikes
-and every persona's own training and held-out questions). Its threshold on P(crisis) flags at most `MAX_FLAGGED` of
-the everyday messages in cross-validation. `eval` is the number to quote: messages none of it was fitted on.
+and every persona's own training and held-out questions). Its thresholds on P(crisis), a whole message's and a
+sentence's, together flag at most `MAX_FLAGGED` of the everyday messages in cross-validation. `eval` is the number
+to quote: messages none of it was fitted on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from krishna_ai.core.cache import write_text
 from krishna_ai.core.crisis_net import ANALYZERS, Net, Terms, sentences
 from krishna_ai.core.errors import InputError
-from krishna_ai.core.gate import threshold_for
+from krishna_ai.core.gate import threshold_allowing, threshold_for
 from krishna_ai.core.safety import CRISES, MEANING_MODEL, NET, Crisis, by_pattern, crisis, normal
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -143,11 +144,10 @@ def thresholds(whole: Any, sent: Any | None, y: Any, share: float) -> tuple[floa
         hit = whole >= threshold
         sentence_threshold = None
         if sent is not None:
-            left = np.sort(sent[everyday & ~hit])[::-1]  # the everyday messages the whole-message threshold leaves
-            # how many more may be flagged (none when the whole-message threshold, clamped under 1, took them all)
+            # how many more of the everyday messages it leaves may be flagged (none when the whole-message
+            # threshold, clamped under 1, took them all)
             allowed = max(int(np.floor(share * everyday.sum())) - int((hit & everyday).sum()), 0)
-            sentence_threshold = float(min(max(left[allowed] + 1e-6, 1e-6), 1 - 1e-6)) if allowed < len(left) \
-                else 1e-6
+            sentence_threshold = threshold_allowing(sent[everyday & ~hit], allowed)
             hit = hit | (sent >= sentence_threshold)
         recall = float(hit[crisis_].mean())
         if best is None or recall > best[0]:
