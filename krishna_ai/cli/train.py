@@ -284,6 +284,39 @@ def add_safety_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--show", action="store_true", help="list each message missed or wrongly flagged")
     p.set_defaults(func=_cmd_safety)
 
+    p = sub.add_parser("matcher", help="tune the sentence model that chooses counsel cards, on the cards' examples")
+    g = p.add_subparsers(dest="action", required=True)
+    fit = g.add_parser("fit", help="fit and write the [counsel] matcher of every persona file that names one")
+    fit.add_argument("file", nargs="*", help="persona files (default: every one in prompts/)")
+    fit.add_argument("--epochs", type=int, default=2, help="passes over the examples (default 2)")
+    fit.add_argument("--rank", type=int, default=8, help="the LoRA's rank (default 8)")
+    fit.add_argument("--seed", type=int, default=0, help="the held-back examples and the shuffle (default 0)")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_matcher)
+
+
+def _cmd_matcher(args: argparse.Namespace) -> int:
+    from krishna_ai.core.personas import persona_dirs
+    from krishna_ai.training import matcher
+
+    if min(args.epochs, args.rank) < 1:
+        raise SystemExit("--epochs and --rank must be at least 1")
+    settings = matcher.Settings(epochs=args.epochs, rank=args.rank, seed=args.seed)
+    paths = [Path(p) for p in args.file] or sorted(Path(persona_dirs()[0]).glob("*.toml"))
+    fitted = 0
+    for path in paths:
+        counsel = tomllib.loads(path.read_text(encoding="utf-8")).get("counsel") or {}
+        if not args.file and not counsel.get("matcher"):
+            continue  # every persona file: only those naming a matcher (a file named on the command line must)
+        f = matcher.fit_persona(path, settings, progress=not args.quiet)
+        fitted += 1
+        print(f"{path.stem}: {f.cards} cards, trained on {f.trained_on} examples in {f.seconds:.0f} s; of "
+              f"{f.held_back} held back, own card first {f.plain['own card']:.1%} -> {f.tuned['own card']:.1%}, "
+              f"a card of its topic {f.plain['topic']:.1%} -> {f.tuned['topic']:.1%} -> {f.folder}")
+    if not fitted:
+        print("no persona file names a [counsel] matcher")
+    return 0
+
 
 def scope_fit_heldout() -> Path:
     from krishna_ai.training.scope_fit import HELDOUT

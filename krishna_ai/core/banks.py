@@ -90,12 +90,17 @@ class Counsel(_Bank):
     plus its nearest `examples`' (the troubles it was written for)."""
     teachings: str | None = None
     """The bank of teachings the counsel cards apply (their `teaching` ids are checked against it at load)."""
+    matcher: str | None = None
+    """With `vectors`: a folder (relative to the persona file) holding a LoRA of the sentence model tuned so that a
+    trouble's vector lands near its card's and examples' (`python -m krishna_ai matcher fit` writes it)."""
 
     @model_validator(mode="after")
     def _how_used(self) -> Counsel:
         if not self.written and self.instruction is None:
             raise ValueError("needs an instruction with $cards (teachings the model applies), or written = true "
                              "(the card's text is the counsel)")
+        if self.matcher is not None and not self.vectors:
+            raise ValueError("matcher tunes the ranking by meaning, so it needs vectors = true")
         return self
 
 

@@ -113,7 +113,7 @@ def teachings_for(persona: Any, message: str, before: str | None = None, k: int 
     if not trouble:
         return []
     return [h.card for h in load_bank(counsel.bank).search(trouble, k=k or counsel.top_k, min_score=counsel.min_score,
-                                                           vectors=counsel.vectors)]
+                                                           vectors=counsel.vectors, matcher=counsel.matcher)]
 
 
 FOLLOW_UP_WORDS = 5

