@@ -110,6 +110,10 @@ _SELF_HARM = [
     r"\b(?:rope|noose)\s+(?:is\s+)?(?:ready|tied|hung|up)\s+(?:in|on|from|to)\s+(?:the\s+|my\s+)?"
     r"(?:garage|fan|ceiling|room|tree|beam|closet|cupboard|bathroom|hook|rafter)\b"
     r"|\b(?:made|tied|hung|making|tying)\s+(?:a|the|my)\s+noose\b(?!\s+(?:to|for)\s+(?:trap|catch|rats?|the\s+rats))",
+    # to follow the dead: "my wife died in march and i'm going to join her" (not "join them at the memorial")
+    r"^(?=.*\b(?:died|dead|passed\s+away|passed\s+on|death|funeral|grave|lost\s+(?:him|her|them))\b)"
+    r".*\b(?:going|gonna|want|wanna|ready|plan\w*|time|soon)\s+(?:to\s+)?join\s+(?:her|him|them)\b"
+    r"(?!\s+(?:at|for|in|on|to|with|and|after|tomorrow|tonight)\b)",
 ]
 
 _ABUSE = [
@@ -162,6 +166,9 @@ _MEDICAL = [
     r"(?:a|the)\s+(?:whole\s+)?(?:bottle|packet|strip|box|pack)\s+of)?\s*"
     r"(?:pills|tablets|medicine|poison|pesticide|insecticide|herbicide|weedkiller|bleach|rat poison)\b",
     r"\b(?:overdosed|poisoned)\b",
+    # a button battery or magnets swallowed burn through a child's gut within hours
+    r"\bswallow(?:ed|s)?\s+(?:a\s+|an\s+|the\s+|some\s+|two\s+|\d+\s+)?(?:button|coin|lithium|watch)\s+batter(?:y|ies)\b"
+    r"|\bswallow(?:ed|s)?\s+(?:a\s+|some\s+|two\s+|\d+\s+)?(?:small\s+)?magnets?\b",
     r"\b(?:unconscious|unresponsive|passed out and (?:won'?t|will not) wake)\b",
     r"\bbleeding\s+(?:heavily|a lot|badly|won'?t stop|will not stop|that won'?t stop)\b",
     r"\bsnake\s*bite|\b(?:bitten|bit|stung)\s+by\s+a\s+(?:snake|cobra|krait|viper|scorpion)\b",
