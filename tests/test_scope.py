@@ -76,6 +76,21 @@ def test_the_shipped_gates_meet_the_targets_on_held_out_questions(embed):
     assert sum(q not in missed for q in other) >= 0.4 * len(other), [q for q in other if q in missed]
 
 
+def test_krishna_takes_troubles_typed_as_people_type_them(embed):
+    """Fresh troubles by writers who saw nothing of the project, lowercase and abbreviated (data/krishna/heldout6,
+    data/safety/heldout8: none in the gate's fitting files): 34 of 100 were turned away before the gate was fitted
+    on data/krishna/everyday.jsonl too (README "Troubles as people type them")."""
+    from krishna_ai.training.safety_fit import labelled
+    from tests.conftest import REPO
+
+    troubles = [json.loads(line)["question"] for line in
+                (REPO / "data/krishna/heldout6.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    troubles += [m for m, _ in labelled([REPO / "data/safety/heldout8.jsonl"])]
+    assert len(troubles) == 100
+    refused = [q for q in troubles if judge(P["krishna"], q, embed) is not None]
+    assert len(refused) <= 3, refused  # measured: 0
+
+
 @pytest.mark.parametrize(("persona", "question"), [
     ("aurora", "Who was the first Mughal emperor?"),  # once: "Mahatma Gandhi, the first Mughal emperor..."
     ("aurora", "Who won the 2011 Cricket World Cup?"),
