@@ -8,12 +8,14 @@ import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import yaml
 from gradio_client import Client
 
 from krishna_ai.cli.main import main as cli
+from krishna_ai.core.personas import load_persona
 from krishna_ai.ship.space import pinned
 from tests.conftest import REPO, free_port, wait_for_port
 
@@ -43,6 +45,10 @@ def test_space_folder_contents(space):
                                                        "requirements.txt", "space.json"]
     # the persona's light-tier adapter travels with it, at the same path relative to prompts/
     assert (space / "adapters" / "krishna-light" / "adapter_model.safetensors").is_file()
+    # and the matcher its counsel cards are chosen with, so the persona loads there
+    assert (space / "adapters" / "krishna-matcher" / "adapter_model.safetensors").is_file()
+    krishna = load_persona(space / "prompts" / "krishna.toml")
+    assert Path(krishna.counsel.matcher).is_relative_to(space)
     assert (REPO / "adapters" / "krishna-light" / "eval-heldout.json").is_file()
     assert not list((space / "adapters").rglob("eval-*.json"))  # the evaluations stay in the repository
     meta = front_matter((space / "README.md").read_text())

@@ -139,14 +139,18 @@ def build_space(out: str | Path, *, model: str = "light", persona: str = "krishn
 
 
 def _copy_persona_adapters(personas: dict[str, Any], out: Path) -> None:
-    """Adapters a persona file names (paths relative to it) must exist at the same place in the Space."""
+    """Adapters a persona file names (paths relative to it: its tiers' LoRAs, its counsel's matcher) must exist at the
+    same place in the Space."""
     for p in personas.values():
-        for tier, path in (getattr(p, "adapters", None) or {}).items():
+        named = {f"adapters.{tier}": path for tier, path in (getattr(p, "adapters", None) or {}).items()}
+        if (matcher := getattr(getattr(p, "counsel", None), "matcher", None)) is not None:
+            named["counsel.matcher"] = matcher
+        for field, path in named.items():
             src = Path(path)
             try:
                 rel = src.resolve().relative_to(REPO)
             except ValueError:
-                raise ConfigError(f"persona {p.id}: adapters.{tier} {src} lies outside the repository, so the "
+                raise ConfigError(f"persona {p.id}: {field} {src} lies outside the repository, so the "
                                   "Space cannot ship it; move it under the repository") from None
             if not (out / rel).exists():
                 shutil.copytree(src, out / rel, ignore=COPY_IGNORE)
