@@ -80,7 +80,7 @@ def test_a_tie_of_ranks_goes_to_the_card_closer_in_meaning_not_to_the_one_loaded
     words = type("Index", (), {"get_scores": lambda self, tokens: np.array([2.0, 1.0])})()
     monkeypatch.setattr(bank, "index", lambda: words)
     for meaning, best in (([0.2, 0.7], "launch"), ([0.7, 0.2], "mourning")):  # (1st, 2nd) against (2nd, 1st)
-        monkeypatch.setattr(bank, "similarity", lambda query, m=meaning: np.array(m))
+        monkeypatch.setattr(bank, "similarity", lambda query, matcher=None, m=meaning: np.array(m))
         assert [h.card.id for h in bank.search("any words at all", k=2, vectors=True)][0] == best
 
 
