@@ -99,9 +99,11 @@ def test_finetune_merge_slice_eval(tiny_dir, text_data, tmp_path, one_thread):
     questions = tmp_path / "q.txt"
     questions.write_text("What is courage?\nHow do I rest?\n")
     out = tmp_path / "eval.json"
+    # --scope off: both questions reach the models (this tests the training flow; Krishna's gate, refitted on troubles
+    # typed as people type them, now turns "How do I rest?" away: README "Troubles as people type them")
     assert cli(["eval", "--persona", "krishna", "--model", str(merged), "--model", str(child),
                 "--questions", str(questions), "--max-new-tokens", "6", "--temperature", "0",
-                "--json", str(out)]) == 0
+                "--scope", "off", "--json", str(out)]) == 0
     models = json.loads(out.read_text())["models"]
     assert [m["name"] for m in models] == [str(merged), str(child)]
     for m in models:
