@@ -74,13 +74,12 @@ def fit_persona(path: str | Path, settings: Settings | None = None, *, progress:
     return fit_matcher(load_bank(counsel.bank), counsel.matcher, settings or Settings(), progress=progress)
 
 
-def held_back(bank: Bank, per_card: int, seed: int) -> np.ndarray:
-    """A mask over the bank's examples (in card order): `per_card` of each card's, chosen at random, never trained
-    on. A card with fewer than per_card + 1 examples keeps all of its own."""
+def held_back(owners: np.ndarray, per_card: int, seed: int) -> np.ndarray:
+    """A mask over a bank's examples (`owners`: each one's card index): `per_card` of each card's, chosen at random,
+    never trained on. A card with fewer than per_card + 1 examples keeps all of its own."""
     rng = np.random.default_rng(seed)
-    owners = np.asarray([i for i, c in enumerate(bank.cards) for _ in c.examples], dtype=np.int64)
     mask = np.zeros(len(owners), dtype=bool)
-    for card in range(len(bank.cards)):
+    for card in range(int(owners.max()) + 1 if len(owners) else 0):
         mine = np.flatnonzero(owners == card)
         if len(mine) > per_card:
             mask[rng.choice(mine, per_card, replace=False)] = True
@@ -100,11 +99,11 @@ def fit_matcher(bank: Bank, folder: str | Path, settings: Settings, *, progress:
                            f"answer, `examples`); found {len(bank.cards)} cards and {len(texts)} examples")
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
-    owners = np.asarray([i for i, c in enumerate(bank.cards) for _ in c.examples], dtype=np.int64)
-    held = held_back(bank, settings.held_per_card, settings.seed)
+    owners, vectors = bank.example_vectors()  # the examples' plain vectors, cached with the bank as the app uses them
+    held = held_back(owners, settings.held_per_card, settings.seed)
     train = np.flatnonzero(~held)
     cards = torch.tensor(np.asarray(bank.vectors()))
-    examples = torch.tensor(np.asarray(sentence_vectors([texts[i] for i in train])))
+    examples = torch.tensor(np.asarray(vectors)[train])
     example_owner = torch.tensor(owners[train])
 
     def scores(queries: Any, itself: Any = None) -> Any:
